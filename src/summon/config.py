@@ -1,0 +1,354 @@
+"""Typed configuration: dataclasses are the truth, YAML is their serialization.
+
+A recipe is read with :func:`load_yaml`, patched with :func:`apply_overrides` (``a.b=3`` strings from the
+command line) and turned into a typed dataclass tree by :func:`from_dict`, which validates everything in
+one pass and raises a single :class:`ConfigError` listing every problem by the key path the user wrote,
+e.g. ``train.lr: expected a number, got 'abc' (str)``. :func:`to_dict` and :func:`dump_yaml` go back.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import difflib
+import os
+import types
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
+
+import yaml
+
+T = TypeVar("T")
+
+_FAIL = object()  # returned by converters after they have recorded an error
+_NONE_TYPE = type(None)
+
+
+class ConfigError(ValueError):
+    """One or more configuration problems, reported together.
+
+    Attributes:
+        errors: One message per problem, each starting with the key path it concerns.
+        source: Where the configuration came from (a file name, "command line", ...).
+    """
+
+    def __init__(self, errors: Sequence[str], source: str = "config") -> None:
+        self.errors = list(errors)
+        self.source = source
+        super().__init__(self._render())
+
+    def _render(self) -> str:
+        n = len(self.errors)
+        header = f"{n} problem{'' if n == 1 else 's'} in {self.source}:"
+        return "\n".join([header, *(f"  {e}" for e in self.errors)])
+
+    def __reduce__(self):  # keep it picklable despite the custom __init__
+        return (type(self), (self.errors, self.source))
+
+
+def from_dict(cls: type[T], data: Mapping[str, Any], *, source: str = "config") -> T:
+    """Build a (possibly nested) dataclass from plain dicts and lists, validating every field.
+
+    Args:
+        cls: The dataclass type to build.
+        data: Plain data, e.g. from ``yaml.safe_load``.
+        source: Named in the error header, e.g. the YAML file name.
+
+    Returns:
+        The constructed dataclass instance.
+
+    Raises:
+        ConfigError: Listing every problem found anywhere in the tree.
+        TypeError: If ``cls`` is not a dataclass type (a programming error).
+    """
+    if not (isinstance(cls, type) and dataclasses.is_dataclass(cls)):
+        raise TypeError(f"from_dict needs a dataclass type, got {cls!r}")
+    errors: list[str] = []
+    obj = _build(cls, data, "", errors)
+    if errors:
+        raise ConfigError(errors, source=source)
+    return obj
+
+
+def _where(path: str) -> str:
+    return path or "<top level>"
+
+
+def _join(path: str, key: Any) -> str:
+    return f"{path}.{key}" if path else str(key)
+
+
+def _describe(value: Any) -> str:
+    text = repr(value)
+    if len(text) > 60:
+        text = text[:57] + "..."
+    return f"{text} ({type(value).__name__})"
+
+
+def _type_name(tp: Any) -> str:
+    if tp is _NONE_TYPE:
+        return "null"
+    if isinstance(tp, type):
+        return tp.__name__
+    return repr(tp).replace("typing.", "")
+
+
+def _bad(errors: list[str], path: str, expected: str, value: Any) -> object:
+    errors.append(f"{_where(path)}: expected {expected}, got {_describe(value)}")
+    return _FAIL
+
+
+def _build(cls: type, data: Any, path: str, errors: list[str]) -> Any:
+    """Convert a mapping into ``cls``; construct it (running ``__post_init__``) only if all went well."""
+    if not isinstance(data, Mapping):
+        return _bad(errors, path, f"a mapping for {cls.__name__}", data)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    hints = get_type_hints(cls)
+    n_before = len(errors)
+    for key in data:
+        if key not in fields:
+            errors.append(f"{_where(_join(path, key))}: unknown key{_suggest(str(key), fields)}")
+    kwargs = {}
+    for name, field in fields.items():
+        if name in data:
+            kwargs[name] = _convert(hints[name], data[name], _join(path, name), errors)
+        elif field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING:
+            errors.append(f"{_where(_join(path, name))}: required key missing")
+    if len(errors) > n_before:
+        return _FAIL
+    try:
+        return cls(**kwargs)
+    except (ValueError, TypeError) as exc:
+        errors.append(f"{_where(path)}: invalid {cls.__name__}: {exc}")
+        return _FAIL
+
+
+def _suggest(key: str, names: Sequence[str]) -> str:
+    close = difflib.get_close_matches(key, list(names), n=1)
+    if close:
+        return f" (did you mean '{close[0]}'?)"
+    return f" (valid keys: {', '.join(names)})"
+
+
+def _allows_none(tp: Any) -> bool:
+    if get_origin(tp) not in (Union, types.UnionType, Literal):
+        return tp is _NONE_TYPE
+    return any(a is _NONE_TYPE or a is None for a in get_args(tp))
+
+
+def _convert(tp: Any, value: Any, path: str, errors: list[str]) -> Any:
+    """Check ``value`` against annotation ``tp``; return the converted value or ``_FAIL``."""
+    origin = get_origin(tp)
+    if tp is Any:
+        return value
+    if value is None:
+        if _allows_none(tp):
+            return None
+        errors.append(f"{_where(path)}: null is not allowed here (expected {_type_name(tp)})")
+        return _FAIL
+    if origin in (Union, types.UnionType):
+        return _convert_union(tp, value, path, errors)
+    if origin is Literal:
+        return _convert_literal(tp, value, path, errors)
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
+        return _build(tp, value, path, errors)
+    if (origin or tp) in (list, tuple):
+        return _convert_sequence(tp, value, path, errors)
+    if (origin or tp) is dict:
+        return _convert_mapping(tp, value, path, errors)
+    if tp in _SCALARS:
+        return _SCALARS[tp](value, path, errors)
+    if isinstance(tp, type) and isinstance(value, tp):
+        return value
+    return _bad(errors, path, _type_name(tp), value)
+
+
+def _convert_union(tp: Any, value: Any, path: str, errors: list[str]) -> Any:
+    members = [a for a in get_args(tp) if a is not _NONE_TYPE]
+    if len(members) == 1:  # plain Optional: report the member's own, more precise, errors
+        return _convert(members[0], value, path, errors)
+    for member in members:
+        trial: list[str] = []
+        out = _convert(member, value, path, trial)
+        if not trial:
+            return out
+    return _bad(errors, path, " or ".join(_type_name(m) for m in members), value)
+
+
+def _convert_literal(tp: Any, value: Any, path: str, errors: list[str]) -> Any:
+    allowed = get_args(tp)
+    for option in allowed:
+        if value == option and type(value) is type(option):
+            return option
+    return _bad(errors, path, "one of " + ", ".join(repr(a) for a in allowed), value)
+
+
+def _convert_sequence(tp: Any, value: Any, path: str, errors: list[str]) -> Any:
+    container = get_origin(tp) or tp
+    args = get_args(tp)
+    if not isinstance(value, (list, tuple)):
+        return _bad(errors, path, "a list", value)
+    if container is tuple and args and args[-1] is not Ellipsis:
+        if len(value) != len(args):
+            return _bad(errors, path, f"a list of {len(args)} items", value)
+        item_types = list(args)
+    else:
+        item_types = [args[0] if args else Any] * len(value)
+    n_before = len(errors)
+    items = [
+        _convert(t, v, f"{path}[{i}]", errors) for i, (t, v) in enumerate(zip(item_types, value, strict=True))
+    ]
+    return _FAIL if len(errors) > n_before else container(items)
+
+
+def _convert_mapping(tp: Any, value: Any, path: str, errors: list[str]) -> Any:
+    key_type, value_type = get_args(tp) or (Any, Any)
+    if not isinstance(value, Mapping):
+        return _bad(errors, path, "a mapping", value)
+    n_before = len(errors)
+    out = {
+        _convert(key_type, k, _join(path, k), errors): _convert(value_type, v, _join(path, k), errors)
+        for k, v in value.items()
+    }
+    return _FAIL if len(errors) > n_before else out
+
+
+def _to_int(value: Any, path: str, errors: list[str]) -> Any:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return _bad(errors, path, "an integer", value)
+    if isinstance(value, float) and not value.is_integer():
+        return _bad(errors, path, "an integer", value)
+    return int(value)
+
+
+def _to_float(value: Any, path: str, errors: list[str]) -> Any:
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, str):  # PyYAML reads `5e-5` (no dot) as a string
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    return _bad(errors, path, "a number", value)
+
+
+def _exactly(kind: type, expected: str):
+    def check(value: Any, path: str, errors: list[str]) -> Any:
+        return value if isinstance(value, kind) else _bad(errors, path, expected, value)
+
+    return check
+
+
+_SCALARS = {
+    int: _to_int,
+    float: _to_float,
+    bool: _exactly(bool, "true or false"),
+    str: _exactly(str, "a string"),
+}
+
+
+def to_dict(obj: Any) -> dict[str, Any]:
+    """Turn a dataclass instance into nested plain dicts and lists (tuples become lists).
+
+    Only ``init=True`` fields are included, so ``from_dict(type(obj), to_dict(obj)) == obj``.
+    """
+    if not dataclasses.is_dataclass(obj) or isinstance(obj, type):
+        raise TypeError(f"to_dict needs a dataclass instance, got {obj!r}")
+    return _plain(obj)
+
+
+def _plain(value: Any) -> Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value) if f.init}
+    if isinstance(value, Mapping):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    return value
+
+
+def apply_overrides(
+    data: Mapping[str, Any], overrides: Sequence[str], *, source: str = "command line"
+) -> dict[str, Any]:
+    """Return a deep copy of ``data`` with ``a.b.c=value`` overrides applied (values parsed as YAML).
+
+    Raises:
+        ConfigError: Listing every malformed override (no ``=``, empty key part, unparsable value,
+            or a path that runs through a value that is not a mapping).
+    """
+    result = copy.deepcopy(dict(data))
+    errors = [msg for item in overrides if (msg := _apply_one(result, item))]
+    if errors:
+        raise ConfigError(errors, source=source)
+    return result
+
+
+def _apply_one(data: dict[str, Any], item: str) -> str | None:
+    """Apply one override in place; return an error message instead of raising."""
+    key, sep, raw = item.partition("=")
+    parts = [p.strip() for p in key.split(".")]
+    if not sep or not all(parts):
+        return f"{item!r}: expected key=value, e.g. train.lr=3e-4 (dots separate nested keys)"
+    try:
+        value = yaml.safe_load(raw)
+    except yaml.YAMLError as exc:
+        return f"{item!r}: cannot parse the value as YAML ({getattr(exc, 'problem', None) or exc})"
+    node = data
+    for i, part in enumerate(parts[:-1]):
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            where, sub = ".".join(parts[: i + 1]), parts[i + 1]
+            return f"{item!r}: '{where}' holds {_describe(child)}, not a mapping, so it has no key {sub!r}"
+        node = child
+    node[parts[-1]] = value
+    return None
+
+
+def load_yaml(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a YAML file that holds a mapping of keys to values.
+
+    Raises:
+        FileNotFoundError: If the file does not exist.
+        ConfigError: On non-UTF-8 bytes, a YAML syntax error (with 1-based line and column) or a top level
+            that is not a mapping.
+    """
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise FileNotFoundError(
+            f"config file not found: {path} (check the path; relative paths start at {Path.cwd()})"
+        ) from None
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        problem = f"not UTF-8 text (bad byte at offset {exc.start}); save the file as UTF-8"
+        raise ConfigError([problem], source=str(path)) from None
+    try:
+        loaded = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError([_yaml_problem(exc)], source=str(path)) from None
+    if not isinstance(loaded, dict):
+        held = "nothing (the file is empty)" if loaded is None else f"a {type(loaded).__name__}"
+        problem = f"the file must hold a mapping of keys to values (like `lr: 0.001`), not {held}"
+        raise ConfigError([problem], source=str(path))
+    return loaded
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None) or str(exc)
+    if mark is None:
+        return f"YAML syntax error: {problem}"
+    return f"line {mark.line + 1}, column {mark.column + 1}: YAML syntax error: {problem}"
+
+
+def dump_yaml(data: Mapping[str, Any], path: str | os.PathLike) -> None:
+    """Write ``data`` as YAML in its own key order (tuples as lists), creating parent directories."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = yaml.safe_dump(_plain(data), sort_keys=False, allow_unicode=True, default_flow_style=False)
+    path.write_text(text, encoding="utf-8")
