@@ -1,0 +1,149 @@
+"""Build models from a typed :class:`ModelConfig` and rebuild them from a saved architecture dict.
+
+Kinds of model:
+    ``pretrained``: a named encoder (see :mod:`summon.models.pretrained`) with a new task head.
+    ``truncated``: a copy of an encoder keeping its first k layers, every k-th layer or chosen layers
+        (DistilBERT / PKD-style students). The source is ``name`` or, by default, the teacher's encoder.
+    ``random``: a freshly initialised encoder shaped like the source with smaller sizes.
+    ``ngram``: a fastText-like bag of hashed word n-grams (:class:`NgramClassifier`).
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+from torch import nn
+from transformers import AutoConfig, AutoModel
+
+from summon.data.features import NgramFeaturizer, TokenizerFeaturizer
+from summon.models.backbone import Backbone, keep_layers, layer_selection
+from summon.models.heads import EncoderClassifier, SequenceHead, TokenHead
+from summon.models.ngram import NgramClassifier
+from summon.models.pretrained import load_encoder
+
+
+@dataclass
+class ModelConfig:
+    """What model to train. Fields apply to the kinds named in their comments."""
+
+    kind: Literal["pretrained", "truncated", "random", "ngram"] = "pretrained"
+    name: str | None = None  # pretrained: required; truncated/random: source encoder (default: the teacher's)
+    first: int | None = None  # truncated: keep the first k layers
+    every: int | None = None  # truncated: keep every k-th layer
+    layers: list[int] | None = None  # truncated: keep these 0-based layers
+    num_layers: int | None = None  # random: sizes that replace the source's
+    hidden_size: int | None = None
+    num_heads: int | None = None
+    intermediate_size: int | None = None
+    pooling: Literal["mean", "cls", "pooler"] = "mean"  # encoders: how a sequence head pools tokens
+    dropout: float = 0.1  # the head's dropout (encoders keep their own config's dropout)
+    max_length: int = 128  # sub-tokens per input (encoders) / n-grams per input x 16 (ngram)
+    num_buckets: int = 1 << 20  # ngram: hash buckets
+    embed_dim: int = 64  # ngram: embedding width
+    hidden_dim: int = 0  # ngram: optional hidden layer
+    ngram_max: int = 2  # ngram: longest n-gram
+    init_seed: int = 0  # random init of new weights (heads, random encoders, n-gram embeddings)
+
+    def __post_init__(self) -> None:
+        if self.kind == "pretrained" and not self.name:
+            raise ValueError("kind 'pretrained' needs 'name' (e.g. minilm-l6, mpnet-base, a folder or a hub id)")
+        if self.kind == "truncated" and sum(x is not None for x in (self.first, self.every, self.layers)) != 1:
+            raise ValueError("kind 'truncated' needs exactly one of 'first', 'every' or 'layers'")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"'dropout' must be in [0, 1), got {self.dropout}")
+        if self.max_length < 2:
+            raise ValueError(f"'max_length' must be at least 2, got {self.max_length}")
+
+
+@dataclass
+class Built:
+    """A model, its featurizer and the architecture dict that rebuilds it."""
+
+    model: nn.Module
+    featurizer: Any
+    architecture: dict[str, Any]
+
+
+def build_model(cfg: ModelConfig, task: str, num_labels: int, *, source: tuple[nn.Module, Any] | None = None) -> Built:
+    """Build a fresh model for ``task``.
+
+    Args:
+        cfg: the model config.
+        task: classification, pair_classification or token_classification.
+        num_labels: size of the label set.
+        source: (base encoder, tokenizer) to truncate or shape a random model after when ``cfg.name`` is unset
+            (the teacher's, for distillation).
+    """
+    with torch.random.fork_rng():
+        torch.manual_seed(cfg.init_seed)
+        if cfg.kind == "ngram":
+            return _build_ngram(cfg, task, num_labels)
+        encoder, tokenizer = _encoder_for(cfg, source)
+        arch = encoder_architecture(encoder, task, num_labels, cfg.pooling, cfg.dropout)
+        model = EncoderClassifier(Backbone(encoder), make_head(arch))
+    featurizer = TokenizerFeaturizer(tokenizer, max_length=cfg.max_length)
+    return Built(model=model, featurizer=featurizer, architecture=arch)
+
+
+def _encoder_for(cfg: ModelConfig, source: tuple[nn.Module, Any] | None) -> tuple[nn.Module, Any]:
+    if cfg.kind == "pretrained" or cfg.name:
+        encoder, tokenizer, _ = load_encoder(cfg.name, seed=cfg.init_seed)
+    elif source is not None:
+        encoder, tokenizer = source
+    else:
+        raise ValueError(f"kind '{cfg.kind}' needs 'name' or a teacher to copy its encoder from")
+    if cfg.kind == "truncated":
+        keep = layer_selection(len(Backbone(encoder).layers), first=cfg.first, every=cfg.every, indices=cfg.layers)
+        return keep_layers(encoder, keep), tokenizer
+    if cfg.kind == "random":
+        return _random_like(encoder, cfg), tokenizer
+    return encoder, tokenizer
+
+
+def _random_like(encoder: nn.Module, cfg: ModelConfig) -> nn.Module:
+    config = copy.deepcopy(encoder.config)
+    sizes = {"num_hidden_layers": cfg.num_layers, "hidden_size": cfg.hidden_size,
+             "num_attention_heads": cfg.num_heads, "intermediate_size": cfg.intermediate_size}
+    for key, value in sizes.items():
+        if value is not None:
+            setattr(config, key, value)
+    if config.hidden_size % config.num_attention_heads:
+        raise ValueError(f"hidden_size {config.hidden_size} must be divisible by num_heads {config.num_attention_heads}")
+    return AutoModel.from_config(config)
+
+
+def _build_ngram(cfg: ModelConfig, task: str, num_labels: int) -> Built:
+    if task == "token_classification":
+        raise ValueError("kind 'ngram' classifies whole texts; use an encoder for token classification")
+    arch = {"type": "ngram", "task": task, "num_labels": num_labels, "num_buckets": cfg.num_buckets,
+            "embed_dim": cfg.embed_dim, "hidden_dim": cfg.hidden_dim, "dropout": cfg.dropout}
+    featurizer = NgramFeaturizer(num_buckets=cfg.num_buckets, ngram_max=cfg.ngram_max, max_ngrams=cfg.max_length * 16)
+    return Built(model=model_from_architecture(arch), featurizer=featurizer, architecture=arch)
+
+
+def encoder_architecture(encoder: nn.Module, task: str, num_labels: int, pooling: str, dropout: float) -> dict:
+    """The JSON-able description that :func:`model_from_architecture` rebuilds an encoder classifier from."""
+    return {"type": "encoder", "task": task, "num_labels": num_labels, "pooling": pooling, "dropout": dropout,
+            "hf_config": encoder.config.to_diff_dict()}
+
+
+def make_head(arch: dict[str, Any]) -> nn.Module:
+    hidden = int(arch["hf_config"].get("hidden_size") or arch["hf_config"]["dim"])
+    if arch["task"] == "token_classification":
+        return TokenHead(hidden, arch["num_labels"], arch["dropout"])
+    return SequenceHead(hidden, arch["num_labels"], arch["pooling"], arch["dropout"])
+
+
+def model_from_architecture(arch: dict[str, Any]) -> nn.Module:
+    """A randomly initialised model of the saved shape (weights are loaded afterwards)."""
+    if arch.get("type") == "ngram":
+        return NgramClassifier(arch["num_buckets"], arch["num_labels"], arch["embed_dim"], arch["hidden_dim"],
+                               arch["dropout"])
+    if arch.get("type") == "encoder":
+        hf = dict(arch["hf_config"])
+        config = AutoConfig.for_model(hf.pop("model_type"), **hf)
+        return EncoderClassifier(Backbone(AutoModel.from_config(config)), make_head(arch))
+    raise ValueError(f"unknown architecture type {arch.get('type')!r}; this predictor needs a newer summon?")
