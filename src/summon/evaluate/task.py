@@ -1,0 +1,35 @@
+"""Score per-example logits against a split's gold labels, for any task."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from summon.evaluate.metrics import classification_metrics, span_f1
+from summon.inference import softmax
+
+MAIN_METRIC = {"classification": "accuracy", "pair_classification": "accuracy", "token_classification": "f1"}
+
+
+def score(task: str, labels: Sequence[str], examples: Sequence[dict[str, Any]],
+          rows: Sequence[np.ndarray]) -> dict[str, float]:
+    """Metrics for logits ``rows`` ([C] per example, or [num_words, C] for tagging).
+
+    Classification: accuracy, macro-F1, NLL and ECE (15 bins). Tagging: entity-level span precision,
+    recall and F1 (seqeval, CoNLL style) and token accuracy.
+    """
+    if len(rows) != len(examples):
+        raise ValueError(f"{len(rows)} predictions for {len(examples)} examples")
+    if task == "token_classification":
+        gold = [[labels[t] for t in ex["tags"]] for ex in examples]
+        pred = [[labels[k] for k in row.argmax(axis=-1)] for row in rows]
+        return span_f1(gold, pred)
+    probs = softmax(np.stack(rows).astype(np.float64))
+    gold_ids = np.array([ex["label"] for ex in examples])
+    return classification_metrics(probs, gold_ids)
+
+
+def higher_is_better(metric: str) -> bool:
+    return metric != "nll"
