@@ -1,0 +1,85 @@
+"""Batched inference shared by predictors, evaluation and the teacher-output cache.
+
+Examples are sorted by length before batching (less padding), then results are put back in input order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from summon.data.features import Feature, collate
+
+
+def length_sorted_batches(features: Sequence[Feature], batch_size: int) -> Iterator[list[int]]:
+    """Index lists of at most ``batch_size``, longest rows first."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be positive, got {batch_size}")
+    order = sorted(range(len(features)), key=lambda i: -len(features[i]["input_ids"]))
+    for start in range(0, len(order), batch_size):
+        yield order[start:start + batch_size]
+
+
+def to_device(batch: dict[str, torch.Tensor], device: torch.device | str) -> dict[str, torch.Tensor]:
+    return {k: v.to(device) for k, v in batch.items()}
+
+
+def word_level(logits: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Token logits [B, L, C] -> logits at each word's first sub-token [B, W, C] (padding rows are junk)."""
+    index = batch["word_starts"].unsqueeze(-1).expand(-1, -1, logits.shape[-1])
+    return logits.gather(1, index)
+
+
+def split_word_logits(logits: torch.Tensor, batch: dict[str, torch.Tensor]) -> list[np.ndarray]:
+    """Per example [num_words, C]; words cut off by truncation get zero logits (so they predict label 0)."""
+    words = word_level(logits, batch).float().cpu().numpy()
+    kept = batch["word_mask"].sum(dim=1).tolist()
+    total = batch["num_words"].tolist()
+    out = []
+    for row, k, n in zip(words, kept, total, strict=True):
+        full = np.zeros((n, row.shape[-1]), dtype=np.float32)
+        full[:k] = row[:k]
+        out.append(full)
+    return out
+
+
+@torch.inference_mode()
+def predict_logits(
+    model: nn.Module, features: Sequence[Feature], task: str, *, pad_id: int = 0, batch_size: int = 64,
+    device: torch.device | str | None = None, progress: bool | str = False,
+) -> list[np.ndarray]:
+    """Logits per example, in input order: [C] for sequence tasks, [num_words, C] for tagging.
+
+    Args:
+        model: called as ``model(batch)``; put in eval mode for the call and restored afterwards.
+        features: featurized examples (see :mod:`summon.data.features`).
+        progress: show a progress bar (a string is used as its description).
+    """
+    device = device or next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    results: list[Any] = [None] * len(features)
+    batches = list(length_sorted_batches(features, batch_size))
+    desc = progress if isinstance(progress, str) else "predict"
+    try:
+        for idx in tqdm(batches, desc=desc, disable=not progress, leave=False):
+            batch = to_device(collate([features[i] for i in idx], pad_id), device)
+            logits = model(batch)
+            rows = (split_word_logits(logits, batch) if task == "token_classification"
+                    else list(logits.float().cpu().numpy()))
+            for i, row in zip(idx, rows, strict=True):
+                results[i] = row
+    finally:
+        model.train(was_training)
+    return results
+
+
+def softmax(logits: np.ndarray, axis: int = -1) -> np.ndarray:
+    shifted = logits - logits.max(axis=axis, keepdims=True)
+    exp = np.exp(shifted)
+    return exp / exp.sum(axis=axis, keepdims=True)

@@ -1,0 +1,32 @@
+"""Training methods: each is a config dataclass plus a ``step(model, batch, cfg) -> dict`` function.
+
+``step`` returns ``loss`` (to back-propagate), ``output`` (the logits) and named parts that the
+training loop logs. Register new methods in :data:`METHODS`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from summon.methods import finetune, kd
+from summon.registry import Registry
+
+
+@dataclass(frozen=True)
+class Method:
+    name: str
+    config_cls: type
+    step: Callable[..., dict[str, Any]]
+    needs_teacher: bool
+    summary: str
+
+
+METHODS: Registry[Method] = Registry("method")
+METHODS.register("finetune", Method("finetune", finetune.FinetuneConfig, finetune.step, False,
+                                    "cross-entropy on gold labels"))
+METHODS.register("kd", Method("kd", kd.KDConfig, kd.step, True,
+                              "Hinton KD: T²·KL to cached teacher logits mixed with cross-entropy by alpha"))
+
+__all__ = ["METHODS", "Method"]

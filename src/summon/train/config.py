@@ -1,0 +1,87 @@
+"""Typed configuration of a training run; YAML recipes are its serialization (see :mod:`summon.config`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from summon.data.spec import DatasetSpec
+from summon.models.build import ModelConfig
+
+
+@dataclass
+class DataConfig:
+    """Splits to train and evaluate on, and where the local data catalog lives."""
+
+    train: DatasetSpec
+    eval: DatasetSpec | None = None  # model selection and the final report; its labels default to train's
+    data_dir: str | None = None  # local catalog folder (default: $SUMMON_DATA_DIR)
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation, evaluation and checkpointing.
+
+    ``batch_size`` is the global batch per forward pass; with N processes each gets ``batch_size / N`` rows,
+    so a run on one process and on N processes sees the same batches. One optimizer step covers
+    ``batch_size × grad_accum`` rows.
+    """
+
+    epochs: int = 1
+    max_steps: int | None = None  # stop after this many optimizer steps (overrides epochs when smaller)
+    batch_size: int = 32
+    eval_batch_size: int = 128
+    lr: float = 5e-5
+    head_lr: float | None = None  # learning rate of the new task head (default: lr)
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.06
+    grad_accum: int = 1
+    max_grad_norm: float | None = 1.0
+    mixed_precision: Literal["auto", "no", "fp16", "bf16"] = "auto"  # auto: bf16/fp16 on GPU, none on CPU
+    eval_every: int | None = None  # optimizer steps between evaluations (default: once per epoch)
+    save_every: int = 200  # optimizer steps between checkpoints (a run killed resumes from the last one)
+    log_every: int = 20
+    seed: int = 42
+    metric: Literal["auto", "accuracy", "macro_f1", "f1", "nll"] = "auto"  # for best-checkpoint choice
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        positive = {"epochs": self.epochs, "batch_size": self.batch_size, "eval_batch_size": self.eval_batch_size,
+                    "grad_accum": self.grad_accum, "save_every": self.save_every, "log_every": self.log_every}
+        bad = [f"{k}={v}" for k, v in positive.items() if v < 1]
+        if self.max_steps is not None and self.max_steps < 1:
+            bad.append(f"max_steps={self.max_steps}")
+        if self.eval_every is not None and self.eval_every < 1:
+            bad.append(f"eval_every={self.eval_every}")
+        if bad:
+            raise ValueError(f"must be at least 1: {', '.join(bad)}")
+        if self.lr <= 0 or (self.head_lr is not None and self.head_lr <= 0):
+            raise ValueError("learning rates must be positive")
+        if not 0.0 <= self.warmup_ratio < 1.0:
+            raise ValueError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+
+
+@dataclass
+class CostConfig:
+    """What to measure about the trained model's cost (FLOPs always; latency optional)."""
+
+    latency: bool = True
+    batch_sizes: list[int] = field(default_factory=lambda: [1, 32, 128])
+    max_seconds: float = 10.0  # time budget for latency over all batch sizes
+    flop_examples: int = 512  # eval examples whose FLOPs are counted
+
+
+@dataclass
+class RunConfig:
+    """A whole training run: ``summon train RECIPE.yaml`` builds one of these from the recipe."""
+
+    method: str
+    output_dir: str
+    data: DataConfig
+    model: ModelConfig
+    train: TrainConfig = field(default_factory=TrainConfig)
+    teacher: str | None = None  # a saved predictor directory (methods that distil)
+    method_args: dict[str, Any] = field(default_factory=dict)  # the method's own config (see summon.methods)
+    cost: CostConfig = field(default_factory=CostConfig)
+    cache_dir: str | None = None  # teacher-output cache (default: $SUMMON_CACHE or ~/.cache/summon)
+    description: str = ""

@@ -1,0 +1,327 @@
+"""The one training loop, on ``accelerate``: read it top to bottom in :func:`train`.
+
+Every method plugs in as a config dataclass plus ``step(model, batch, cfg) -> {"loss", "output", ...}``.
+The loop owns everything else: AdamW with linear warm-up and decay, gradient accumulation, clipping,
+mixed precision where the device supports it, evaluation every N steps keeping the best model, JSONL
+metrics, a progress bar, and checkpoints that a killed run resumes from (same command, same output dir).
+
+Batches are global: ``train.batch_size`` rows are split across processes (``split_batches=True``), so
+``accelerate launch --num_processes N`` trains on the same batches as one process.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+from transformers import get_linear_schedule_with_warmup
+
+from summon.config import from_dict, to_dict
+from summon.data.features import FeatureDataset, collate
+from summon.data.loading import load_split
+from summon.data.spec import TaskData
+from summon.evaluate.measure import measure_costs
+from summon.evaluate.task import MAIN_METRIC, higher_is_better, score
+from summon.inference import predict_logits
+from summon.methods import METHODS, Method
+from summon.models.build import Built, build_model
+from summon.predictor import Predictor, load, save_predictor, update_manifest
+from summon.train.checkpoint import Checkpointer, TrainerState
+from summon.train.config import RunConfig
+from summon.train.teacher_cache import teacher_logits
+
+logger = logging.getLogger(__name__)
+
+
+class EpochBatches:
+    """Deterministic shuffled batches of one epoch, resumable at any batch.
+
+    The order of epoch ``e`` depends only on ``seed + e``. :meth:`position` chooses the epoch and how many
+    batches to skip (the data position restored from a checkpoint). Not named ``set_epoch`` on purpose:
+    accelerate calls that with its own counter.
+    """
+
+    def __init__(self, size: int, batch_size: int, seed: int):
+        self.size, self.batch_size, self.seed = size, batch_size, seed
+        self.epoch, self.skip = 0, 0
+
+    def position(self, epoch: int, skip: int) -> None:
+        self.epoch, self.skip = epoch, skip
+
+    def __iter__(self):
+        order = np.random.default_rng(self.seed + self.epoch).permutation(self.size).tolist()
+        for start in range(self.skip * self.batch_size, self.size, self.batch_size):
+            yield order[start:start + self.batch_size]
+
+    def __len__(self) -> int:
+        return max(0, math.ceil(self.size / self.batch_size) - self.skip)
+
+
+@dataclass
+class Run:
+    """Everything :func:`train` builds before the loop starts."""
+
+    cfg: RunConfig
+    method: Method
+    method_cfg: Any
+    train_data: TaskData
+    eval_data: TaskData | None
+    built: Built
+    train_set: FeatureDataset
+    eval_features: list[dict] | None
+    teacher: Predictor | None
+    output_dir: Path
+
+
+# --- building -------------------------------------------------------------------------------------
+
+
+def build_method(cfg: RunConfig) -> tuple[Method, Any]:
+    method = METHODS.get(cfg.method)
+    return method, from_dict(method.config_cls, cfg.method_args, source="method_args")
+
+
+def build_data(cfg: RunConfig) -> tuple[TaskData, TaskData | None]:
+    train_data = load_split(cfg.data.train, data_dir=cfg.data.data_dir)
+    eval_data = None
+    if cfg.data.eval is not None:
+        spec = cfg.data.eval
+        if spec.labels is None:
+            spec = type(spec)(**{**spec.__dict__, "labels": train_data.labels})
+        eval_data = load_split(spec, data_dir=cfg.data.data_dir)
+        if eval_data.task != train_data.task:
+            raise ValueError(f"data.eval is a {eval_data.task} set but data.train is {train_data.task}")
+    return train_data, eval_data
+
+
+def build_teacher(cfg: RunConfig, method: Method, task: TaskData) -> Predictor | None:
+    if not method.needs_teacher:
+        return None
+    if not cfg.teacher:
+        raise ValueError(f"method '{method.name}' needs 'teacher:' (a saved predictor directory)")
+    teacher = load(cfg.teacher)
+    if teacher.task != task.task or teacher.labels != task.labels:
+        raise ValueError(f"teacher {cfg.teacher} was trained for {teacher.task} with labels {teacher.labels}; "
+                         f"the data is {task.task} with labels {task.labels}")
+    return teacher
+
+
+def build_features(built: Built, data: TaskData, teacher_rows: list[np.ndarray] | None = None) -> list[dict]:
+    features = built.featurizer.encode(data.examples, data.task)
+    if teacher_rows is not None:
+        for feat, row in zip(features, teacher_rows, strict=True):
+            feat["teacher_logits"] = row
+    return features
+
+
+def build_run(cfg: RunConfig) -> Run:
+    method, method_cfg = build_method(cfg)
+    train_data, eval_data = build_data(cfg)
+    teacher = build_teacher(cfg, method, train_data)
+    source = None
+    if teacher is not None and hasattr(teacher.model, "backbone"):
+        source = (teacher.model.backbone.model, teacher.featurizer.tokenizer)
+    built = build_model(cfg.model, train_data.task, len(train_data.labels), source=source)
+    rows = None
+    if teacher is not None:
+        rows = teacher_logits(teacher, train_data, cache_dir=cfg.cache_dir, batch_size=cfg.train.eval_batch_size)
+    train_set = FeatureDataset(build_features(built, train_data, rows))
+    eval_features = build_features(built, eval_data) if eval_data is not None else None
+    return Run(cfg, method, method_cfg, train_data, eval_data, built, train_set, eval_features, teacher,
+               Path(cfg.output_dir))
+
+
+def build_accelerator(cfg: RunConfig) -> Accelerator:
+    precision = cfg.train.mixed_precision
+    if precision == "auto":
+        precision = "no"
+        if torch.cuda.is_available():
+            precision = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return Accelerator(mixed_precision=precision, gradient_accumulation_steps=cfg.train.grad_accum,
+                       split_batches=True, step_scheduler_with_optimizer=False)
+
+
+def build_optimizer(model: torch.nn.Module, cfg: RunConfig, total_steps: int):
+    """AdamW without weight decay on biases and norms; the new head may get its own learning rate."""
+    groups: dict[tuple[float, float], list[torch.nn.Parameter]] = {}
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        decay = 0.0 if param.ndim < 2 else cfg.train.weight_decay
+        lr = cfg.train.head_lr if cfg.train.head_lr and name.startswith("head.") else cfg.train.lr
+        groups.setdefault((lr, decay), []).append(param)
+    optimizer = torch.optim.AdamW([{"params": p, "lr": lr, "weight_decay": wd} for (lr, wd), p in groups.items()])
+    warmup = int(cfg.train.warmup_ratio * total_steps)
+    return optimizer, get_linear_schedule_with_warmup(optimizer, warmup, total_steps)
+
+
+# --- evaluation and saving ------------------------------------------------------------------------
+
+
+def main_metric(run: Run) -> str:
+    chosen = run.cfg.train.metric
+    return MAIN_METRIC[run.train_data.task] if chosen == "auto" else chosen
+
+
+def evaluate(run: Run, model: torch.nn.Module) -> dict[str, float]:
+    rows = predict_logits(model, run.eval_features, run.eval_data.task, pad_id=run.built.featurizer.pad_id,
+                          batch_size=run.cfg.train.eval_batch_size)
+    return score(run.eval_data.task, run.eval_data.labels, run.eval_data.examples, rows)
+
+
+def save_model(run: Run, model: torch.nn.Module, state: TrainerState, metrics: dict | None) -> None:
+    training = {"method": run.cfg.method, "method_args": to_dict(run.method_cfg), "step": state.step,
+                "train_data": run.train_data.source, "train_examples": len(run.train_data),
+                "teacher": run.cfg.teacher, "teacher_fingerprint": run.teacher.fingerprint if run.teacher else None,
+                "config": to_dict(run.cfg)}
+    extra = {"training": training, "metrics": {"eval": metrics, "eval_data": run.eval_data.source} if metrics else {}}
+    save_predictor(run.output_dir / "model", model, run.built.featurizer, run.train_data.task, run.train_data.labels,
+                   run.built.architecture, extra=extra)
+
+
+class MetricsLog:
+    """Appends one JSON object per line to ``metrics.jsonl`` (main process only)."""
+
+    def __init__(self, path: Path, enabled: bool):
+        self.path, self.enabled = path, enabled
+
+    def write(self, record: dict[str, Any]) -> None:
+        if self.enabled:
+            with self.path.open("a", encoding="utf-8") as fh:
+                fh.write(json.dumps({"time": round(time.time(), 3), **record}) + "\n")
+
+
+# --- the loop -------------------------------------------------------------------------------------
+
+
+def train(cfg: RunConfig) -> Path:
+    """Train as ``cfg`` says and return the saved predictor directory (``<output_dir>/model``).
+
+    Running the same command again after an interruption resumes from the last checkpoint.
+    """
+    accelerator = build_accelerator(cfg)
+    set_seed(cfg.train.seed)
+    with accelerator.main_process_first():  # the main process fills the teacher cache first
+        run = build_run(cfg)
+    run.output_dir.mkdir(parents=True, exist_ok=True)
+    sampler = EpochBatches(len(run.train_set), cfg.train.batch_size, cfg.train.seed)
+    loader = DataLoader(run.train_set, batch_sampler=sampler,
+                        collate_fn=partial(collate, pad_id=run.built.featurizer.pad_id))
+    steps_per_epoch = math.ceil(math.ceil(len(run.train_set) / cfg.train.batch_size) / cfg.train.grad_accum)
+    steps = min(cfg.train.epochs * steps_per_epoch, cfg.train.max_steps or math.inf)
+    optimizer, scheduler = build_optimizer(run.built.model, cfg, steps)
+    model, optimizer, loader, scheduler = accelerator.prepare(run.built.model, optimizer, loader, scheduler)
+    state = TrainerState()
+    accelerator.register_for_checkpointing(state)
+    checkpointer = Checkpointer(run.output_dir / "checkpoint")
+    resumed = checkpointer.load(accelerator)
+    log = MetricsLog(run.output_dir / "metrics.jsonl", accelerator.is_main_process)
+    log.write({"event": "resume" if resumed else "start", "step": state.step, "total_steps": steps,
+               "processes": accelerator.num_processes})
+    if not state.done:
+        eval_every = cfg.train.eval_every or steps_per_epoch
+        _loop(run, accelerator, model, optimizer, loader, scheduler, sampler, state, checkpointer, log, steps,
+              eval_every)
+    return _finish(run, accelerator, model, state, log)
+
+
+def _loop(run, accelerator, model, optimizer, loader, scheduler, sampler, state, checkpointer, log, steps,
+          eval_every) -> None:
+    cfg = run.cfg.train
+    bar = tqdm(total=steps, initial=state.step, desc=f"train {run.cfg.method}",
+               disable=not (cfg.progress and accelerator.is_main_process))
+    running: dict[str, float] = {}
+    while state.step < steps and state.epoch < cfg.epochs:
+        sampler.position(state.epoch, state.batch_in_epoch)
+        model.train()
+        for batch in loader:
+            with accelerator.accumulate(model):
+                out = run.method.step(model, batch, run.method_cfg)
+                accelerator.backward(out["loss"])
+                if accelerator.sync_gradients and cfg.max_grad_norm:
+                    accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+                optimizer.step()
+                if accelerator.sync_gradients:
+                    scheduler.step()
+                optimizer.zero_grad()
+            state.batch_in_epoch += 1
+            _accumulate(running, out)
+            if not accelerator.sync_gradients:
+                continue
+            state.step += 1
+            bar.update(1)
+            if state.step % cfg.log_every == 0 or state.step == steps:
+                record = {k: v / running["n"] for k, v in running.items() if k != "n"}
+                log.write({"step": state.step, "epoch": state.epoch, "lr": scheduler.get_last_lr()[0], **record})
+                bar.set_postfix(loss=f"{record['loss']:.4f}")
+                running.clear()
+            if run.eval_features is not None and (state.step % eval_every == 0 or state.step == steps):
+                _evaluate_and_keep(run, accelerator, model, state, log)
+                model.train()
+            if state.step % cfg.save_every == 0 and state.step < steps:
+                checkpointer.save(accelerator)
+            if state.step >= steps:
+                break
+        else:
+            state.epoch += 1
+            state.batch_in_epoch = 0
+            continue
+        break
+    bar.close()
+    if run.eval_features is None and accelerator.is_main_process:
+        save_model(run, accelerator.unwrap_model(model), state, None)
+    state.done = True
+    checkpointer.save(accelerator)
+
+
+def _accumulate(running: dict[str, float], out: dict[str, Any]) -> None:
+    running["n"] = running.get("n", 0) + 1
+    for key, value in out.items():
+        if key != "output" and torch.is_tensor(value) and value.numel() == 1:
+            running[key] = running.get(key, 0.0) + float(value.detach())
+
+
+def _evaluate_and_keep(run: Run, accelerator: Accelerator, model, state: TrainerState, log: MetricsLog) -> None:
+    """Evaluate on the main process; save the model as the best so far when the main metric improves."""
+    if accelerator.is_main_process:
+        metrics = evaluate(run, accelerator.unwrap_model(model))
+        name = main_metric(run)
+        value = metrics[name]
+        better = state.best_metric is None or (value > state.best_metric if higher_is_better(name)
+                                               else value < state.best_metric)
+        log.write({"step": state.step, "eval": metrics, "best": better})
+        if better:
+            state.best_metric, state.best_step = value, state.step
+            save_model(run, accelerator.unwrap_model(model), state, metrics)
+    accelerator.wait_for_everyone()
+
+
+def _finish(run: Run, accelerator: Accelerator, model, state: TrainerState, log: MetricsLog) -> Path:
+    """Measure the saved (best) model's cost on the eval split and record it in its manifest."""
+    model_dir = run.output_dir / "model"
+    if accelerator.is_main_process:
+        predictor = load(model_dir)
+        if run.eval_features is not None:
+            cost = run.cfg.cost
+            costs = measure_costs(predictor.model, run.eval_features, predictor.featurizer.pad_id,
+                                  latency=cost.latency, batch_sizes=cost.batch_sizes, max_seconds=cost.max_seconds,
+                                  flop_examples=cost.flop_examples)
+            update_manifest(model_dir, costs=costs)
+            log.write({"event": "done", "best_step": state.best_step, "best_metric": state.best_metric,
+                       "costs": {k: costs[k] for k in ("params", "flops_per_example")}})
+        else:
+            log.write({"event": "done", "step": state.step})
+    accelerator.wait_for_everyone()
+    return model_dir
