@@ -107,10 +107,11 @@ def build_data(cfg: RunConfig) -> tuple[TaskData, TaskData | None]:
 
 
 def build_teacher(cfg: RunConfig, method: Method, task: TaskData) -> Predictor | None:
-    if not method.needs_teacher:
-        return None
+    """The teacher predictor: needed by distilling methods, and as the source of truncated/random students."""
     if not cfg.teacher:
-        raise ValueError(f"method '{method.name}' needs 'teacher:' (a saved predictor directory)")
+        if method.needs_teacher:
+            raise ValueError(f"method '{method.name}' needs 'teacher:' (a saved predictor directory)")
+        return None
     teacher = load(cfg.teacher)
     if teacher.task != task.task or teacher.labels != task.labels:
         raise ValueError(f"teacher {cfg.teacher} was trained for {teacher.task} with labels {teacher.labels}; "
@@ -135,7 +136,7 @@ def build_run(cfg: RunConfig) -> Run:
         source = (teacher.model.backbone.model, teacher.featurizer.tokenizer)
     built = build_model(cfg.model, train_data.task, len(train_data.labels), source=source)
     rows = None
-    if teacher is not None:
+    if method.needs_teacher:
         rows = teacher_logits(teacher, train_data, cache_dir=cfg.cache_dir, batch_size=cfg.train.eval_batch_size)
     train_set = FeatureDataset(build_features(built, train_data, rows))
     eval_features = build_features(built, eval_data) if eval_data is not None else None
