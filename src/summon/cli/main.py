@@ -1,0 +1,218 @@
+"""The ``summon`` command line: train, eval, predict, recipes, quickstart.
+
+User mistakes print one clear ``summon: error: ...`` message and exit with status 2; set
+``SUMMON_DEBUG=1`` to see the traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+EXIT_USAGE = 2
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("summon").setLevel(logging.INFO)
+    for noisy in ("accelerate", "transformers", "datasets", "httpx", "huggingface_hub"):
+        logging.getLogger(noisy).setLevel(logging.WARNING if verbose else logging.ERROR)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+# --- commands -------------------------------------------------------------------------------------
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from summon.config import dump_yaml, to_dict
+    from summon.recipe import load_run_config
+    from summon.train.loop import train
+
+    overrides = list(args.overrides)
+    if args.data_dir:
+        overrides.append(f"data.data_dir={args.data_dir}")
+    cfg = load_run_config(args.recipe, overrides)
+    if args.dry_run:
+        print(json.dumps(to_dict(cfg), indent=2))
+        return 0
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    dump_yaml(to_dict(cfg), out / "config.yaml")
+    model_dir = train(cfg)
+    _print_summary(model_dir)
+    return 0
+
+
+def _print_summary(model_dir: Path) -> None:
+    from summon.predictor import read_manifest
+
+    manifest = read_manifest(model_dir)
+    metrics = manifest.get("metrics", {}).get("eval") or {}
+    costs = manifest.get("costs", {})
+    shown = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if k != "n" and isinstance(v, float))
+    print(f"saved predictor: {model_dir}")
+    if shown:
+        print(f"eval ({manifest['metrics'].get('eval_data')}): {shown}")
+    if costs:
+        print(f"cost: {costs['params'] / 1e6:.2f}M params, {costs['flops_per_example']:.4g} FLOPs/example")
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from summon.data.spec import DatasetSpec
+    from summon.evaluate.report import write_report
+    from summon.evaluate.runner import evaluate_predictor, load_for
+    from summon.predictor import load
+
+    entries = []
+    for path in args.predictors:
+        predictor = load(path)
+        data = load_for(predictor, DatasetSpec.parse(args.data, limit=args.limit), args.data_dir)
+        entry = evaluate_predictor(predictor, data, name=Path(path).parent.name if Path(path).name == "model"
+                                   else Path(path).name, latency=not args.no_latency,
+                                   max_seconds=args.max_seconds, progress=True)
+        entries.append(entry)
+        print(json.dumps({"name": entry["name"], "data": entry["data"], **entry["metrics"],
+                          "flops_per_example": entry["cost"]["flops_per_example"]}))
+    if args.out:
+        paths = write_report(entries, args.out, title=f"summon eval on {args.data}", reference=entries[0]["name"])
+        print(f"report: {', '.join(str(p) for p in paths.values())}")
+    return 0
+
+
+def _read_inputs(args: argparse.Namespace) -> list:
+    inputs: list = list(args.texts)
+    if args.file:
+        path = Path(args.file)
+        if path.suffix in (".jsonl", ".json"):
+            from summon.data.readers import read_jsonl, read_text
+
+            for line, row in read_jsonl(path, read_text(path)):
+                if "text_pair" in row:
+                    inputs.append((row["text"], row["text_pair"]))
+                elif "text" in row or "tokens" in row:
+                    inputs.append(row.get("text", row.get("tokens")))
+                else:
+                    raise ValueError(f"{path}:{line}: needs a 'text' (or 'tokens') key")
+        else:
+            from summon.data.readers import read_text
+
+            inputs += [line for line in read_text(path).splitlines() if line.strip()]
+    if not inputs:
+        raise ValueError("nothing to predict: give texts as arguments or --file FILE (.txt, one per line, or .jsonl)")
+    return inputs
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from summon.predictor import load
+
+    predictor = load(args.predictor)
+    inputs = _read_inputs(args)
+    for pred in predictor.predict(inputs, batch_size=args.batch_size):
+        print(json.dumps(pred.to_dict(), ensure_ascii=False))
+    return 0
+
+
+def cmd_recipes(args: argparse.Namespace) -> int:
+    from summon import recipe
+
+    if args.action == "ls":
+        for name, path in recipe.shipped().items():
+            print(f"{name:28s} {recipe.describe(path)}")
+    elif args.action == "show":
+        print(recipe.find(_need(args.name, "show")).read_text(encoding="utf-8"), end="")
+    else:
+        target = recipe.copy_recipe(_need(args.name, "cp"), args.dest or ".")
+        print(f"copied to {target}; run it with: summon train {target}")
+    return 0
+
+
+def _need(value: str | None, action: str) -> str:
+    if not value:
+        raise ValueError(f"`summon recipes {action}` needs a recipe name; see `summon recipes ls`")
+    return value
+
+
+def cmd_quickstart(args: argparse.Namespace) -> int:
+    from summon.cli.quickstart import run_quickstart
+
+    run_quickstart(Path(args.out), max_seconds=args.max_seconds)
+    return 0
+
+
+# --- parser ---------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="summon", description="Distil, exit early and cascade expensive models.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log more (accelerate, transformers)")
+    parser.add_argument("--version", action="store_true", help="print the version and exit")
+    sub = parser.add_subparsers(dest="command")
+
+    p = sub.add_parser("train", help="train from a recipe: summon train RECIPE.yaml [key=value ...]")
+    p.add_argument("recipe", help="a recipe file, or the name of a shipped recipe (summon recipes ls)")
+    p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.lr=3e-5 model.first=2")
+    p.add_argument("--data-dir", help="local data catalog folder (default $SUMMON_DATA_DIR)")
+    p.add_argument("--dry-run", action="store_true", help="print the validated config and stop")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("eval", help="evaluate saved predictors on a split, with cost, and write a report")
+    p.add_argument("predictors", nargs="+", help="predictor directories (the first is the cost reference)")
+    p.add_argument("--data", required=True, help="sst2:dev, a .jsonl/.csv/.tsv file, or hub:ID[@CONFIG][:SPLIT]")
+    p.add_argument("--data-dir", help="local data catalog folder (default $SUMMON_DATA_DIR)")
+    p.add_argument("--limit", type=int, help="evaluate the first N rows only")
+    p.add_argument("--out", help="folder for report.json, report.md and report.png")
+    p.add_argument("--no-latency", action="store_true", help="count FLOPs but skip timing")
+    p.add_argument("--max-seconds", type=float, default=10.0, help="time budget for latency per model")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("predict", help="predict labels for texts; prints one JSON object per input")
+    p.add_argument("predictor", help="a predictor directory")
+    p.add_argument("texts", nargs="*", help="texts to classify")
+    p.add_argument("--file", help=".txt (one input per line) or .jsonl with 'text' (and 'text_pair') keys")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("recipes", help="list, show or copy the shipped recipes")
+    p.add_argument("action", choices=["ls", "show", "cp"])
+    p.add_argument("name", nargs="?")
+    p.add_argument("dest", nargs="?")
+    p.set_defaults(func=cmd_recipes)
+
+    p = sub.add_parser("quickstart", help="offline end-to-end demo: fine-tune, distil, evaluate, report")
+    p.add_argument("--out", default="summon_quickstart", help="output folder (default ./summon_quickstart)")
+    p.add_argument("--max-seconds", type=float, default=6.0, help="latency time budget per model")
+    p.set_defaults(func=cmd_quickstart)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.version:
+        import summon
+
+        print(summon.__version__)
+        return 0
+    if not args.command:
+        parser.print_help()
+        return EXIT_USAGE
+    _setup_logging(args.verbose)
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError) as err:
+        if os.environ.get("SUMMON_DEBUG"):
+            raise
+        print(f"summon: error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("summon: interrupted; run the same command again to resume from the last checkpoint", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,36 @@
+"""Evaluate saved predictors on a split: quality metrics and measured cost, ready for a report."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from summon.data.loading import load_split
+from summon.data.spec import DatasetSpec, TaskData
+from summon.evaluate.measure import measure_costs
+from summon.evaluate.task import score
+
+
+def load_for(predictor: Any, spec: DatasetSpec, data_dir: str | None = None) -> TaskData:
+    """Load ``spec`` with the predictor's label set, checking the task matches."""
+    if spec.labels is None:
+        spec = DatasetSpec(**{**spec.__dict__, "labels": list(predictor.labels)})
+    if spec.task is None and spec.name is None:
+        spec = DatasetSpec(**{**spec.__dict__, "task": predictor.task})
+    data = load_split(spec, data_dir=data_dir)
+    if data.task != predictor.task:
+        raise ValueError(f"{data.source} is a {data.task} set but the predictor does {predictor.task}")
+    return data
+
+
+def evaluate_predictor(predictor: Any, data: TaskData, *, name: str, latency: bool = True,
+                       batch_sizes: Sequence[int] = (1, 32, 128), max_seconds: float = 10.0,
+                       batch_size: int = 128, progress: bool = False) -> dict[str, Any]:
+    """One report entry: ``{"name", "path", "data", "metrics", "cost"}`` (see :func:`summon.evaluate.write_report`)."""
+    rows = predictor.logits(data.examples, batch_size=batch_size, progress=f"eval {name}" if progress else False)
+    metrics = score(data.task, data.labels, data.examples, rows)
+    features = predictor.featurizer.encode(data.examples, data.task)
+    cost = measure_costs(predictor.model, features, predictor.featurizer.pad_id, latency=latency,
+                         batch_sizes=batch_sizes, max_seconds=max_seconds)
+    return {"name": name, "path": str(predictor.path) if predictor.path else None, "data": data.source,
+            "metrics": metrics, "cost": cost}
