@@ -1,0 +1,47 @@
+"""Provenance shared by the benchmark scripts: the exact command, commit, versions and machine."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import subprocess
+import sys
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+from summon.evaluate.cost import machine_info
+
+REPO = Path(__file__).resolve().parent.parent
+PACKAGES = ("summon", "torch", "transformers", "accelerate", "datasets", "tokenizers", "safetensors", "numpy")
+
+
+def git_commit() -> str:
+    """HEAD's hash, with ``-dirty`` when tracked files differ from it."""
+    def run(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, check=False).stdout.strip()
+
+    commit = run("rev-parse", "HEAD") or "unknown"
+    dirty = run("status", "--porcelain", "--untracked-files=no")
+    return commit + ("-dirty" if dirty else "")
+
+
+def versions() -> dict[str, str]:
+    out = {"python": sys.version.split()[0]}
+    for name in PACKAGES:
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
+def provenance(seed: int) -> dict[str, Any]:
+    return {"command": " ".join(shlex.quote(a) for a in [Path(sys.executable).name, *sys.argv]),
+            "commit": git_commit(), "versions": versions(), "machine": machine_info(), "seed": seed}
+
+
+def write_result(path: Path, result: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    print(f"wrote {path}")
