@@ -61,7 +61,8 @@ def _fetch_rows(
     if spec.path:
         return read_rows(spec.path, spec.format), str(spec.path), None, None
     if spec.hub:
-        rows, names = _hub_rows(spec.hub, spec.config, spec.split, spec.describe())
+        label_column = spec.columns.get(LABEL_COLUMN[spec.task], LABEL_COLUMN[spec.task])
+        rows, names = _hub_rows(spec.hub, spec.config, spec.split, spec.describe(), label_column)
         return rows, spec.describe(), None, names
     return _catalog_rows(spec, data_dir)
 
@@ -94,7 +95,7 @@ def _catalog_rows(spec: DatasetSpec, data_dir: Path | None):
         )
     where = f"{spec.name}:{split}"
     try:
-        rows, _ = _hub_rows(entry.hub, entry.hub_config, entry.hub_splits[split], where)
+        rows, _ = _hub_rows(entry.hub, entry.hub_config, entry.hub_splits[split], where, None)
     except ValueError as err:
         raise ValueError(
             f"{where}: not found locally (data dir: {data_dir or 'not set'}; set --data-dir or "
@@ -103,8 +104,9 @@ def _catalog_rows(spec: DatasetSpec, data_dir: Path | None):
     return rows, f"hub:{entry.hub}:{entry.hub_splits[split]}", entry, None
 
 
-def _hub_rows(hub: str, config: str | None, split: str, where: str) -> tuple[list[Row], list[str] | None]:
-    """Rows from ``datasets.load_dataset``; ClassLabel names become label names."""
+def _hub_rows(hub: str, config: str | None, split: str, where: str,
+              label_column: str | None) -> tuple[list[Row], list[str] | None]:
+    """Rows from ``datasets.load_dataset``; the label column's ClassLabel names become label names."""
     try:
         import datasets
 
@@ -115,16 +117,16 @@ def _hub_rows(hub: str, config: str | None, split: str, where: str) -> tuple[lis
             f"hub for {where}: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}. "
             "Offline? Use a local file ('path:') or the local data directory."
         ) from None
-    names = _class_label_names(ds.features)
+    names = _class_label_names(ds.features, label_column)
     return [(i + 1, dict(row)) for i, row in enumerate(ds)], names
 
 
-def _class_label_names(features: Any) -> list[str] | None:
-    for feature in features.values():
-        inner = getattr(feature, "feature", feature)  # Sequence(ClassLabel) for tags
-        if type(inner).__name__ == "ClassLabel":
-            return list(inner.names)
-    return None
+def _class_label_names(features: Any, column: str | None) -> list[str] | None:
+    """Names of ``column``'s ClassLabel (or Sequence of ClassLabel, for tags); None if it has none."""
+    if column is None or column not in features:
+        return None
+    inner = getattr(features[column], "feature", features[column])
+    return list(inner.names) if type(inner).__name__ == "ClassLabel" else None
 
 
 # --- canonical form -------------------------------------------------------------------------------
@@ -194,6 +196,8 @@ def infer_labels(examples: Sequence[dict[str, Any]], task: str) -> list[str]:
         raise ValueError("no labels found to infer a label set from; give 'labels:' in the data spec.")
     if all(isinstance(v, int) and not isinstance(v, bool) for v in values):
         return [str(i) for i in range(max(values) + 1)]
+    if all(isinstance(v, str) and v.isdigit() for v in values):  # CSV/TSV give integer labels as text
+        return [str(i) for i in range(max(int(v) for v in values) + 1)]
     names = sorted(str(v) for v in values)
     if "O" in names:
         names.remove("O")

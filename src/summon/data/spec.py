@@ -68,7 +68,7 @@ class DatasetSpec:
         if self.name:
             return f"{self.name}:{self.split}"
         if self.hub:
-            return f"hub:{self.hub}{'/' + self.config if self.config else ''}:{self.split}"
+            return f"hub:{self.hub}{'@' + self.config if self.config else ''}:{self.split}"
         return str(self.path)
 
     @classmethod

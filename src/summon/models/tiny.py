@@ -38,6 +38,7 @@ def tiny_tokenizer(max_length: int = 128) -> PreTrainedTokenizerFast:
     return PreTrainedTokenizerFast(
         tokenizer_object=core, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]", sep_token="[SEP]",
         mask_token="[MASK]", model_max_length=max_length,
+        model_input_names=["input_ids", "token_type_ids", "attention_mask"],
     )
 
 
