@@ -39,7 +39,8 @@ class ModelConfig:
     num_heads: int | None = None
     intermediate_size: int | None = None
     pooling: Literal["mean", "cls", "pooler"] = "mean"  # encoders: how a sequence head pools tokens
-    dropout: float = 0.1  # the head's dropout (encoders keep their own config's dropout)
+    dropout: float = 0.1  # the head's dropout
+    encoder_dropout: float | None = None  # replaces every dropout rate inside the encoder (default: its config's)
     max_length: int = 128  # sub-tokens per input (encoders) / n-grams per input x 16 (ngram)
     num_buckets: int = 1 << 20  # ngram: hash buckets
     embed_dim: int = 64  # ngram: embedding width
@@ -52,8 +53,10 @@ class ModelConfig:
             raise ValueError("kind 'pretrained' needs 'name' (e.g. minilm-l6, mpnet-base, a folder or a hub id)")
         if self.kind == "truncated" and sum(x is not None for x in (self.first, self.every, self.layers)) != 1:
             raise ValueError("kind 'truncated' needs exactly one of 'first', 'every' or 'layers'")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"'dropout' must be in [0, 1), got {self.dropout}")
+        for key in ("dropout", "encoder_dropout"):
+            value = getattr(self, key)
+            if value is not None and not 0.0 <= value < 1.0:
+                raise ValueError(f"'{key}' must be in [0, 1), got {value}")
         if self.max_length < 2:
             raise ValueError(f"'max_length' must be at least 2, got {self.max_length}")
 
@@ -82,6 +85,8 @@ def build_model(cfg: ModelConfig, task: str, num_labels: int, *, source: tuple[n
         if cfg.kind == "ngram":
             return _build_ngram(cfg, task, num_labels)
         encoder, tokenizer = _encoder_for(cfg, source)
+        if cfg.encoder_dropout is not None:
+            set_encoder_dropout(encoder, cfg.encoder_dropout)
         arch = encoder_architecture(encoder, task, num_labels, cfg.pooling, cfg.dropout)
         model = EncoderClassifier(Backbone(encoder), make_head(arch))
     featurizer = TokenizerFeaturizer(tokenizer, max_length=cfg.max_length)
@@ -101,6 +106,19 @@ def _encoder_for(cfg: ModelConfig, source: tuple[nn.Module, Any] | None) -> tupl
     if cfg.kind == "random":
         return _random_like(encoder, cfg), tokenizer
     return encoder, tokenizer
+
+
+_DROPOUT_KEYS = ("hidden_dropout_prob", "attention_probs_dropout_prob", "dropout", "attention_dropout")
+
+
+def set_encoder_dropout(encoder: nn.Module, rate: float) -> None:
+    """Set every dropout rate of a Hugging Face encoder: its modules now, and its config for rebuilding."""
+    for module in encoder.modules():
+        if isinstance(module, nn.Dropout):
+            module.p = rate
+    for key in _DROPOUT_KEYS:
+        if hasattr(encoder.config, key):
+            setattr(encoder.config, key, rate)
 
 
 def _random_like(encoder: nn.Module, cfg: ModelConfig) -> nn.Module:

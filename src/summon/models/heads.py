@@ -67,6 +67,9 @@ class EncoderClassifier(nn.Module):
         super().__init__()
         self.backbone = backbone
         self.head = head
+        if getattr(head, "pooling", None) != "pooler" and self.pooler is not None:
+            # Unused by this head: frozen so it gets no optimizer state and DDP sees no grad-less parameters.
+            self.pooler.requires_grad_(False)
 
     @property
     def pooler(self) -> nn.Module | None:

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 from accelerate import Accelerator
-from accelerate.utils import set_seed
+from accelerate.utils import DataLoaderConfiguration, set_seed
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
@@ -150,8 +150,11 @@ def build_accelerator(cfg: RunConfig) -> Accelerator:
         precision = "no"
         if torch.cuda.is_available():
             precision = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    # cpu=True on machines without CUDA makes several launched processes train together over gloo
+    # (`accelerate launch --multi_gpu --num_processes N` or torchrun) instead of each running alone.
     return Accelerator(mixed_precision=precision, gradient_accumulation_steps=cfg.train.grad_accum,
-                       split_batches=True, step_scheduler_with_optimizer=False)
+                       dataloader_config=DataLoaderConfiguration(split_batches=True),
+                       step_scheduler_with_optimizer=False, cpu=not torch.cuda.is_available())
 
 
 def build_optimizer(model: torch.nn.Module, cfg: RunConfig, total_steps: int):
@@ -264,7 +267,7 @@ def _loop(run, accelerator, model, optimizer, loader, scheduler, sampler, state,
             state.step += 1
             bar.update(1)
             if state.step % cfg.log_every == 0 or state.step == steps:
-                record = {k: v / running["n"] for k, v in running.items() if k != "n"}
+                record = _mean_over_processes(accelerator, running)
                 log.write({"step": state.step, "epoch": state.epoch, "lr": scheduler.get_last_lr()[0], **record})
                 bar.set_postfix(loss=f"{record['loss']:.4f}")
                 running.clear()
@@ -292,6 +295,14 @@ def _accumulate(running: dict[str, float], out: dict[str, Any]) -> None:
     for key, value in out.items():
         if key != "output" and torch.is_tensor(value) and value.numel() == 1:
             running[key] = running.get(key, 0.0) + float(value.detach())
+
+
+def _mean_over_processes(accelerator: Accelerator, running: dict[str, float]) -> dict[str, float]:
+    """Means of the logged parts since the last log, averaged over processes (each saw part of the batch)."""
+    keys = sorted(k for k in running if k != "n")
+    local = torch.tensor([running[k] / running["n"] for k in keys], device=accelerator.device)
+    values = accelerator.reduce(local, reduction="mean").tolist()
+    return dict(zip(keys, values, strict=True))
 
 
 def _evaluate_and_keep(run: Run, accelerator: Accelerator, model, state: TrainerState, log: MetricsLog) -> None:
