@@ -85,17 +85,16 @@ class Predictor:
 
     def examples_from_inputs(self, inputs: Sequence[Any]) -> list[dict[str, Any]]:
         """Canonical examples from raw inputs: strings, (text, pair) tuples, or word lists for tagging."""
-        if isinstance(inputs, str | tuple):
-            inputs = [inputs]
         examples = []
-        for i, item in enumerate(inputs):
+        for i, item in enumerate(as_batch(inputs)):
             if self.task == "token_classification":
                 tokens = item.split() if isinstance(item, str) else list(item)
                 if not tokens:
                     raise ValueError(f"input {i} is empty; give text to tag")
                 examples.append({"tokens": tokens})
             elif self.task == "pair_classification":
-                if not (isinstance(item, Sequence) and len(item) == 2 and all(isinstance(t, str) for t in item)):
+                if isinstance(item, str) or not (isinstance(item, Sequence) and len(item) == 2
+                                                 and all(isinstance(t, str) for t in item)):
                     raise ValueError(f"input {i}: a pair task needs (text, text_pair) tuples, got {item!r:.60}")
                 examples.append({"text": item[0], "text_pair": item[1]})
             else:
@@ -112,6 +111,7 @@ class Predictor:
 
     def predict(self, inputs: Sequence[Any], *, batch_size: int = 64) -> list[Prediction]:
         """Predict labels and probabilities for raw inputs (see :meth:`examples_from_inputs`)."""
+        inputs = as_batch(inputs)
         examples = self.examples_from_inputs(inputs)
         rows = self.logits(examples, batch_size=batch_size)
         if self.task == "token_classification":
@@ -137,6 +137,11 @@ class Predictor:
         keep = {k: v for k, v in self.manifest.items() if k not in _MANAGED}
         return save_predictor(directory, self.model, self.featurizer, self.task, self.labels, arch,
                               extra={**keep, **(extra or {})})
+
+
+def as_batch(inputs: Any) -> list[Any]:
+    """One input (a string or a (text, pair) tuple) becomes a batch of one; a list stays as it is."""
+    return [inputs] if isinstance(inputs, str | tuple) else list(inputs)
 
 
 _MANAGED = {"format", "format_version", "summon_version", "task", "labels", "architecture", "featurizer",
@@ -250,7 +255,8 @@ def read_manifest(directory: Path) -> dict[str, Any]:
         raise ValueError(f"{path}: unreadable manifest ({err}). The save was interrupted or the file edited; "
                          "re-save the predictor.") from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        raise ValueError(f"{path}: not a summon predictor manifest (format {manifest.get('format')!r}).")
+        seen = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
+        raise ValueError(f"{path}: not a summon predictor manifest (format {seen!r}).")
     if manifest.get("format_version", 0) > FORMAT_VERSION:
         raise ValueError(f"{path}: format version {manifest['format_version']} is newer than this summon "
                          f"({summon.__version__}) reads; upgrade summon.")

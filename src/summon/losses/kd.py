@@ -19,8 +19,16 @@ def cross_entropy(logits: torch.Tensor, labels: torch.Tensor, *, label_smoothing
         logits: [N, C] or [B, L, C].
         labels: [N] or [B, L] class ids; ``-100`` marks positions to skip.
     """
-    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1),
+    flat = labels.reshape(-1)
+    if not bool((flat != IGNORE_INDEX).any()):
+        return logits.sum() * 0.0  # nothing to score: zero, not NaN, and still part of the graph
+    return F.cross_entropy(_at_least_fp32(logits).reshape(-1, logits.shape[-1]), flat,
                            ignore_index=IGNORE_INDEX, label_smoothing=label_smoothing)
+
+
+def _at_least_fp32(x: torch.Tensor) -> torch.Tensor:
+    """Half-precision logits are promoted for a stable softmax; float64 stays float64."""
+    return x.to(torch.promote_types(x.dtype, torch.float32))
 
 
 def kd_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0,
@@ -40,8 +48,8 @@ def kd_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperatur
                          f"{tuple(teacher_logits.shape)} differ in shape")
     if temperature <= 0:
         raise ValueError(f"temperature must be positive, got {temperature}")
-    log_p_s = F.log_softmax(student_logits.float() / temperature, dim=-1)
-    log_p_t = F.log_softmax(teacher_logits.float() / temperature, dim=-1)
+    log_p_s = F.log_softmax(_at_least_fp32(student_logits) / temperature, dim=-1)
+    log_p_t = F.log_softmax(_at_least_fp32(teacher_logits) / temperature, dim=-1)
     per_row = (log_p_t.exp() * (log_p_t - log_p_s)).sum(dim=-1)
     if mask is not None:
         per_row = per_row[mask]

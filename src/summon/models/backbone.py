@@ -70,7 +70,13 @@ def family_of(model: nn.Module) -> Family:
             f"summon cannot run '{model_type}' encoders layer by layer yet.{suggest(str(model_type), list(FAMILIES))} "
             f"Supported: {', '.join(FAMILIES)}. Pass the base model (AutoModel), not a task model."
         )
-    return FAMILIES[model_type]
+    family = FAMILIES[model_type]
+    try:
+        _get_path(model, family.layers_path)
+    except AttributeError:
+        raise ValueError(f"{type(model).__name__} has no '{family.layers_path}': pass the base model "
+                         "(AutoModel.from_pretrained), not a task model such as ...ForSequenceClassification") from None
+    return family
 
 
 def _get_path(module: nn.Module, path: str) -> Any:
@@ -186,9 +192,9 @@ def keep_layers(model: nn.Module, keep: Sequence[int]) -> nn.Module:
     if not keep or any(not 0 <= i < len(layers) for i in keep) or len(set(keep)) != len(keep):
         raise ValueError(f"layers to keep must be distinct indices in 0..{len(layers) - 1}, got {keep}")
     student = copy.deepcopy(model)
+    copied = _get_path(student, family.layers_path)  # the copy's own layers share the copy's config
     parent_path, _, name = family.layers_path.rpartition(".")
-    parent = _get_path(student, parent_path)
-    setattr(parent, name, nn.ModuleList([copy.deepcopy(layers[i]) for i in keep]))
+    setattr(_get_path(student, parent_path), name, nn.ModuleList([copied[i] for i in keep]))
     student.config.num_hidden_layers = len(keep)
     return student
 

@@ -123,8 +123,9 @@ def set_encoder_dropout(encoder: nn.Module, rate: float) -> None:
 
 def _random_like(encoder: nn.Module, cfg: ModelConfig) -> nn.Module:
     config = copy.deepcopy(encoder.config)
+    ffn_key = "hidden_dim" if config.model_type == "distilbert" else "intermediate_size"  # DistilBERT's FFN width
     sizes = {"num_hidden_layers": cfg.num_layers, "hidden_size": cfg.hidden_size,
-             "num_attention_heads": cfg.num_heads, "intermediate_size": cfg.intermediate_size}
+             "num_attention_heads": cfg.num_heads, ffn_key: cfg.intermediate_size}
     for key, value in sizes.items():
         if value is not None:
             setattr(config, key, value)
