@@ -221,7 +221,9 @@ def train(cfg: RunConfig) -> Path:
         run = build_run(cfg)
     run.output_dir.mkdir(parents=True, exist_ok=True)
     sampler = EpochBatches(len(run.train_set), cfg.train.batch_size, cfg.train.seed)
-    loader = DataLoader(run.train_set, batch_sampler=sampler,
+    # A private generator: creating a DataLoader iterator draws a seed from it, and drawing from the global
+    # RNG instead would shift the dropout masks of a resumed run against an uninterrupted one.
+    loader = DataLoader(run.train_set, batch_sampler=sampler, generator=torch.Generator().manual_seed(cfg.train.seed),
                         collate_fn=partial(collate, pad_id=run.built.featurizer.pad_id))
     steps_per_epoch = math.ceil(math.ceil(len(run.train_set) / cfg.train.batch_size) / cfg.train.grad_accum)
     steps = min(cfg.train.epochs * steps_per_epoch, cfg.train.max_steps or math.inf)
