@@ -63,15 +63,14 @@ def _print_summary(model_dir: Path) -> None:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from summon.data.spec import DatasetSpec
     from summon.evaluate.report import write_report
-    from summon.evaluate.runner import evaluate_predictor, load_for
+    from summon.evaluate.runner import evaluate_predictor, load_for, spec_for
     from summon.predictor import load
 
     entries = []
     for path in args.predictors:
         predictor = load(path)
-        data = load_for(predictor, DatasetSpec.parse(args.data, limit=args.limit), args.data_dir)
+        data = load_for(predictor, spec_for(predictor, args.data, args.limit), args.data_dir)
         entry = evaluate_predictor(predictor, data, name=Path(path).parent.name if Path(path).name == "model"
                                    else Path(path).name, latency=not args.no_latency,
                                    max_seconds=args.max_seconds, progress=True)

@@ -5,18 +5,23 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from summon.data.catalog import CATALOG
 from summon.data.loading import load_split
 from summon.data.spec import DatasetSpec, TaskData
 from summon.evaluate.measure import measure_costs
 from summon.evaluate.task import score
 
 
+def spec_for(predictor: Any, text: str, limit: int | None = None) -> DatasetSpec:
+    """Parse a command-line data spec (``sst2:dev``, a file, ``hub:...``); files and hub sets get the predictor's task."""
+    extra = {} if text.partition(":")[0] in CATALOG else {"task": predictor.task}
+    return DatasetSpec.parse(text, limit=limit, **extra)
+
+
 def load_for(predictor: Any, spec: DatasetSpec, data_dir: str | None = None) -> TaskData:
     """Load ``spec`` with the predictor's label set, checking the task matches."""
     if spec.labels is None:
         spec = DatasetSpec(**{**spec.__dict__, "labels": list(predictor.labels)})
-    if spec.task is None and spec.name is None:
-        spec = DatasetSpec(**{**spec.__dict__, "task": predictor.task})
     data = load_split(spec, data_dir=data_dir)
     if data.task != predictor.task:
         raise ValueError(f"{data.source} is a {data.task} set but the predictor does {predictor.task}")

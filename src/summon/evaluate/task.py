@@ -25,7 +25,7 @@ def score(task: str, labels: Sequence[str], examples: Sequence[dict[str, Any]],
     if task == "token_classification":
         gold = [[labels[t] for t in ex["tags"]] for ex in examples]
         pred = [[labels[k] for k in row.argmax(axis=-1)] for row in rows]
-        return span_f1(gold, pred)
+        return {**span_f1(gold, pred), "n": len(examples)}
     probs = softmax(np.stack(rows).astype(np.float64))
     gold_ids = np.array([ex["label"] for ex in examples])
     return classification_metrics(probs, gold_ids)
