@@ -30,6 +30,7 @@ from summon.models import (
     tiny_encoder,
 )
 from summon.models.backbone import FAMILIES
+from summon.models.build import Source
 
 # Three texts of different lengths; the last is the longest, so dropping it lets select() trim padding.
 TEXTS = ["the movie was great fun", "bad", "the stock market won a new election this year , really"]
@@ -412,9 +413,9 @@ def _features(built, task: str, texts) -> dict[str, torch.Tensor]:
 
 
 @functools.cache
-def _source(name: str = "tiny-bert") -> tuple[torch.nn.Module, object]:
+def _source(name: str = "tiny-bert") -> Source:
     """A teacher-like encoder to truncate or shape after, shared between tests (build_model copies it)."""
-    return tiny_encoder(name, seed=3)
+    return Source(*tiny_encoder(name, seed=3))
 
 
 BUILDS = {
@@ -449,8 +450,8 @@ def test_build_model_token_logits_shape(key):
 
 
 def test_build_truncated_keeps_the_first_layer_and_leaves_the_source_alone():
-    encoder, tokenizer = _source()
-    built = build_model(ModelConfig(kind="truncated", first=1), "classification", 2, source=(encoder, tokenizer))
+    encoder, tokenizer = tiny_encoder("tiny-bert", seed=3)
+    built = build_model(ModelConfig(kind="truncated", first=1), "classification", 2, source=Source(encoder, tokenizer))
     assert built.model.backbone.num_layers == 1
     assert built.architecture["hf_config"]["num_hidden_layers"] == 1
     assert len(encoder.encoder.layer) == 2 and encoder.config.num_hidden_layers == 2

@@ -54,6 +54,8 @@ class Prediction:
     tokens: list[str] | None = None
     tags: list[str] | None = None
     spans: list[dict[str, Any]] = field(default_factory=list)
+    stage: int | None = None  # adaptive predictors: the stage (exit) that answered, 0-based
+    cost: float | None = None  # adaptive predictors: cost of this answer as a fraction of the full model
 
     def to_dict(self) -> dict[str, Any]:
         return {k: v for k, v in self.__dict__.items() if v not in (None, [])}
@@ -326,14 +328,15 @@ def load(path: str | os.PathLike) -> Predictor:
     manifest = read_manifest(directory)
     for name, expected in manifest.get("files", {}).items():
         _check_file(directory, name, expected)
-    kind = manifest.get("kind", "classifier")
-    if kind != "classifier":
-        raise ValueError(f"{directory / MANIFEST}: predictor kind '{kind}' is not supported by this summon "
-                         f"({summon.__version__}); upgrade summon.")
     model = model_from_architecture(manifest["architecture"])
     _load_weights(model, directory / WEIGHTS)
     featurizer = _load_featurizer(directory, manifest["featurizer"])
-    return Predictor(model, featurizer, manifest["task"], manifest["labels"], manifest, path=directory)
+    cls = Predictor
+    if hasattr(model, "num_stages"):  # a staged model (exits): one run-time knob over its stages
+        from summon.adaptive.predictor import AdaptivePredictor
+
+        cls = AdaptivePredictor
+    return cls(model, featurizer, manifest["task"], manifest["labels"], manifest, path=directory)
 
 
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9_.-]+")

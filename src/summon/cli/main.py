@@ -77,10 +77,64 @@ def cmd_eval(args: argparse.Namespace) -> int:
         entries.append(entry)
         print(json.dumps({"name": entry["name"], "data": entry["data"], **entry["metrics"],
                           "flops_per_example": entry["cost"]["flops_per_example"]}))
+        if getattr(predictor, "adaptive", None):
+            out = Path(args.out) / entry["name"] if args.out else None
+            entry["adaptive"] = _eval_adaptive(predictor, data, out, args)
     if args.out:
         paths = write_report(entries, args.out, title=f"summon eval on {args.data}", reference=entries[0]["name"])
         print(f"report: {', '.join(str(p) for p in paths.values())}")
     return 0
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    from summon.adaptive.calibration import calibration_report  # noqa: F401 - documents where ECE comes from
+    from summon.adaptive.predictor import AdaptivePredictor, calibrate
+    from summon.adaptive.thresholds import OperatingPoint, ThresholdTable
+    from summon.evaluate.runner import load_for, spec_for
+    from summon.predictor import load, update_manifest
+
+    predictor = load(args.predictor)
+    if not isinstance(predictor, AdaptivePredictor):
+        raise ValueError(f"{args.predictor} has no stages to calibrate (train it with model.exits, e.g. 'all')")
+    data = load_for(predictor, spec_for(predictor, args.data, args.limit), args.data_dir)
+    section = calibrate(predictor, data, policy=args.policy, cost_unit=args.unit, rule=args.rule, value=args.value,
+                        delta=args.delta, temperature_fraction=args.temperature_fraction,
+                        latency=not args.no_latency, seed=args.seed)
+    update_manifest(args.predictor, adaptive=section)
+    print(f"calibrated on {data.source}: temperatures from {section['rows']['temperature']} rows, "
+          f"thresholds from {section['rows']['thresholds']} rows")
+    print(f"{'exit':>4s} {'T':>7s} {'ECE before':>11s} {'ECE after':>10s} {'NLL before':>11s} {'NLL after':>10s}")
+    for row in section["calibration"]:
+        print(f"{row['stage'] + 1:4d} {row['temperature']:7.3f} {row['ece_before']:11.4f} {row['ece_after']:10.4f} "
+              f"{row['nll_before']:11.4f} {row['nll_after']:10.4f}")
+    table = ThresholdTable.from_dict(section["table"])
+    chosen = next((p for p in table.points if p.to_dict() == {k: section["default"][k] for k in
+                                                             OperatingPoint.__dataclass_fields__}), None)
+    print(f"\n{table.format(chosen)}")
+    d = section["default"]
+    print(f"\ndefault operating point ({d['rule']} {d['value']}): threshold {float(d['threshold']):.6g}, "
+          f"cost {d['cost']:.3f} of the full model ({section['cost_unit']}), accuracy {d['accuracy']:.4f}, "
+          f"disagreement with the full model {d['disagreement']:.4f}")
+    return 0
+
+
+def _eval_adaptive(predictor, data, out: Path | None, args: argparse.Namespace) -> dict:
+    from summon.evaluate.adaptive import evaluate_adaptive
+
+    result = evaluate_adaptive(predictor, data, out_dir=out, speed=args.speedup, title=f"{data.source}")
+    chosen = result["chosen"]
+    print(f"  full model accuracy {result['full_accuracy']:.4f}; at the calibrated threshold "
+          f"{float(chosen['threshold']):.4g}: accuracy {chosen['accuracy']:.4f}, cost {chosen['cost']:.3f}, "
+          f"exits {chosen['exit_counts']}")
+    drop = result["cost_at_drop_1pt"]
+    print(f"  cost within 1 point of the full model: policy {drop['policy']}, oracle (earliest agreeing) "
+          f"{drop['oracle_agree']}, oracle (earliest correct) {drop['oracle_correct']}")
+    for bs, s in result.get("speedup", {}).items():
+        print(f"  batch {bs}: speed-up {s['realised']:.2f}x measured vs {s['theoretical']:.2f}x from FLOPs "
+              f"({s['realised_over_theoretical']:.2f})")
+    if out is not None:
+        (out / "adaptive.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
+    return {k: result[k] for k in ("full_accuracy", "chosen", "cost_at_drop_1pt")}
 
 
 def _read_inputs(args: argparse.Namespace) -> list:
@@ -167,7 +221,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="folder for report.json, report.md and report.png")
     p.add_argument("--no-latency", action="store_true", help="count FLOPs but skip timing")
     p.add_argument("--max-seconds", type=float, default=10.0, help="time budget for latency per model")
+    p.add_argument("--speedup", action="store_true", help="staged predictors: measure wall-clock speed-up")
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("calibrate", help="fit exit temperatures and thresholds of a staged predictor on held-out data")
+    p.add_argument("predictor", help="a predictor directory with exits (updated in place)")
+    p.add_argument("--data", required=True, help="held-out split: sst2:dev, a file, or hub:ID[@CONFIG][:SPLIT]")
+    p.add_argument("--data-dir", help="local data catalog folder (default $SUMMON_DATA_DIR)")
+    p.add_argument("--limit", type=int, help="use the first N rows only")
+    p.add_argument("--policy", default="max_prob", choices=["max_prob", "margin", "entropy", "patience"])
+    p.add_argument("--unit", default="flops", choices=["flops", "ms"], help="cost measured in FLOPs or milliseconds")
+    p.add_argument("--rule", default="max_drop", choices=["budget", "max_drop", "max_drop_gold", "guaranteed"],
+                   help="how the default threshold is chosen")
+    p.add_argument("--value", type=float, default=0.01, help="the budget (cost fraction) or the drop (0.01 = 1 point)")
+    p.add_argument("--delta", type=float, default=0.1, help="guaranteed rule: failure probability")
+    p.add_argument("--temperature-fraction", type=float, default=0.3, help="share of rows that fit temperatures")
+    p.add_argument("--no-latency", action="store_true", help="skip measuring per-stage milliseconds")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_calibrate)
 
     p = sub.add_parser("predict", help="predict labels for texts; prints one JSON object per input")
     p.add_argument("predictor", help="a predictor directory")

@@ -116,6 +116,21 @@ def _custom_flop_mapping() -> dict[Any, Callable[..., int]]:
     return mapping
 
 
+class FlopMeter:
+    """Counts the FLOPs of individual calls, with the same formulas as :func:`count_flops`.
+
+    ``value, flops = meter(fn, *args)`` runs ``fn`` once under a fresh ``FlopCounterMode``.
+    """
+
+    def __init__(self) -> None:
+        self.mapping = _custom_flop_mapping()
+
+    def __call__(self, fn: Callable[..., Any], *args: Any) -> tuple[Any, int]:
+        with FlopCounterMode(display=False, custom_mapping=self.mapping) as counter:
+            value = fn(*args)
+        return value, int(counter.get_total_flops())
+
+
 def count_flops(model: nn.Module, batches: Iterable[Mapping[str, torch.Tensor]]) -> float:
     """Forward FLOPs per example, averaged over ``batches`` (total FLOPs / total examples).
 
@@ -131,15 +146,13 @@ def count_flops(model: nn.Module, batches: Iterable[Mapping[str, torch.Tensor]])
     Returns:
         FLOPs per example.
     """
-    mapping = _custom_flop_mapping()
+    meter = FlopMeter()
     total, total_examples = 0, 0
     with _eval_mode(model), torch.no_grad():
         for i, batch in enumerate(batches):
             total_examples += _batch_size(batch, f"count_flops batch {i}")
             # One counter per batch, so work done while producing the batch is not counted.
-            with FlopCounterMode(display=False, custom_mapping=mapping) as counter:
-                model(batch)
-            total += counter.get_total_flops()
+            total += meter(model, batch)[1]
     if total_examples == 0:
         raise ValueError("count_flops got no examples; pass at least one non-empty batch.")
     logger.debug("count_flops: %d FLOPs over %d examples", total, total_examples)

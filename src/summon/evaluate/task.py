@@ -26,9 +26,14 @@ def score(task: str, labels: Sequence[str], examples: Sequence[dict[str, Any]],
         gold = [[labels[t] for t in ex["tags"]] for ex in examples]
         pred = [[labels[k] for k in row.argmax(axis=-1)] for row in rows]
         return {**span_f1(gold, pred), "n": len(examples)}
-    probs = softmax(np.stack(rows).astype(np.float64))
+    stacked = np.stack(rows).astype(np.float64)
     gold_ids = np.array([ex["label"] for ex in examples])
-    return classification_metrics(probs, gold_ids)
+    if stacked.ndim == 3:  # a model with exits: [N, S, C]; the last exit is the full model
+        metrics = classification_metrics(softmax(stacked[:, -1]), gold_ids)
+        metrics["exit_accuracy"] = [float((stacked[:, k].argmax(-1) == gold_ids).mean())
+                                    for k in range(stacked.shape[1])]
+        return metrics
+    return classification_metrics(softmax(stacked), gold_ids)
 
 
 def higher_is_better(metric: str) -> bool:

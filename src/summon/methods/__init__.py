@@ -10,7 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from summon.methods import finetune, kd
+from summon.methods import early_exit, finetune, kd
 from summon.registry import Registry
 
 
@@ -28,5 +28,7 @@ METHODS.register("finetune", Method("finetune", finetune.FinetuneConfig, finetun
                                     "cross-entropy on gold labels"))
 METHODS.register("kd", Method("kd", kd.KDConfig, kd.step, True,
                               "Hinton KD: T²·KL to cached teacher logits mixed with cross-entropy by alpha"))
+METHODS.register("early_exit", Method("early_exit", early_exit.EarlyExitConfig, early_exit.step, False,
+                                      "Right Tool: sum of the exits' cross-entropies (optionally distilling the last exit)"))
 
 __all__ = ["METHODS", "Method"]

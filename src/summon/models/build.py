@@ -5,13 +5,17 @@ Kinds of model:
     ``truncated``: a copy of an encoder keeping its first k layers, every k-th layer or chosen layers
         (DistilBERT / PKD-style students). The source is ``name`` or, by default, the teacher's encoder.
     ``random``: a freshly initialised encoder shaped like the source with smaller sizes.
+    ``copy``: a copy of the source model itself, encoder and head (to attach exits to a fine-tuned teacher).
     ``ngram``: a fastText-like bag of hashed word n-grams (:class:`NgramClassifier`).
+
+Any encoder kind takes ``exits`` (classifier heads after chosen layers, :mod:`summon.models.exits`) and
+``freeze`` (parameter-name prefixes that do not train, e.g. ``[backbone]`` for DeeBERT's second stage).
 """
 
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
@@ -20,6 +24,7 @@ from transformers import AutoConfig, AutoModel
 
 from summon.data.features import NgramFeaturizer, TokenizerFeaturizer
 from summon.models.backbone import Backbone, keep_layers, layer_selection
+from summon.models.exits import MultiExitClassifier, resolve_exits
 from summon.models.heads import EncoderClassifier, SequenceHead, TokenHead
 from summon.models.ngram import NgramClassifier
 from summon.models.pretrained import load_encoder
@@ -29,7 +34,7 @@ from summon.models.pretrained import load_encoder
 class ModelConfig:
     """What model to train. Fields apply to the kinds named in their comments."""
 
-    kind: Literal["pretrained", "truncated", "random", "ngram"] = "pretrained"
+    kind: Literal["pretrained", "truncated", "random", "copy", "ngram"] = "pretrained"
     name: str | None = None  # pretrained: required; truncated/random: source encoder (default: the teacher's)
     first: int | None = None  # truncated: keep the first k layers
     every: int | None = None  # truncated: keep every k-th layer
@@ -47,6 +52,8 @@ class ModelConfig:
     hidden_dim: int = 0  # ngram: optional hidden layer
     ngram_max: int = 2  # ngram: longest n-gram
     init_seed: int = 0  # random init of new weights (heads, random encoders, n-gram embeddings)
+    exits: list[int] | Literal["all"] | None = None  # encoders: exit heads after these layers (1-based) or all
+    freeze: list[str] = field(default_factory=list)  # parameter-name prefixes to freeze, e.g. [backbone]
 
     def __post_init__(self) -> None:
         if self.kind == "pretrained" and not self.name:
@@ -62,6 +69,25 @@ class ModelConfig:
 
 
 @dataclass
+class Source:
+    """The model students are made from (usually the teacher): its encoder, tokenizer and head."""
+
+    encoder: nn.Module
+    tokenizer: Any
+    head: nn.Module | None = None
+
+    @classmethod
+    def of(cls, model: nn.Module, tokenizer: Any) -> Source | None:
+        backbone = getattr(model, "backbone", None)
+        if backbone is None:
+            return None  # an n-gram model has no encoder to copy
+        head = getattr(model, "head", None)
+        if head is None and hasattr(model, "heads"):
+            head = model.heads[-1]
+        return cls(backbone.model, tokenizer, head)
+
+
+@dataclass
 class Built:
     """A model, its featurizer and the architecture dict that rebuilds it."""
 
@@ -70,42 +96,85 @@ class Built:
     architecture: dict[str, Any]
 
 
-def build_model(cfg: ModelConfig, task: str, num_labels: int, *, source: tuple[nn.Module, Any] | None = None) -> Built:
+def build_model(cfg: ModelConfig, task: str, num_labels: int, *, source: Source | None = None) -> Built:
     """Build a fresh model for ``task``.
 
     Args:
         cfg: the model config.
         task: classification, pair_classification or token_classification.
         num_labels: size of the label set.
-        source: (base encoder, tokenizer) to truncate or shape a random model after when ``cfg.name`` is unset
-            (the teacher's, for distillation).
+        source: the model to truncate, copy or shape a random model after when ``cfg.name`` is unset
+            (the teacher, for distillation).
     """
     with torch.random.fork_rng():
         torch.manual_seed(cfg.init_seed)
         if cfg.kind == "ngram":
-            return _build_ngram(cfg, task, num_labels)
-        encoder, tokenizer = _encoder_for(cfg, source)
-        if cfg.encoder_dropout is not None:
-            set_encoder_dropout(encoder, cfg.encoder_dropout)
-        arch = encoder_architecture(encoder, task, num_labels, cfg.pooling, cfg.dropout)
-        model = EncoderClassifier(Backbone(encoder), make_head(arch))
-    featurizer = TokenizerFeaturizer(tokenizer, max_length=cfg.max_length)
-    return Built(model=model, featurizer=featurizer, architecture=arch)
+            if cfg.exits:
+                raise ValueError("exits attach to encoder layers; a bag of n-grams has none")
+            built = _build_ngram(cfg, task, num_labels)
+        else:
+            built = _build_encoder_model(cfg, task, num_labels, source)
+    freeze(built.model, cfg.freeze)
+    return built
 
 
-def _encoder_for(cfg: ModelConfig, source: tuple[nn.Module, Any] | None) -> tuple[nn.Module, Any]:
+def _build_encoder_model(cfg: ModelConfig, task: str, num_labels: int, source: Source | None) -> Built:
+    encoder, tokenizer, head = _encoder_for(cfg, source)
+    if cfg.encoder_dropout is not None:
+        set_encoder_dropout(encoder, cfg.encoder_dropout)
+    arch = encoder_architecture(encoder, task, num_labels, cfg.pooling, cfg.dropout)
+    if cfg.exits is not None:
+        if task == "token_classification":
+            raise ValueError("exits are implemented for sequence tasks; token classification has none yet")
+        arch = {**arch, "type": "exits", "exit_layers": resolve_exits(cfg.exits, Backbone(encoder).num_layers)}
+    model = model_for(arch, encoder)
+    if head is not None:
+        _reuse_head(model, head, arch)
+    return Built(model=model, featurizer=TokenizerFeaturizer(tokenizer, max_length=cfg.max_length), architecture=arch)
+
+
+def _encoder_for(cfg: ModelConfig, source: Source | None) -> tuple[nn.Module, Any, nn.Module | None]:
+    """The encoder to build on, its tokenizer, and a trained head to reuse (``copy`` only)."""
     if cfg.kind == "pretrained" or cfg.name:
         encoder, tokenizer, _ = load_encoder(cfg.name, seed=cfg.init_seed)
-    elif source is not None:
-        encoder, tokenizer = source
-    else:
+        if cfg.kind == "copy":
+            raise ValueError("kind 'copy' copies the teacher; leave 'name' unset")
+        source = Source(encoder, tokenizer)
+    elif source is None:
         raise ValueError(f"kind '{cfg.kind}' needs 'name' or a teacher to copy its encoder from")
     if cfg.kind == "truncated":
-        keep = layer_selection(len(Backbone(encoder).layers), first=cfg.first, every=cfg.every, indices=cfg.layers)
-        return keep_layers(encoder, keep), tokenizer
+        keep = layer_selection(Backbone(source.encoder).num_layers, first=cfg.first, every=cfg.every,
+                               indices=cfg.layers)
+        return keep_layers(source.encoder, keep), source.tokenizer, None
     if cfg.kind == "random":
-        return _random_like(encoder, cfg), tokenizer
-    return encoder, tokenizer
+        return _random_like(source.encoder, cfg), source.tokenizer, None
+    if cfg.kind == "copy":
+        return copy.deepcopy(source.encoder), source.tokenizer, source.head
+    return source.encoder, source.tokenizer, None
+
+
+def _reuse_head(model: nn.Module, head: nn.Module, arch: dict[str, Any]) -> None:
+    """Put the source's trained head on the last layer: the model's own head, or its last exit there."""
+    target = getattr(model, "head", None)
+    if hasattr(model, "heads"):
+        layers = Backbone(model.backbone.model).num_layers
+        target = model.heads[-1] if model.exit_layers[-1] == layers else None
+    if target is None or getattr(head, "pooling", None) != arch["pooling"]:
+        return
+    target.load_state_dict(head.state_dict())
+
+
+def freeze(model: nn.Module, prefixes: list[str]) -> None:
+    """Stop gradients for parameters whose name starts with any prefix (``backbone``, ``heads.5``, ...)."""
+    names = [name for name, _ in model.named_parameters()]
+    for prefix in prefixes:
+        matched = [n for n in names if n == prefix or n.startswith(prefix + ".")]
+        if not matched:
+            tops = sorted({".".join(n.split(".")[:2]) for n in names})
+            raise ValueError(f"freeze: no parameter starts with '{prefix}'. Prefixes here: {', '.join(tops)}")
+    for name, param in model.named_parameters():
+        if any(name == p or name.startswith(p + ".") for p in prefixes):
+            param.requires_grad_(False)
 
 
 _DROPOUT_KEYS = ("hidden_dropout_prob", "attention_probs_dropout_prob", "dropout", "attention_dropout")
@@ -156,13 +225,21 @@ def make_head(arch: dict[str, Any]) -> nn.Module:
     return SequenceHead(hidden, arch["num_labels"], arch["pooling"], arch["dropout"])
 
 
+def model_for(arch: dict[str, Any], encoder: nn.Module) -> nn.Module:
+    """Wrap ``encoder`` with the head(s) ``arch`` describes (new, randomly initialised heads)."""
+    backbone = Backbone(encoder)
+    if arch["type"] == "exits":
+        return MultiExitClassifier(backbone, arch["exit_layers"], [make_head(arch) for _ in arch["exit_layers"]])
+    return EncoderClassifier(backbone, make_head(arch))
+
+
 def model_from_architecture(arch: dict[str, Any]) -> nn.Module:
     """A randomly initialised model of the saved shape (weights are loaded afterwards)."""
     if arch.get("type") == "ngram":
         return NgramClassifier(arch["num_buckets"], arch["num_labels"], arch["embed_dim"], arch["hidden_dim"],
                                arch["dropout"])
-    if arch.get("type") == "encoder":
+    if arch.get("type") in ("encoder", "exits"):
         hf = dict(arch["hf_config"])
         config = AutoConfig.for_model(hf.pop("model_type"), **hf)
-        return EncoderClassifier(Backbone(AutoModel.from_config(config)), make_head(arch))
+        return model_for(arch, AutoModel.from_config(config))
     raise ValueError(f"unknown architecture type {arch.get('type')!r}; this predictor needs a newer summon?")

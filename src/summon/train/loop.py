@@ -36,7 +36,7 @@ from summon.evaluate.measure import measure_costs
 from summon.evaluate.task import MAIN_METRIC, higher_is_better, score
 from summon.inference import predict_logits
 from summon.methods import METHODS, Method
-from summon.models.build import Built, build_model
+from summon.models.build import Built, Source, build_model
 from summon.predictor import Predictor, load, save_predictor, update_manifest
 from summon.train.checkpoint import Checkpointer, TrainerState
 from summon.train.config import RunConfig
@@ -131,9 +131,7 @@ def build_run(cfg: RunConfig) -> Run:
     method, method_cfg = build_method(cfg)
     train_data, eval_data = build_data(cfg)
     teacher = build_teacher(cfg, method, train_data)
-    source = None
-    if teacher is not None and hasattr(teacher.model, "backbone"):
-        source = (teacher.model.backbone.model, teacher.featurizer.tokenizer)
+    source = Source.of(teacher.model, getattr(teacher.featurizer, "tokenizer", None)) if teacher else None
     built = build_model(cfg.model, train_data.task, len(train_data.labels), source=source)
     rows = None
     if method.needs_teacher:

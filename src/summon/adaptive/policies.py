@@ -1,0 +1,74 @@
+"""Exit and deferral policies as small pure functions.
+
+A policy turns a stage's calibrated class probabilities into a confidence score per row; a row stops at
+the first stage whose score reaches the threshold (the last stage always answers). Every policy has the
+same signature so the executor, the threshold selector and the evaluation treat them alike::
+
+    score, carry = policy(probs, carry)     # probs [B, C]; carry [B, ...] or None at the first stage
+
+``carry`` holds per-row memory between stages (only patience needs it); the executor keeps it aligned
+with the rows still running. Scores grow with confidence, so "stop when score >= threshold" holds for all.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+Policy = Callable[[torch.Tensor, torch.Tensor | None], tuple[torch.Tensor, torch.Tensor | None]]
+
+
+def max_prob(probs: torch.Tensor, carry: torch.Tensor | None = None) -> tuple[torch.Tensor, None]:
+    """The Right Tool for the Job: the largest calibrated class probability."""
+    return probs.max(dim=-1).values, None
+
+
+def margin(probs: torch.Tensor, carry: torch.Tensor | None = None) -> tuple[torch.Tensor, None]:
+    """Difference between the two largest probabilities (1.0 when there is a single class)."""
+    if probs.shape[-1] < 2:
+        return torch.ones(probs.shape[:-1], dtype=probs.dtype, device=probs.device), None
+    top = probs.topk(2, dim=-1).values
+    return top[..., 0] - top[..., 1], None
+
+
+def entropy(probs: torch.Tensor, carry: torch.Tensor | None = None) -> tuple[torch.Tensor, None]:
+    """One minus the normalised entropy: 1 for a one-hot distribution, 0 for the uniform one."""
+    classes = probs.shape[-1]
+    if classes < 2:
+        return torch.ones(probs.shape[:-1], dtype=probs.dtype, device=probs.device), None
+    h = -(probs * probs.clamp_min(1e-12).log()).sum(dim=-1)
+    return 1.0 - h / torch.log(torch.tensor(float(classes), dtype=probs.dtype, device=probs.device)), None
+
+
+def patience(probs: torch.Tensor, carry: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """PABEE (Zhou et al. 2020): how many consecutive stages, ending here, predicted the same class.
+
+    A threshold of ``t`` stops once ``t`` stages in a row agree. ``carry`` is [B, 2]: the previous
+    prediction and the run length so far.
+    """
+    pred = probs.argmax(dim=-1)
+    if carry is None:
+        run = torch.ones_like(pred)
+    else:
+        run = torch.where(pred == carry[:, 0], carry[:, 1] + 1, torch.ones_like(pred))
+    return run.to(probs.dtype), torch.stack([pred, run], dim=1)
+
+
+POLICIES: dict[str, Policy] = {"max_prob": max_prob, "margin": margin, "entropy": entropy, "patience": patience}
+
+
+def get_policy(name: str) -> Policy:
+    if name not in POLICIES:
+        raise ValueError(f"unknown exit policy '{name}'; choose from {', '.join(POLICIES)}")
+    return POLICIES[name]
+
+
+def stage_scores(probs: torch.Tensor, policy: Policy) -> torch.Tensor:
+    """Scores of every stage for every row: probs [N, S, C] -> [N, S] (runs the policy stage by stage)."""
+    carry = None
+    scores = []
+    for k in range(probs.shape[1]):
+        score, carry = policy(probs[:, k], carry)
+        scores.append(score)
+    return torch.stack(scores, dim=1)

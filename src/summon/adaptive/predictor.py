@@ -1,0 +1,215 @@
+"""Adaptive predictors: stages + temperatures + a threshold table, with one run-time knob.
+
+``summon.load(path)`` returns an :class:`AdaptivePredictor` for a model with exits. After
+:func:`calibrate` (``summon calibrate``), ``predict(texts, budget=0.4)``, ``predict(texts, max_drop=0.01)``
+or ``predict(texts, threshold=0.9)`` move the operating point at run time, with no retraining; each
+prediction says which stage answered and what it cost.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from summon.adaptive.calibration import calibration_report, fit_temperatures
+from summon.adaptive.costs import StageCosts, measure_stage_costs
+from summon.adaptive.executor import run_batch, run_full_batch
+from summon.adaptive.policies import get_policy, stage_scores
+from summon.adaptive.thresholds import OperatingPoint, ThresholdTable
+from summon.data.features import collate
+from summon.data.spec import TaskData
+from summon.inference import length_sorted_batches, predict_logits, to_device
+from summon.predictor import Prediction, Predictor, as_batch
+
+logger = logging.getLogger(__name__)
+
+
+class AdaptivePredictor(Predictor):
+    """A :class:`Predictor` whose model answers in stages (see :mod:`summon.adaptive.executor`)."""
+
+    @property
+    def adaptive(self) -> dict[str, Any] | None:
+        return self.manifest.get("adaptive")
+
+    @property
+    def num_stages(self) -> int:
+        return self.model.num_stages
+
+    def _require_calibration(self, what: str) -> dict[str, Any]:
+        if not self.adaptive:
+            where = self.path or "PREDICTOR"
+            raise ValueError(f"{what} needs calibrated thresholds: run `summon calibrate {where} --data SPLIT` "
+                             "on held-out data first")
+        return self.adaptive
+
+    @property
+    def table(self) -> ThresholdTable:
+        return ThresholdTable.from_dict(self._require_calibration("a threshold table")["table"])
+
+    @property
+    def costs(self) -> StageCosts:
+        return StageCosts.from_dict(self._require_calibration("stage costs")["costs"])
+
+    def operating_point(self, *, budget: float | None = None, max_drop: float | None = None,
+                        threshold: float | None = None, against: str = "reference") -> OperatingPoint | float:
+        """The threshold chosen by one knob (or the calibrated default when none is given)."""
+        given = [x is not None for x in (budget, max_drop, threshold)]
+        if sum(given) > 1:
+            raise ValueError("give at most one of budget=, max_drop= or threshold=")
+        if threshold is not None:
+            return float(threshold)
+        if not self.adaptive and budget is None and max_drop is None:
+            return float("inf")  # uncalibrated: every input runs to the last stage (the full model)
+        table = self.table
+        if budget is not None:
+            return table.budget(budget)
+        if max_drop is not None:
+            return table.max_drop(max_drop, against=against)
+        return float(self.adaptive["default"]["threshold"])
+
+    def predict(self, inputs: Sequence[Any], *, budget: float | None = None, max_drop: float | None = None,
+                threshold: float | None = None, batch_size: int = 64) -> list[Prediction]:
+        """Predict adaptively; ``budget`` (mean cost fraction), ``max_drop`` or ``threshold`` set the knob."""
+        point = self.operating_point(budget=budget, max_drop=max_drop, threshold=threshold)
+        limit = point.threshold if isinstance(point, OperatingPoint) else point
+        inputs = as_batch(inputs)
+        features = self.featurizer.encode(self.examples_from_inputs(inputs), self.task)
+        logits, stages = self.run(features, limit, batch_size=batch_size)
+        fractions = self._stage_fractions()
+        out = []
+        for row, stage in zip(logits, stages, strict=True):
+            probs = np.exp(row - row.max())
+            probs /= probs.sum()
+            k = int(probs.argmax())
+            out.append(Prediction(label=self.labels[k], label_id=k, probs=[float(p) for p in probs],
+                                  stage=int(stage), cost=None if fractions is None else fractions[int(stage)]))
+        return out
+
+    def _stage_fractions(self) -> list[float] | None:
+        if not self.adaptive:
+            return None
+        return self.costs.fractions(self.adaptive.get("cost_unit", "flops"))
+
+    def temperatures(self) -> list[float]:
+        return list(self.adaptive["temperatures"]) if self.adaptive else [1.0] * self.num_stages
+
+    def policy_name(self) -> str:
+        return self.adaptive["policy"] if self.adaptive else "max_prob"
+
+    @torch.inference_mode()
+    def run(self, features: Sequence[dict], threshold: float | Sequence[float], *, batch_size: int = 64,
+            sort: bool = True) -> tuple[np.ndarray, np.ndarray]:
+        """Adaptive execution over featurized examples: calibrated logits [N, C] and answering stage [N]."""
+        policy, temps = get_policy(self.policy_name()), self.temperatures()
+        device = next(self.model.parameters()).device
+        logits = np.zeros((len(features), len(self.labels)), dtype=np.float32)
+        stages = np.zeros(len(features), dtype=np.int64)
+        order = (list(length_sorted_batches(features, batch_size)) if sort else
+                 [list(range(i, min(i + batch_size, len(features)))) for i in range(0, len(features), batch_size)])
+        self.model.eval()
+        for idx in order:
+            batch = to_device(collate([features[i] for i in idx], self.featurizer.pad_id), device)
+            result = run_batch(self.model, batch, policy, temps, threshold)
+            logits[idx] = result.logits.cpu().numpy()
+            stages[idx] = result.stage.cpu().numpy()
+        return logits, stages
+
+    @torch.inference_mode()
+    def run_full(self, features: Sequence[dict], *, batch_size: int = 64) -> np.ndarray:
+        """The full model without exits (every layer, last head only), in the same batches as :meth:`run`."""
+        device = next(self.model.parameters()).device
+        out = np.zeros((len(features), len(self.labels)), dtype=np.float32)
+        self.model.eval()
+        for idx in length_sorted_batches(features, batch_size):
+            batch = to_device(collate([features[i] for i in idx], self.featurizer.pad_id), device)
+            out[idx] = run_full_batch(self.model, batch).float().cpu().numpy()
+        return out
+
+    def stage_logits(self, examples: Sequence[dict[str, Any]], *, batch_size: int = 64,
+                     progress: bool | str = False) -> np.ndarray:
+        """Uncalibrated logits of every stage at full depth: [N, S, C]."""
+        features = self.featurizer.encode(examples, self.task)
+        rows = predict_logits(self.model, features, self.task, pad_id=self.featurizer.pad_id,
+                              batch_size=batch_size, progress=progress)
+        return np.stack(rows)
+
+
+# --- calibration ----------------------------------------------------------------------------------
+
+
+def split_rows(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """A random ``fraction`` of row indices (for temperatures) and the rest (for thresholds)."""
+    if not 0.0 < fraction < 1.0:
+        raise ValueError(f"temperature_fraction must be in (0, 1), got {fraction}")
+    order = np.random.default_rng(seed).permutation(n)
+    cut = max(1, round(fraction * n))
+    if cut >= n:
+        raise ValueError(f"{n} calibration rows are too few to split; give more held-out data")
+    return np.sort(order[:cut]), np.sort(order[cut:])
+
+
+def choose(table: ThresholdTable, rule: str, value: float, delta: float = 0.1) -> tuple[OperatingPoint, Any]:
+    """Apply a named rule: ``budget``, ``max_drop`` (against the full model), ``max_drop_gold`` or ``guaranteed``."""
+    if rule == "budget":
+        return table.budget(value), None
+    if rule == "max_drop":
+        return table.max_drop(value, "reference"), None
+    if rule == "max_drop_gold":
+        return table.max_drop(value, "gold"), None
+    if rule == "guaranteed":
+        return table.guaranteed(value, delta)
+    raise ValueError(f"unknown rule '{rule}'; use budget, max_drop, max_drop_gold or guaranteed")
+
+
+def fit_thresholds(stage_logits: np.ndarray, gold: np.ndarray | None, temperatures: Sequence[float], policy: str,
+                   fractions: Sequence[float], cost_unit: str) -> ThresholdTable:
+    """The operating-point table of ``policy`` on these rows (logits [N, S, C], temperatures per stage)."""
+    scaled = torch.from_numpy(stage_logits).double() / torch.tensor(temperatures, dtype=torch.float64)[None, :, None]
+    probs = scaled.softmax(-1)
+    scores = stage_scores(probs, get_policy(policy)).numpy()
+    preds = probs.argmax(-1).numpy()
+    return ThresholdTable.build(policy, cost_unit, scores, preds, np.asarray(fractions), gold)
+
+
+def calibrate(predictor: AdaptivePredictor, data: TaskData, *, policy: str = "max_prob", cost_unit: str = "flops",
+              temperature_fraction: float = 0.3, rule: str = "max_drop", value: float = 0.01, delta: float = 0.1,
+              latency: bool = True, seed: int = 0, batch_size: int = 64) -> dict[str, Any]:
+    """Fit temperatures, measure stage costs and tabulate thresholds on held-out ``data``; store them.
+
+    A random ``temperature_fraction`` of the rows fits the per-stage temperatures; the other rows build the
+    threshold table, so the scores are fixed before the rows that test thresholds are seen (as the
+    Learn-then-Test guarantee requires). ``rule``/``value`` choose the default operating point.
+    Returns the new ``adaptive`` manifest section (also set on the predictor; save it with ``update_manifest``).
+    """
+    get_policy(policy)
+    if not data.has_labels:
+        raise ValueError(f"{data.source}: calibration needs labels (temperatures are fitted by NLL)")
+    logits = predictor.stage_logits(data.examples, batch_size=batch_size, progress="calibration pass")
+    gold = np.array([ex["label"] for ex in data.examples])
+    temp_rows, test_rows = split_rows(len(gold), temperature_fraction, seed)
+    temps = fit_temperatures(torch.from_numpy(logits[temp_rows]), torch.from_numpy(gold[temp_rows]))
+    report = calibration_report(torch.from_numpy(logits[test_rows]), torch.from_numpy(gold[test_rows]), temps)
+    costs = _measure(predictor, data, latency, batch_size)
+    table = fit_thresholds(logits[test_rows], gold[test_rows], temps, policy, costs.fractions(cost_unit), cost_unit)
+    point, tests = choose(table, rule, value, delta)
+    section = {"policy": policy, "cost_unit": cost_unit, "temperatures": temps, "costs": costs.to_dict(),
+               "table": table.to_dict(), "calibration": report, "data": data.source,
+               "rows": {"temperature": len(temp_rows), "thresholds": len(test_rows), "seed": seed},
+               "default": {"rule": rule, "value": value, "delta": delta if rule == "guaranteed" else None,
+                           **point.to_dict()}}
+    if tests is not None:
+        section["default"]["tests"] = len(tests)
+    predictor.manifest["adaptive"] = section
+    return section
+
+
+def _measure(predictor: AdaptivePredictor, data: TaskData, latency: bool, batch_size: int) -> StageCosts:
+    features = predictor.featurizer.encode(data.examples[:512], data.task)
+    batches = [collate([features[i] for i in idx], predictor.featurizer.pad_id)
+               for idx in length_sorted_batches(features, 32)]
+    timing = collate([features[i % len(features)] for i in range(32)], predictor.featurizer.pad_id)
+    return measure_stage_costs(predictor.model, batches, timing if latency else None)

@@ -1,0 +1,247 @@
+"""Evaluate staged predictors: accuracy against cost over thresholds, beside the oracle curves.
+
+* policy curve: every threshold's (mean cost, accuracy), and its upper envelope;
+* oracle "earliest correct": each row answered by its cheapest correct stage (the first stage when none
+  is), rows added in order of the extra cost they need — the best any exit rule could do
+  (sledgehammer's ``gold_layer`` oracle); it can beat the last stage ("overthinking");
+* oracle "earliest agreeing": each row answered by its cheapest stage that agrees with the last stage;
+  at its end it has the full model's accuracy at the least cost any rule matching the full model can pay;
+* area between the policy envelope and each oracle over the cost range, exit histograms, reliability
+  diagrams, and wall-clock speed-up measured against the speed-up the FLOPs promise.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from summon.adaptive.thresholds import OperatingPoint
+
+Curve = list[tuple[float, float]]  # (cost fraction, accuracy), ascending cost
+
+
+def envelope(points: Sequence[OperatingPoint]) -> Curve:
+    """The best accuracy reachable at each cost: the upper-left envelope of the operating points."""
+    best: Curve = []
+    for p in sorted(points, key=lambda p: (p.cost, -(p.accuracy or 0.0))):
+        if not best or p.accuracy > best[-1][1] + 1e-12:
+            best.append((p.cost, p.accuracy))
+    return best
+
+
+def oracle_curve(preds: np.ndarray, target: np.ndarray, gold: np.ndarray, costs: Sequence[float]) -> Curve:
+    """Rows start at stage 0 and move, cheapest extra cost first, to their earliest stage predicting ``target``.
+
+    ``target`` is the gold label (earliest-correct oracle) or the last stage's prediction (earliest-agreeing).
+    Rows with no such stage stay at stage 0. Accuracy is always measured against ``gold``.
+    """
+    costs = np.asarray(costs, dtype=float)
+    n = len(gold)
+    hit = preds == target[:, None]
+    has = hit.any(axis=1)
+    stage = np.where(has, hit.argmax(axis=1), 0)
+    gain = (preds[np.arange(n), stage] == gold).astype(float) - (preds[:, 0] == gold).astype(float)
+    extra = costs[stage] - costs[0]
+    order = np.argsort(extra, kind="stable")
+    acc0 = float((preds[:, 0] == gold).mean())
+    cost_path = costs[0] + np.concatenate([[0.0], np.cumsum(extra[order]) / n])
+    acc_path = acc0 + np.concatenate([[0.0], np.cumsum(gain[order]) / n])
+    return list(zip(cost_path.tolist(), acc_path.tolist(), strict=True))
+
+
+def cost_at_accuracy(curve: Curve, target: float) -> float | None:
+    """The least cost at which ``curve`` reaches ``target`` accuracy (None if it never does)."""
+    for cost, acc in sorted(curve):
+        if acc >= target - 1e-12:
+            return cost
+    return None
+
+
+def _step_value(curve: Curve, cost: float) -> float:
+    """Best accuracy on ``curve`` at cost <= ``cost`` (a staircase)."""
+    values = [a for c, a in curve if c <= cost + 1e-12]
+    return max(values) if values else curve[0][1]
+
+
+def area_between(upper: Curve, lower: Curve, grid: int = 512) -> float:
+    """Mean gap (accuracy points x cost fraction) between two staircases over their common cost range."""
+    lo = max(min(c for c, _ in upper), min(c for c, _ in lower))
+    hi = min(max(c for c, _ in upper), max(c for c, _ in lower))
+    if hi <= lo:
+        return 0.0
+    xs = np.linspace(lo, hi, grid)
+    gaps = [_step_value(upper, x) - _step_value(lower, x) for x in xs]
+    return float(np.trapezoid(gaps, xs))
+
+
+def curves(preds: np.ndarray, gold: np.ndarray, costs: Sequence[float],
+           points: Sequence[OperatingPoint]) -> dict[str, Any]:
+    """Policy envelope, both oracle curves, areas between them, and each curve's cost at a 1-point drop."""
+    full = float((preds[:, -1] == gold).mean())
+    policy = envelope(points)
+    correct = oracle_curve(preds, gold, gold, costs)
+    agree = oracle_curve(preds, preds[:, -1], gold, costs)
+    return {
+        "full_accuracy": full,
+        "policy": policy, "oracle_correct": correct, "oracle_agree": agree,
+        "area_policy_to_oracle_correct": area_between(correct, policy),
+        "area_policy_to_oracle_agree": area_between(agree, policy),
+        "cost_at_drop_1pt": {"policy": cost_at_accuracy(policy, full - 0.01),
+                             "oracle_correct": cost_at_accuracy(correct, full - 0.01),
+                             "oracle_agree": cost_at_accuracy(agree, full - 0.01)},
+        "oracle_agree_end": {"cost": agree[-1][0], "accuracy": agree[-1][1]},
+        "oracle_correct_end": {"cost": correct[-1][0], "accuracy": correct[-1][1]},
+    }
+
+
+# --- wall-clock speed-up --------------------------------------------------------------------------
+
+
+def _median_seconds(fn, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def measure_speedup(predictor: Any, features: Sequence[dict], threshold: float, batch_sizes: Sequence[int] = (1, 32, 128),
+                    repeats: int = 3) -> dict[str, dict[str, float]]:
+    """Realised speed-up (full model time / adaptive time) against the FLOPs-promised one, per batch size.
+
+    Both runs take the same examples in the same length-sorted batches; the full model runs every layer
+    and only its last head. Tokenisation is excluded. Theoretical = full FLOPs / mean adaptive FLOPs.
+    """
+    fractions = predictor.costs.fractions("flops")
+    out = {}
+    for bs in batch_sizes:
+        _, stages = predictor.run(features, threshold, batch_size=bs)  # also a warm-up
+        predictor.run_full(features, batch_size=bs)
+        t_adaptive = _median_seconds(lambda bs=bs: predictor.run(features, threshold, batch_size=bs), repeats)
+        t_full = _median_seconds(lambda bs=bs: predictor.run_full(features, batch_size=bs), repeats)
+        theoretical = 1.0 / float(np.mean(np.asarray(fractions)[stages]))
+        realised = t_full / t_adaptive
+        out[str(bs)] = {"full_seconds": t_full, "adaptive_seconds": t_adaptive, "realised": realised,
+                        "theoretical": theoretical, "realised_over_theoretical": realised / theoretical}
+    return out
+
+
+# --- plots ----------------------------------------------------------------------------------------
+
+
+def _figure(width: float, height: float):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height))
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def plot_curves(result: dict[str, Any], path: Path, title: str, chosen: OperatingPoint | None = None) -> Path:
+    """Accuracy against cost: policy envelope, both oracles, the full model and the chosen point."""
+    fig = _figure(6.5, 4.5)
+    ax = fig.add_subplot(1, 1, 1)
+    for key, label, style in (("policy", "threshold policy", "-"), ("oracle_correct", "oracle: earliest correct", "--"),
+                              ("oracle_agree", "oracle: earliest agreeing with last", ":")):
+        xs, ys = zip(*result[key], strict=True)
+        ax.step(xs, ys, style, where="post", label=label)
+    ax.axhline(result["full_accuracy"], color="grey", lw=0.8, label="full model")
+    ax.axhline(result["full_accuracy"] - 0.01, color="grey", lw=0.8, ls="--", label="full model − 1 point")
+    if chosen is not None and chosen.accuracy is not None:
+        ax.plot([chosen.cost], [chosen.accuracy], "o", color="black", label="chosen threshold")
+    ax.set_xlabel("mean cost (fraction of the full model's FLOPs)")
+    ax.set_ylabel("accuracy")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    return path
+
+
+def plot_exits(exit_counts: Sequence[int], path: Path, title: str) -> Path:
+    fig = _figure(5, 3.5)
+    ax = fig.add_subplot(1, 1, 1)
+    ax.bar(range(1, len(exit_counts) + 1), exit_counts)
+    ax.set_xlabel("exit (stage)")
+    ax.set_ylabel("inputs answered")
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    return path
+
+
+def plot_reliability(bins: Sequence[dict[str, Any]], path: Path, title: str) -> Path:
+    """One panel per stage: accuracy against confidence per bin, before and after temperature scaling."""
+    fig = _figure(3.0 * len(bins), 3.2)
+    for k, stage in enumerate(bins):
+        ax = fig.add_subplot(1, len(bins), k + 1)
+        ax.plot([0, 1], [0, 1], color="grey", lw=0.8)
+        for key, label in (("before", "T = 1"), ("after", f"T = {stage['temperature']:.2f}")):
+            conf = [c for c in stage[key]["confidence"] if c is not None]
+            acc = [a for a, c in zip(stage[key]["accuracy"], stage[key]["confidence"], strict=True) if c is not None]
+            ax.plot(conf, acc, "o-", ms=3, label=label)
+        ax.set_title(f"exit {k + 1}", fontsize=9)
+        ax.set_xlabel("confidence", fontsize=8)
+        if k == 0:
+            ax.set_ylabel("accuracy", fontsize=8)
+        ax.legend(fontsize=7)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    return path
+
+
+# --- one call: everything about a calibrated staged predictor on one split -------------------------
+
+
+def evaluate_adaptive(predictor: Any, data: Any, *, out_dir: Path | None = None, threshold: float | None = None,
+                      speed: bool = False, batch_sizes: Sequence[int] = (1, 32, 128), title: str = "") -> dict[str, Any]:
+    """Curves, oracles, the operating point at ``threshold`` (default: the calibrated one), reliability and
+    optionally measured speed-ups of a calibrated :class:`~summon.adaptive.predictor.AdaptivePredictor`."""
+    import torch
+
+    from summon.adaptive.policies import get_policy, stage_scores
+    from summon.adaptive.predictor import fit_thresholds
+    from summon.adaptive.thresholds import sweep
+    from summon.evaluate.metrics import reliability_bins
+
+    adaptive = predictor._require_calibration("adaptive evaluation")
+    logits = predictor.stage_logits(data.examples, progress="stage logits")
+    gold = np.array([ex["label"] for ex in data.examples])
+    temps = predictor.temperatures()
+    fractions = predictor.costs.fractions(adaptive.get("cost_unit", "flops"))
+    table = fit_thresholds(logits, gold, temps, adaptive["policy"], fractions, adaptive.get("cost_unit", "flops"))
+    scaled = torch.from_numpy(logits).double() / torch.tensor(temps, dtype=torch.float64)[None, :, None]
+    probs = scaled.softmax(-1)
+    preds = probs.argmax(-1).numpy()
+    chosen_t = float(adaptive["default"]["threshold"]) if threshold is None else threshold
+    scores = stage_scores(probs, get_policy(adaptive["policy"])).numpy()
+    chosen = sweep(scores, preds, np.asarray(fractions), gold, thresholds=np.array([chosen_t]))[0]
+    result = curves(preds, gold, fractions, table.points)
+    raw = torch.from_numpy(logits).double().softmax(-1).numpy()
+    reliability = [{"temperature": t, "before": reliability_bins(raw[:, k], gold), "after":
+                    reliability_bins(probs[:, k].numpy(), gold)} for k, t in enumerate(temps)]
+    result.update({"chosen": chosen.to_dict(), "chosen_rule": adaptive["default"], "table": table.to_dict(),
+                   "reliability": reliability, "exit_accuracy": [float((preds[:, k] == gold).mean())
+                                                                  for k in range(preds.shape[1])]})
+    if speed:
+        features = predictor.featurizer.encode(data.examples, data.task)
+        result["speedup"] = measure_speedup(predictor, features, chosen_t, batch_sizes)
+    if out_dir is not None:
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        result["plots"] = {
+            "curve": str(plot_curves(result, out_dir / "accuracy_vs_cost.png", title or data.source, chosen)),
+            "exits": str(plot_exits(chosen.exit_counts, out_dir / "exit_histogram.png",
+                                    f"exits at threshold {chosen_t:.4g}")),
+            "reliability": str(plot_reliability(reliability, out_dir / "reliability.png", "reliability per exit")),
+        }
+    return result
