@@ -40,6 +40,8 @@ def tiny_overrides(name: str, out: Path, teacher: Path | None = None) -> list[st
         extra.append("model.name=tiny-bert")
     if cfg.model.kind == "ngram":
         extra.append("model.num_buckets=4096")
+    if cfg.model.kind == "copy":  # tiny-bert has two layers: its last exit is heads.1
+        extra.append("model.freeze=[backbone,heads.1]")
     if teacher is not None:
         extra.append(f"teacher={teacher}")
     return TINY + extra
@@ -48,7 +50,9 @@ def tiny_overrides(name: str, out: Path, teacher: Path | None = None) -> list[st
 def test_every_shipped_recipe_loads_against_the_code():
     names = recipe.shipped()
     assert {"sst2_finetune", "sst2_kd_truncated", "sst2_kd_ngram", "quickstart_teacher", "quickstart_student",
-            "conll2003_finetune", "rte_finetune"} <= set(names)
+            "quickstart_early_exit", "conll2003_finetune", "rte_finetune", "sst2_early_exit",
+            "sst2_early_exit_two_stage", "ag_news_finetune", "ag_news_early_exit",
+            "ag_news_early_exit_two_stage"} <= set(names)
     for name, path in names.items():
         cfg = recipe.load_run_config(name)
         assert recipe.describe(path), f"{name} has no leading comment saying what it does"
@@ -57,8 +61,10 @@ def test_every_shipped_recipe_loads_against_the_code():
 
 
 @needs_shared
-@pytest.mark.parametrize("chain", [("sst2_finetune", "sst2_kd_truncated", "sst2_kd_ngram"),
-                                   ("conll2003_finetune",), ("rte_finetune",)])
+@pytest.mark.parametrize("chain", [
+    ("sst2_finetune", "sst2_kd_truncated", "sst2_kd_ngram", "sst2_early_exit_two_stage"),
+    ("ag_news_finetune", "ag_news_early_exit_two_stage"), ("sst2_early_exit",), ("ag_news_early_exit",),
+    ("conll2003_finetune",), ("rte_finetune",)])
 def test_shipped_recipes_run_end_to_end_on_a_tiny_model(chain, tmp_path):
     teacher = None
     for name in chain:
@@ -75,6 +81,8 @@ def test_quickstart_recipes_run_end_to_end_on_a_tiny_model(tmp_path):
     teacher = tmp_path / "quickstart_teacher" / "model"
     assert run_cli("train", "quickstart_student", *tiny_overrides("quickstart_student", tmp_path, teacher)) == 0
     assert read_manifest(tmp_path / "quickstart_student" / "model")["training"]["method"] == "kd"
+    assert run_cli("train", "quickstart_early_exit", *tiny_overrides("quickstart_early_exit", tmp_path, teacher)) == 0
+    assert read_manifest(tmp_path / "quickstart_early_exit" / "model")["architecture"]["exit_layers"] == [1, 2]
 
 
 @pytest.fixture(scope="module")

@@ -177,3 +177,12 @@ def test_two_processes_train_like_one_with_the_same_global_batch(data, tmp_path)
     start = events(Path(cfg.output_dir))[0]
     assert start["processes"] == 2
     assert max_diff(weights(one), weights(Path(cfg.output_dir) / "model")) < 1e-5
+
+
+def test_resuming_with_another_configuration_is_refused_clearly(data, tmp_path):
+    cfg = _quiet_config(tmp_path, data, "changed", batch_size=16, epochs=1)
+    train(cfg)
+    cfg.train.lr = 5e-4
+    cfg.train.log_every = 3  # free to change: not reported
+    with pytest.raises(ValueError, match=r"another configuration \(train.lr: 0.001 -> 0.0005\)"):
+        train(cfg)

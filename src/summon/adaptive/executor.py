@@ -53,17 +53,17 @@ def run_batch(model: Any, batch: dict[str, torch.Tensor], policy: Policy, temper
     state, carry = model.begin(batch), None
     out_logits: torch.Tensor | None = None
     out_stage = torch.full((size,), stages - 1, dtype=torch.long, device=rows.device)
-    out_score = torch.zeros(size, device=rows.device)
+    out_score = torch.zeros(size, dtype=torch.float64, device=rows.device)
     for k in range(stages):
         state = model.run_to(k, state)
-        logits = model.exit_logits(k, state).float() / temperatures[k]
+        logits = model.exit_logits(k, state).double() / temperatures[k]  # float64, as in calibration
         score, carry = policy(logits.softmax(dim=-1), carry)
         done = torch.ones_like(score, dtype=torch.bool) if k == stages - 1 else score >= limits[k]
         if out_logits is None:
             out_logits = torch.zeros(size, logits.shape[-1], device=logits.device)
-        out_logits[rows[done]] = logits[done]
+        out_logits[rows[done]] = logits[done].float()
         out_stage[rows[done]] = k
-        out_score[rows[done]] = score[done].float()
+        out_score[rows[done]] = score[done].double()
         if bool(done.all()):
             break
         going = ~done

@@ -28,6 +28,22 @@ from summon.predictor import Prediction, Predictor, as_batch
 logger = logging.getLogger(__name__)
 
 
+class AdaptiveModule(torch.nn.Module):
+    """A staged model run adaptively at a fixed threshold, callable like any summon model: ``m(batch) -> [B, C]``.
+
+    Lets the generic evaluation (metrics, FLOPs counting, latency) measure the adaptive predictor as it
+    runs: only the stages each row actually reaches are computed, so counted FLOPs are the real ones.
+    """
+
+    def __init__(self, model: torch.nn.Module, policy: str, temperatures: Sequence[float], threshold: float):
+        super().__init__()
+        self.model = model
+        self.policy, self.temperatures, self.threshold = get_policy(policy), list(temperatures), threshold
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return run_batch(self.model, batch, self.policy, self.temperatures, self.threshold).logits
+
+
 class AdaptivePredictor(Predictor):
     """A :class:`Predictor` whose model answers in stages (see :mod:`summon.adaptive.executor`)."""
 
@@ -88,6 +104,12 @@ class AdaptivePredictor(Predictor):
             out.append(Prediction(label=self.labels[k], label_id=k, probs=[float(p) for p in probs],
                                   stage=int(stage), cost=None if fractions is None else fractions[int(stage)]))
         return out
+
+    def as_module(self, **knob: float | None) -> AdaptiveModule:
+        """This predictor at one operating point (``budget=``, ``max_drop=``, ``threshold=``) as a module."""
+        point = self.operating_point(**knob)
+        limit = point.threshold if isinstance(point, OperatingPoint) else point
+        return AdaptiveModule(self.model, self.policy_name(), self.temperatures(), limit)
 
     def _stage_fractions(self) -> list[float] | None:
         if not self.adaptive:

@@ -50,11 +50,16 @@ def _from_json_float(x: float | str) -> float:
 
 
 def candidate_thresholds(scores: np.ndarray, max_points: int = 400) -> np.ndarray:
-    """Distinct early-stage scores (thinned to ``max_points`` quantiles) plus ±inf, ascending."""
+    """Thresholds midway between adjacent distinct early-stage scores (thinned to ``max_points``), plus ±inf.
+
+    Midpoints, not the scores themselves: a threshold equal to a row's score would flip that row's decision
+    under the slightest rounding difference between calibration and serving.
+    """
     values = np.unique(scores[:, :-1])
-    if len(values) > max_points:
-        values = np.unique(np.quantile(values, np.linspace(0.0, 1.0, max_points)))
-    return np.concatenate([[-np.inf], values, [np.inf]])
+    mids = (values[:-1] + values[1:]) / 2.0
+    if len(mids) > max_points:
+        mids = mids[np.unique(np.linspace(0, len(mids) - 1, max_points).round().astype(int))]
+    return np.concatenate([[-np.inf], mids, [np.inf]])
 
 
 def exit_stage(scores: np.ndarray, threshold: float) -> np.ndarray:

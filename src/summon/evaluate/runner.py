@@ -10,6 +10,7 @@ from summon.data.loading import load_split
 from summon.data.spec import DatasetSpec, TaskData
 from summon.evaluate.measure import measure_costs
 from summon.evaluate.task import score
+from summon.inference import predict_logits
 
 
 def spec_for(predictor: Any, text: str, limit: int | None = None) -> DatasetSpec:
@@ -32,10 +33,13 @@ def evaluate_predictor(predictor: Any, data: TaskData, *, name: str, latency: bo
                        batch_sizes: Sequence[int] = (1, 32, 128), max_seconds: float = 10.0,
                        batch_size: int = 128, progress: bool = False) -> dict[str, Any]:
     """One report entry: ``{"name", "path", "data", "metrics", "cost"}`` (see :func:`summon.evaluate.write_report`)."""
-    rows = predictor.logits(data.examples, batch_size=batch_size, progress=f"eval {name}" if progress else False)
-    metrics = score(data.task, data.labels, data.examples, rows)
     features = predictor.featurizer.encode(data.examples, data.task)
-    cost = measure_costs(predictor.model, features, predictor.featurizer.pad_id, latency=latency,
+    # A calibrated staged predictor is measured as it runs: at its default operating point, adaptively.
+    model = predictor.as_module() if getattr(predictor, "adaptive", None) else predictor.model
+    rows = predict_logits(model, features, data.task, pad_id=predictor.featurizer.pad_id, batch_size=batch_size,
+                          progress=f"eval {name}" if progress else False)
+    metrics = score(data.task, data.labels, data.examples, rows)
+    cost = measure_costs(model, features, predictor.featurizer.pad_id, latency=latency,
                          batch_sizes=batch_sizes, max_seconds=max_seconds)
     return {"name": name, "path": str(predictor.path) if predictor.path else None, "data": data.source,
             "metrics": metrics, "cost": cost}

@@ -8,6 +8,7 @@ a kill at any moment leaves either the previous or the new checkpoint whole.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -37,11 +38,43 @@ class TrainerState:
             setattr(self, key, value)
 
 
-class Checkpointer:
-    """Saves to ``<dir>`` via ``<dir>.staging``; falls back to ``<dir>.previous`` if a swap was interrupted."""
+# Keys that may change when resuming: how often to log, evaluate and save, and what to measure afterwards.
+FREE_TO_CHANGE = ("description", "cost", "cache_dir", "output_dir", "data.data_dir", "data.eval", "train.progress",
+                  "train.log_every", "train.eval_every", "train.save_every", "train.eval_batch_size", "train.metric")
 
-    def __init__(self, directory: str | Path):
+
+def fixed_part(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """The nested config without the keys in :data:`FREE_TO_CHANGE`."""
+    out = {}
+    for key, value in config.items():
+        path = f"{prefix}{key}"
+        if path in FREE_TO_CHANGE:
+            continue
+        out[key] = fixed_part(value, path + ".") if isinstance(value, dict) else value
+    return out
+
+
+def changed_keys(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
+    keys = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            keys += changed_keys(a, b, f"{prefix}{key}.")
+        elif a != b:
+            keys.append(f"{prefix}{key}: {a!r} -> {b!r}")
+    return keys
+
+
+class Checkpointer:
+    """Saves to ``<dir>`` via ``<dir>.staging``; falls back to ``<dir>.previous`` if a swap was interrupted.
+
+    ``config`` (the run's settings that must not change between a run and its resumption) is written
+    beside each checkpoint and compared before anything is loaded.
+    """
+
+    def __init__(self, directory: str | Path, config: dict[str, Any] | None = None):
         self.directory = Path(directory)
+        self.config = config or {}
         self.staging = self.directory.with_name(self.directory.name + ".staging")
         self.previous = self.directory.with_name(self.directory.name + ".previous")
 
@@ -58,6 +91,7 @@ class Checkpointer:
         accelerator.save_state(str(self.staging), safe_serialization=True)
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
+            (self.staging / "run_config.json").write_text(json.dumps(self.config, indent=1, default=str))
             (self.staging / "COMPLETE").write_text("ok\n")
             shutil.rmtree(self.previous, ignore_errors=True)
             if self.directory.exists():
@@ -71,6 +105,11 @@ class Checkpointer:
         path = self.latest()
         if path is None:
             return False
+        saved = json.loads((path / "run_config.json").read_text()) if (path / "run_config.json").is_file() else {}
+        changed = changed_keys(saved, json.loads(json.dumps(self.config, default=str)))
+        if changed:
+            raise ValueError(f"{self.directory.parent} holds a run with another configuration "
+                             f"({'; '.join(changed[:6])}). Use a new output_dir, or delete that folder to start over.")
         accelerator.load_state(str(path))
         logger.info("resumed from %s", path)
         return True

@@ -38,7 +38,7 @@ from summon.inference import predict_logits
 from summon.methods import METHODS, Method
 from summon.models.build import Built, Source, build_model
 from summon.predictor import Predictor, load, save_predictor, update_manifest
-from summon.train.checkpoint import Checkpointer, TrainerState
+from summon.train.checkpoint import Checkpointer, TrainerState, fixed_part
 from summon.train.config import RunConfig
 from summon.train.teacher_cache import teacher_logits
 
@@ -229,7 +229,7 @@ def train(cfg: RunConfig) -> Path:
     model, optimizer, loader, scheduler = accelerator.prepare(run.built.model, optimizer, loader, scheduler)
     state = TrainerState()
     accelerator.register_for_checkpointing(state)
-    checkpointer = Checkpointer(run.output_dir / "checkpoint")
+    checkpointer = Checkpointer(run.output_dir / "checkpoint", config=fixed_part(to_dict(cfg)))
     resumed = checkpointer.load(accelerator)
     log = MetricsLog(run.output_dir / "metrics.jsonl", accelerator.is_main_process)
     log.write({"event": "resume" if resumed else "start", "step": state.step, "total_steps": steps,

@@ -1,0 +1,243 @@
+"""Early-exit benchmark (The Right Tool for the Job) on SST-2 or AG News with MiniLM-L6 and 6 exits.
+
+Schedules compared, each trained once through the shipped recipes and the one training loop:
+  joint      all exits trained together, sum of cross-entropies (the paper);
+  distill    joint, earlier exits also distil the last exit (method_args.distill_last=0.5);
+  two_stage  DeeBERT: fine-tune the teacher, then train exits 1-5 on its frozen copy.
+
+Thresholds are always chosen on data disjoint from the data reported. The evaluation split (SST-2 dev,
+or AG News test descriptions) is halved at random many times: one half calibrates (30% of it fits the
+per-exit temperatures, 70% tabulates thresholds), the other half is reported. Numbers are means over
+halvings. The guarantee (Learn-then-Test, epsilon = 1 point, delta = 0.1) is checked over 200 splits.
+
+Usage (from the repository root):
+    python benchmarks/early_exit.py --dataset sst2 --train-limit 20000
+    python benchmarks/early_exit.py --dataset ag_news
+Training resumes if interrupted. Writes benchmarks/results/early_exit_<dataset>.json and plots.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from _common import REPO, provenance, write_result
+
+from summon.adaptive.calibration import calibration_report, fit_temperatures
+from summon.adaptive.predictor import calibrate, fit_thresholds
+from summon.adaptive.thresholds import sweep
+from summon.data.spec import TaskData
+from summon.evaluate.adaptive import curves, evaluate_adaptive, measure_speedup
+from summon.evaluate.runner import load_for
+from summon.predictor import load, update_manifest
+from summon.recipe import load_run_config
+from summon.train.loop import train
+
+EPSILON, DELTA = 0.01, 0.1
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--dataset", choices=["sst2", "ag_news"], required=True)
+    p.add_argument("--data-dir", default=str(REPO.parent / "shared" / "data"))
+    p.add_argument("--train-limit", type=int, default=None, help="random subset of N training rows")
+    p.add_argument("--schedules", default="joint,distill,two_stage")
+    p.add_argument("--halvings", type=int, default=20)
+    p.add_argument("--guarantee-splits", type=int, default=200)
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--work", default=None, help="run folders (default benchmarks/work/early_exit_<dataset>)")
+    p.add_argument("--out", default=None, help="default benchmarks/results/early_exit_<dataset>.json")
+    p.add_argument("--override", action="append", default=[], help="extra key=value for every training run "
+                   "(e.g. a smoke test: model.name=tiny-bert data.train.limit=64)")
+    return p.parse_args()
+
+
+# --- training -------------------------------------------------------------------------------------
+
+
+def train_schedules(args: argparse.Namespace, work: Path) -> dict[str, tuple[Path, float]]:
+    base = [f"data.data_dir={args.data_dir}", f"cache_dir={work / 'cache'}", f"train.seed={args.seed}",
+            "train.progress=false", "train.eval_every=1000000"]  # evaluate once at the end: no selection on eval
+    if args.train_limit:
+        base += [f"data.train.limit={args.train_limit}", f"data.train.shuffle_seed={args.seed}"]
+    base += args.override
+    ds = args.dataset
+    runs = {"joint": (f"{ds}_early_exit", []),
+            "distill": (f"{ds}_early_exit", ["method_args.distill_last=0.5"]),
+            "two_stage": (f"{ds}_early_exit_two_stage", [f"teacher={work / 'teacher' / 'model'}"])}
+    out = {}
+    for name in args.schedules.split(","):
+        if name == "two_stage":  # stage one: the ordinary fine-tuned teacher
+            seconds = timed(f"{ds}_finetune", [*base, f"output_dir={work / 'teacher'}"])
+        recipe, extra = runs[name]
+        out[name] = (work / name / "model", timed(recipe, [*base, *extra, f"output_dir={work / name}"]))
+        if name == "two_stage":
+            out[name] = (out[name][0], out[name][1] + seconds)
+    return out
+
+
+def timed(recipe: str, overrides: list[str]) -> float:
+    start = time.perf_counter()
+    train(load_run_config(recipe, overrides))
+    return time.perf_counter() - start
+
+
+# --- evaluation -----------------------------------------------------------------------------------
+
+
+def eval_data(args: argparse.Namespace, predictor) -> TaskData:
+    cfg = load_run_config(f"{args.dataset}_early_exit", [f"data.data_dir={args.data_dir}"])
+    return load_for(predictor, cfg.data.eval, args.data_dir)
+
+
+def halves(n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Temperature rows and threshold rows (the calibration half, 30/70) and the report half."""
+    order = rng.permutation(n)
+    calib, report = order[: n // 2], order[n // 2:]
+    cut = round(0.3 * len(calib))
+    return np.sort(calib[:cut]), np.sort(calib[cut:]), np.sort(report)
+
+
+def split_result(logits, gold, fractions, temp_rows, thr_rows, report_rows, policy="max_prob",
+                 rules=("reference", "gold", "guaranteed"), with_curves=True) -> dict:
+    """Choose thresholds on the calibration rows by each rule and report them on the report rows."""
+    temps = fit_temperatures(torch.from_numpy(logits[temp_rows]), torch.from_numpy(gold[temp_rows]))
+    table = fit_thresholds(logits[thr_rows], gold[thr_rows], temps, policy, fractions, "flops")
+    scores_rep, preds_rep = _scores_preds(logits[report_rows], temps, policy)
+    full = float((preds_rep[:, -1] == gold[report_rows]).mean())
+    pick = {"reference": lambda: table.max_drop(EPSILON, "reference"), "gold": lambda: table.max_drop(EPSILON, "gold"),
+            "guaranteed": lambda: table.guaranteed(EPSILON, DELTA)[0]}
+    out = {"full_accuracy": full}
+    for rule in rules:
+        point = pick[rule]()
+        at = sweep(scores_rep, preds_rep, np.asarray(fractions), gold[report_rows], np.array([point.threshold]))[0]
+        out[rule] = {"threshold": point.threshold, "cost": at.cost, "accuracy": at.accuracy,
+                     "drop": full - at.accuracy, "disagreement": at.disagreement, "exit_counts": at.exit_counts}
+    if not with_curves:
+        return out
+    rep = fit_thresholds(logits[report_rows], gold[report_rows], temps, policy, fractions, "flops")
+    c = curves(preds_rep, gold[report_rows], fractions, rep.points)
+    out["oracle"] = {k: c["cost_at_drop_1pt"][k] for k in ("oracle_agree", "oracle_correct")}
+    out["policy_cost_at_drop_1pt_report"] = c["cost_at_drop_1pt"]["policy"]
+    out["areas"] = {"to_oracle_agree": c["area_policy_to_oracle_agree"],
+                    "to_oracle_correct": c["area_policy_to_oracle_correct"]}
+    out["oracle_agree_end_cost"] = c["oracle_agree_end"]["cost"]
+    out["temperatures"] = temps
+    out["ece"] = calibration_report(torch.from_numpy(logits[report_rows]), torch.from_numpy(gold[report_rows]), temps)
+    return out
+
+
+def _scores_preds(logits: np.ndarray, temps, policy: str):
+    from summon.adaptive.policies import get_policy, stage_scores
+
+    probs = (torch.from_numpy(logits).double() / torch.tensor(temps, dtype=torch.float64)[None, :, None]).softmax(-1)
+    return stage_scores(probs, get_policy(policy)).numpy(), probs.argmax(-1).numpy()
+
+
+def mean(values) -> float:
+    values = [v for v in values if v is not None]
+    return float(np.mean(values)) if values else float("nan")
+
+
+def summarise(splits: list[dict]) -> dict:
+    out = {"full_accuracy": mean(s["full_accuracy"] for s in splits)}
+    for rule in ("reference", "gold", "guaranteed"):
+        rows = [s[rule] for s in splits]
+        out[rule] = {"cost": mean(r["cost"] for r in rows), "drop": mean(r["drop"] for r in rows),
+                     "drop_std": float(np.std([r["drop"] for r in rows])),
+                     "share_within_1pt": mean(float(r["drop"] <= EPSILON + 1e-12) for r in rows),
+                     "disagreement": mean(r["disagreement"] for r in rows)}
+    out["oracle_agree_cost_at_drop_1pt"] = mean(s["oracle"]["oracle_agree"] for s in splits)
+    out["oracle_correct_cost_at_drop_1pt"] = mean(s["oracle"]["oracle_correct"] for s in splits)
+    out["oracle_agree_end_cost"] = mean(s["oracle_agree_end_cost"] for s in splits)
+    out["policy_cost_at_drop_1pt_on_report_half"] = mean(s["policy_cost_at_drop_1pt_report"] for s in splits)
+    out["area_to_oracle_agree"] = mean(s["areas"]["to_oracle_agree"] for s in splits)
+    out["area_to_oracle_correct"] = mean(s["areas"]["to_oracle_correct"] for s in splits)
+    stages = len(splits[0]["ece"])
+    out["ece_before"] = [mean(s["ece"][k]["ece_before"] for s in splits) for k in range(stages)]
+    out["ece_after"] = [mean(s["ece"][k]["ece_after"] for s in splits) for k in range(stages)]
+    return out
+
+
+def evaluate_schedule(predictor, data: TaskData, halvings: int, seed: int) -> tuple[dict, np.ndarray]:
+    logits = predictor.stage_logits(data.examples, progress="stage logits")
+    gold = np.array([ex["label"] for ex in data.examples])
+    fractions = predictor.costs.fractions("flops")
+    rng = np.random.default_rng(seed)
+    splits = [split_result(logits, gold, fractions, *halves(len(gold), rng)) for _ in range(halvings)]
+    return {"summary": summarise(splits), "exit_accuracy": [float((logits[:, k].argmax(-1) == gold).mean())
+                                                            for k in range(logits.shape[1])],
+            "stage_cost_fractions": fractions}, logits
+
+
+def guarantee(logits: np.ndarray, gold: np.ndarray, fractions, splits: int, seed: int) -> dict:
+    rng = np.random.default_rng(seed + 1)
+    results = [split_result(logits, gold, fractions, *halves(len(gold), rng), rules=("guaranteed",),
+                            with_curves=False)["guaranteed"] for _ in range(splits)]
+    return {"epsilon": EPSILON, "delta": DELTA, "splits": splits,
+            "violation_rate": mean(float(r["disagreement"] > EPSILON) for r in results),
+            "accuracy_drop_violation_rate": mean(float(r["drop"] > EPSILON) for r in results),
+            "mean_cost": mean(r["cost"] for r in results), "mean_disagreement": mean(r["disagreement"] for r in results),
+            "mean_drop": mean(r["drop"] for r in results),
+            "note": "violation = disagreement with the full model on the report half above epsilon (what LTT "
+                    "certifies); the report half is a finite sample, so its rate scatters around the true one."}
+
+
+def main() -> None:
+    args = parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in ("accelerate", "transformers"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    work = Path(args.work or REPO / "benchmarks" / "work" / f"early_exit_{args.dataset}")
+    out_json = Path(args.out or REPO / "benchmarks" / "results" / f"early_exit_{args.dataset}.json")
+    trained = train_schedules(args, work)
+    schedules, logits_of, data = {}, {}, None
+    for name, (model_dir, seconds) in trained.items():
+        predictor = load(model_dir)
+        data = data or eval_data(args, predictor)
+        first_calib = np.sort(np.concatenate(halves(len(data), np.random.default_rng(args.seed))[:2]))
+        calib = TaskData(data.task, data.labels, [data.examples[i] for i in first_calib], data.source)
+        update_manifest(model_dir, adaptive=calibrate(predictor, calib, rule="max_drop", value=EPSILON))
+        result, logits_of[name] = evaluate_schedule(predictor, data, args.halvings, args.seed)
+        schedules[name] = {**result, "train_seconds": seconds, "path": str(model_dir)}
+        print(name, json.dumps(result["summary"]["reference"]), flush=True)
+    winner = min(schedules, key=lambda s: schedules[s]["summary"]["reference"]["cost"])
+    predictor = load(trained[winner][0])
+    gold = np.array([ex["label"] for ex in data.examples])
+    fractions = predictor.costs.fractions("flops")
+    guar = guarantee(logits_of[winner], gold, fractions, args.guarantee_splits, args.seed)
+    report_rows = halves(len(data), np.random.default_rng(args.seed))[2]
+    report = TaskData(data.task, data.labels, [data.examples[i] for i in report_rows], data.source)
+    plots = out_json.parent / f"early_exit_{args.dataset}"
+    detail = evaluate_adaptive(predictor, report, out_dir=plots, speed=False, title=f"{args.dataset}: {winner} schedule")
+    features = predictor.featurizer.encode(report.examples, report.task)
+    speed = measure_speedup(predictor, features, float(predictor.adaptive["default"]["threshold"]))
+    win = schedules[winner]["summary"]
+    result = {
+        "benchmark": f"early_exit_{args.dataset}", **provenance(args.seed),
+        "model": "all-MiniLM-L6-v2, 6 exits (after every layer), mean-pooled linear heads",
+        "train_subset": args.train_limit or "all", "epochs": 1, "eval_data": data.source, "eval_rows": len(data),
+        "halvings": args.halvings, "winner": winner,
+        "full_accuracy": win["full_accuracy"],
+        "cost_at_drop_1pt": win["reference"]["cost"],
+        "drop_at_that_cost": win["reference"]["drop"],
+        "oracle_cost_at_drop_1pt": win["oracle_agree_cost_at_drop_1pt"],
+        "oracle_correct_cost_at_drop_1pt": win["oracle_correct_cost_at_drop_1pt"],
+        "speedup_realized_over_theoretical": {f"bs{bs}": s["realised_over_theoretical"] for bs, s in speed.items()},
+        "speedup": speed, "speedup_threshold": float(predictor.adaptive["default"]["threshold"]),
+        "guarantee": guar, "schedules": schedules,
+        "plots": detail["plots"],
+        "notes": "cost = FLOPs per example (torch.utils.flop_counter) of answering at an exit, over the plain "
+                 "full model's; thresholds chosen on the calibration half (max drop 1 point against the full "
+                 "model's predictions), reported on the other half, mean over halvings.",
+    }
+    write_result(out_json, result)
+
+
+if __name__ == "__main__":
+    main()
