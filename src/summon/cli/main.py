@@ -87,9 +87,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
-    from summon.adaptive.calibration import calibration_report  # noqa: F401 - documents where ECE comes from
     from summon.adaptive.predictor import AdaptivePredictor, calibrate
-    from summon.adaptive.thresholds import OperatingPoint, ThresholdTable
+    from summon.adaptive.thresholds import ThresholdTable
     from summon.evaluate.runner import load_for, spec_for
     from summon.predictor import load, update_manifest
 
@@ -108,9 +107,8 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         print(f"{row['stage'] + 1:4d} {row['temperature']:7.3f} {row['ece_before']:11.4f} {row['ece_after']:10.4f} "
               f"{row['nll_before']:11.4f} {row['nll_after']:10.4f}")
     table = ThresholdTable.from_dict(section["table"])
-    chosen = next((p for p in table.points if p.to_dict() == {k: section["default"][k] for k in
-                                                             OperatingPoint.__dataclass_fields__}), None)
-    print(f"\n{table.format(chosen)}")
+    chosen = next((p for p in table.points if p.threshold == float(section["default"]["threshold"])), None)
+    print(f"\n{table.format(chosen, max_rows=args.table_rows or len(table.points))}")
     d = section["default"]
     print(f"\ndefault operating point ({d['rule']} {d['value']}): threshold {float(d['threshold']):.6g}, "
           f"cost {d['cost']:.3f} of the full model ({section['cost_unit']}), accuracy {d['accuracy']:.4f}, "
@@ -238,6 +236,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--temperature-fraction", type=float, default=0.3, help="share of rows that fit temperatures")
     p.add_argument("--no-latency", action="store_true", help="skip measuring per-stage milliseconds")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--table-rows", type=int, default=24, help="rows of the threshold table to print (0: all)")
     p.set_defaults(func=cmd_calibrate)
 
     p = sub.add_parser("predict", help="predict labels for texts; prints one JSON object per input")

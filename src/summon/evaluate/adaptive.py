@@ -102,13 +102,19 @@ def curves(preds: np.ndarray, gold: np.ndarray, costs: Sequence[float],
 # --- wall-clock speed-up --------------------------------------------------------------------------
 
 
-def _median_seconds(fn, repeats: int) -> float:
-    times = []
+def _seconds(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def _interleaved_medians(first, second, repeats: int) -> tuple[float, float]:
+    """Median seconds of two functions timed alternately, so load on the machine hits both alike."""
+    a, b = [], []
     for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        a.append(_seconds(first))
+        b.append(_seconds(second))
+    return statistics.median(a), statistics.median(b)
 
 
 def measure_speedup(predictor: Any, features: Sequence[dict], threshold: float, batch_sizes: Sequence[int] = (1, 32, 128),
@@ -123,8 +129,8 @@ def measure_speedup(predictor: Any, features: Sequence[dict], threshold: float, 
     for bs in batch_sizes:
         _, stages = predictor.run(features, threshold, batch_size=bs)  # also a warm-up
         predictor.run_full(features, batch_size=bs)
-        t_adaptive = _median_seconds(lambda bs=bs: predictor.run(features, threshold, batch_size=bs), repeats)
-        t_full = _median_seconds(lambda bs=bs: predictor.run_full(features, batch_size=bs), repeats)
+        t_adaptive, t_full = _interleaved_medians(lambda bs=bs: predictor.run(features, threshold, batch_size=bs),
+                                                  lambda bs=bs: predictor.run_full(features, batch_size=bs), repeats)
         theoretical = 1.0 / float(np.mean(np.asarray(fractions)[stages]))
         realised = t_full / t_adaptive
         out[str(bs)] = {"full_seconds": t_full, "adaptive_seconds": t_adaptive, "realised": realised,

@@ -1,0 +1,106 @@
+"""Write benchmarks/README.md from the JSON files in benchmarks/results/ (never edit the tables by hand).
+
+Usage: python benchmarks/make_tables.py
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results"
+
+INTRO = """# Benchmarks
+
+Each script reproduces a comparison on real data (`../shared/data`) and writes JSON to `results/` with the
+exact command, git commit, package versions, machine and seed. This page is generated from those files by
+`python benchmarks/make_tables.py`; the numbers below are copied from them, not typed.
+"""
+
+
+def pct(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:.2f}"
+
+
+def frac(x: float | None, digits: int = 3) -> str:
+    return "-" if x is None else f"{x:.{digits}f}"
+
+
+def provenance(r: dict) -> str:
+    m = r["machine"]
+    return (f"- command: `{r['command']}`\n- commit: `{r['commit']}`, seed {r['seed']}\n"
+            f"- machine: {m.get('cpu_count')} CPU cores, torch threads {m.get('torch_threads')}, {m.get('device')}, "
+            f"torch {r['versions'].get('torch')}, transformers {r['versions'].get('transformers')}\n")
+
+
+def foundation(r: dict) -> str:
+    t = r["teacher"]
+    lines = [f"## Foundation: SST-2 teacher and distilled students (`{Path(r['command'].split()[1]).name}`)\n",
+             provenance(r),
+             f"- training rows: {r['train_subset']} of {r['train_rows_total']}; epochs: {json.dumps(r['epochs'])}; "
+             f"evaluation: {r['eval_split']}\n",
+             "| model | dev accuracy (%) | labels-only (%) | KD − labels-only (points) | FLOPs/example | cost fraction | params (M) | train time (min) |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|",
+             f"| teacher: all-MiniLM-L6-v2 fine-tuned | {pct(t['dev_accuracy'])} | - | - | {t['flops_per_example']:.3g} | "
+             f"1.000 | {t['params'] / 1e6:.2f} | {t['train_seconds'] / 60:.1f} |"]
+    for s in r["students"]:
+        kd, lab = s["kd"], s["labels_only"]
+        lines.append(f"| {s['name']} (KD) | {pct(s['kd_dev_accuracy'])} | {pct(s['labels_only_dev_accuracy'])} | "
+                     f"{100 * s['kd_minus_labels_only']:+.2f} | {kd['flops_per_example']:.3g} | "
+                     f"{s['cost_fraction']:.3g} | {kd['params'] / 1e6:.2f} | "
+                     f"{kd['train_seconds'] / 60:.1f} (labels-only {lab['train_seconds'] / 60:.1f}) |")
+    lines.append(f"\nTeacher logits for the training rows were computed once in "
+                 f"{r['teacher_logits_seconds'] / 60:.1f} min and shared by both KD students.\n")
+    return "\n".join(lines)
+
+
+def early_exit(r: dict) -> str:
+    lines = [f"## Early exit: {r['benchmark'].removeprefix('early_exit_')} (`{Path(r['command'].split()[1]).name}`)\n",
+             provenance(r),
+             f"- {r['model']}; training rows: {r['train_subset']}, {r['epochs']} epoch; evaluation data: "
+             f"{r['eval_data']} ({r['eval_rows']} rows), {r['halvings']} random halvings (calibrate on one half, "
+             "report the other)\n",
+             "| schedule | full accuracy (%) | cost at ≤1 pt drop | drop there (points) | share of halvings within 1 pt | "
+             "oracle (earliest agreeing) | oracle (earliest correct) | area to agreeing oracle | train time (min) |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for name, s in r["schedules"].items():
+        m = s["summary"]
+        mark = " (winner)" if name == r["winner"] else ""
+        lines.append(f"| {name}{mark} | {pct(m['full_accuracy'])} | {frac(m['reference']['cost'])} | "
+                     f"{100 * m['reference']['drop']:.2f} | {frac(m['reference']['share_within_1pt'], 2)} | "
+                     f"{frac(m['oracle_agree_cost_at_drop_1pt'])} | {frac(m['oracle_correct_cost_at_drop_1pt'])} | "
+                     f"{m['area_to_oracle_agree']:.4f} | {s['train_seconds'] / 60:.1f} |")
+    g = r["guarantee"]
+    sp = r["speedup"]
+    lines += ["", f"Guaranteed mode (Learn-then-Test, ε = {g['epsilon']}, δ = {g['delta']}) over {g['splits']} "
+              f"splits: violation rate {g['violation_rate']:.3f} (disagreement > ε on the report half; accuracy-drop "
+              f"violations {g['accuracy_drop_violation_rate']:.3f}), mean cost {g['mean_cost']:.3f} against "
+              f"{r['cost_at_drop_1pt']:.3f} without the guarantee.", "",
+              "| batch size | full model (s) | adaptive (s) | measured speed-up | FLOPs speed-up | measured / FLOPs |",
+              "|---:|---:|---:|---:|---:|---:|"]
+    for bs, s in sp.items():
+        lines.append(f"| {bs} | {s['full_seconds']:.2f} | {s['adaptive_seconds']:.2f} | {s['realised']:.2f} | "
+                     f"{s['theoretical']:.2f} | {s['realised_over_theoretical']:.2f} |")
+    plots = r.get("plots", {})
+    if plots:
+        lines += ["", " ".join(f"![{k}]({Path(v).relative_to('benchmarks')})" for k, v in plots.items())]
+    return "\n".join(lines) + "\n"
+
+
+SECTIONS = {"foundation_sst2.json": foundation, "early_exit_sst2.json": early_exit,
+            "early_exit_ag_news.json": early_exit}
+
+
+def main() -> None:
+    parts = [INTRO]
+    for name, render in SECTIONS.items():
+        path = RESULTS / name
+        if path.is_file():
+            parts.append(render(json.loads(path.read_text())))
+    (HERE / "README.md").write_text("\n".join(parts))
+    print(f"wrote {HERE / 'README.md'}")
+
+
+if __name__ == "__main__":
+    main()
