@@ -66,6 +66,8 @@ def run_batch(model: Any, batch: dict[str, torch.Tensor], policy: Policy, temper
         out_score[rows[done]] = score[done].double()
         if bool(done.all()):
             break
+        if not bool(done.any()):
+            continue  # nobody left: no need to rebuild the batch
         going = ~done
         rows = rows[going]
         carry = carry[going] if carry is not None else None
