@@ -37,15 +37,6 @@ TEXTS = ["the movie was great fun", "bad", "the stock market won a new election 
 ATOL = 1e-5
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models gain nothing from intra-op threads; one thread avoids contention on small machines."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _encoder(name: str, impl: str | None = None) -> tuple[torch.nn.Module, object]:
     """A tiny encoder (seed 0), rebuilt with attention implementation ``impl`` when one is given.
 

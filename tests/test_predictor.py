@@ -37,15 +37,6 @@ CASES = {
 }
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models gain nothing from intra-op threads; one thread avoids contention on small machines."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _predictor(key: str, **changes) -> Predictor:
     cfg, task, labels, _ = CASES[key]
     if changes:
