@@ -36,9 +36,13 @@ def versions() -> dict[str, str]:
     return out
 
 
+_STARTED_AT_COMMIT = git_commit()  # taken at import, i.e. when the benchmark starts: the code it runs
+
+
 def provenance(seed: int) -> dict[str, Any]:
     return {"command": " ".join(shlex.quote(a) for a in [Path(sys.executable).name, *sys.argv]),
-            "commit": git_commit(), "versions": versions(), "machine": machine_info(), "seed": seed}
+            "commit": _STARTED_AT_COMMIT, "commit_at_finish": git_commit(), "versions": versions(),
+            "machine": machine_info(), "seed": seed}
 
 
 def write_result(path: Path, result: dict[str, Any]) -> None:

@@ -29,7 +29,8 @@ def frac(x: float | None, digits: int = 3) -> str:
 
 def provenance(r: dict) -> str:
     m = r["machine"]
-    return (f"- command: `{r['command']}`\n- commit: `{r['commit']}`, seed {r['seed']}\n"
+    when = "" if "commit_at_finish" in r else " (read when the run finished; older scripts recorded HEAD then)"
+    return (f"- command: `{r['command']}`\n- commit: `{r['commit']}`{when}, seed {r['seed']}\n"
             f"- machine: {m.get('cpu_count')} CPU cores, torch threads {m.get('torch_threads')}, {m.get('device')}, "
             f"torch {r['versions'].get('torch')}, transformers {r['versions'].get('transformers')}\n")
 
