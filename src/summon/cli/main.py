@@ -81,7 +81,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         entries.append(entry)
         print(json.dumps({"name": entry["name"], "data": entry["data"], **entry["metrics"],
                           "flops_per_example": entry["cost"]["flops_per_example"]}))
-        if getattr(predictor, "adaptive", None):
+        if getattr(predictor, "adaptive", None) and not isinstance(predictor, CascadePredictor):
             out = Path(args.out) / entry["name"] if args.out else None
             entry["adaptive"] = _eval_adaptive(predictor, data, out, args)
     if args.out:

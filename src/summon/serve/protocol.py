@@ -36,13 +36,26 @@ def _request(url: str, payload: dict | None, timeout: float) -> dict[str, Any]:
     try:
         with urllib.request.urlopen(req, timeout=timeout) as resp:
             body = resp.read()
+    except urllib.error.HTTPError as err:
+        raise StageUnavailable(f"{url}: HTTP {err.code} {err.reason}") from None
     except (urllib.error.URLError, TimeoutError, ConnectionError, OSError) as err:
         reason = getattr(err, "reason", err)
         raise StageUnavailable(f"{url}: {type(reason).__name__}: {reason}") from None
     try:
         return json.loads(body)
-    except json.JSONDecodeError as err:
-        raise StageUnavailable(f"{url}: answered with invalid JSON ({err.msg})") from None
+    except ValueError as err:  # JSONDecodeError, or UnicodeDecodeError for bytes that are not UTF-8
+        raise StageUnavailable(f"{url}: answered with invalid JSON ({err})") from None
+
+
+def _checked_rows(answer: Any, count: int, width: int, url: str) -> list[list[float]]:
+    """The ``logits`` of an answer if it holds ``count`` rows of ``width`` numbers; else StageUnavailable."""
+    got = answer.get("logits") if isinstance(answer, dict) else None
+    ok = isinstance(got, list) and len(got) == count and all(
+        isinstance(row, list) and len(row) == width
+        and all(isinstance(x, int | float) and not isinstance(x, bool) for x in row) for row in got)
+    if not ok:
+        raise StageUnavailable(f"{url}: expected {count} rows of {width} numbers under 'logits'")
+    return got
 
 
 @dataclass
@@ -85,10 +98,7 @@ class RemoteStage:
         for start in range(0, len(examples), self.max_rows):
             chunk = list(examples[start:start + self.max_rows])
             answer = _request(self.url + "/v1/logits", {"inputs": chunk}, self.timeout)
-            got = answer.get("logits") if isinstance(answer, dict) else None
-            if not isinstance(got, list) or len(got) != len(chunk) or any(len(r) != width for r in got):
-                raise StageUnavailable(f"{self.url}: expected {len(chunk)} rows of {width} logits")
-            rows.extend(got)
+            rows.extend(_checked_rows(answer, len(chunk), width, self.url))
         return np.asarray(rows, dtype=np.float32).reshape(len(examples), width)
 
     def measure_ms(self, examples: Sequence[dict[str, Any]]) -> float | None:
