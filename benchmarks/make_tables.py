@@ -89,8 +89,39 @@ def early_exit(r: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def cascade(r: dict) -> str:
+    lines = [f"## Cascade: {r['benchmark'].removeprefix('cascade_')} (`{Path(r['command'].split()[1]).name}`)\n",
+             provenance(r),
+             f"- teacher: {r['teacher']}\n- training rows: {r['train_subset']}; evaluation: {r['eval_data']} "
+             f"({r['eval_rows']} rows), {r['halvings']} random halvings (calibrate on one half, report the other)\n",
+             f"Teacher accuracy {pct(r['teacher_accuracy'])}%. Cheapest cascade within 0.5 point: "
+             f"`{r['best_cascade']}` at {frac(r['cost_at_drop_0_5pt'])} of the teacher's FLOPs "
+             f"(drop {r['drop_at_that_cost_points']:.2f} points).\n",
+             "| cascade (student / training / deferral score) | student acc (%) | cost at ≤0.5 pt drop | drop (points) | "
+             + " | ".join(f"acc at cost {b} (%) | oracle gap at {b} (points)" for b in ("0.1", "0.2", "0.3"))
+             + " |", "|---|---:|---:|---:|" + "---:|" * 6]
+    for name, c in r["cascades"].items():
+        cells = []
+        for b in ("0.1", "0.2", "0.3"):
+            row = c["budgets"].get(b)
+            cells += [pct(row["accuracy"]), f"{100 * row['oracle_gap']:.2f}"] if row else ["-", "-"]
+        lines.append(f"| {name} | {pct(c['student_accuracy'])} | {frac(c['cost_at_drop_0_5pt'])} | "
+                     f"{100 * c['drop_there']:.2f} | " + " | ".join(cells) + " |")
+    lines.append("")
+    for student, h in r["easy_kd_minus_standard_kd_at_equal_cost"].items():
+        diff = h["easy_kd_minus_standard_kd_at_equal_cost"]
+        lines.append(f"- {student}: best easy-KD cascade (`{h['easy']}`) minus best standard-KD cascade "
+                     f"(`{h['kd']}`) at cost {r['equal_cost_budget']}: "
+                     + ("not reachable" if diff is None else f"{diff:+.2f} points"))
+    ee = r.get("early_exit_same_teacher")
+    if ee:
+        lines.append("- early exit on the same teacher (two-stage exits), same halvings: accuracy "
+                     + ", ".join(f"{pct(a)}% at cost {b}" for b, a in ee["accuracy_at_budget"].items()))
+    return "\n".join(lines) + "\n"
+
+
 SECTIONS = {"foundation_sst2.json": foundation, "early_exit_sst2.json": early_exit,
-            "early_exit_ag_news.json": early_exit}
+            "early_exit_ag_news.json": early_exit, "cascade_sst2.json": cascade, "cascade_ag_news.json": cascade}
 
 
 def main() -> None:

@@ -52,7 +52,7 @@ def test_every_shipped_recipe_loads_against_the_code():
     assert {"sst2_finetune", "sst2_kd_truncated", "sst2_kd_ngram", "quickstart_teacher", "quickstart_student",
             "quickstart_early_exit", "conll2003_finetune", "rte_finetune", "sst2_early_exit",
             "sst2_early_exit_two_stage", "ag_news_finetune", "ag_news_early_exit",
-            "ag_news_early_exit_two_stage"} <= set(names)
+            "ag_news_early_exit_two_stage", "sst2_easy_kd", "ag_news_kd_ngram", "ag_news_easy_kd"} <= set(names)
     for name, path in names.items():
         cfg = recipe.load_run_config(name)
         assert recipe.describe(path), f"{name} has no leading comment saying what it does"
@@ -62,8 +62,8 @@ def test_every_shipped_recipe_loads_against_the_code():
 
 @needs_shared
 @pytest.mark.parametrize("chain", [
-    ("sst2_finetune", "sst2_kd_truncated", "sst2_kd_ngram", "sst2_early_exit_two_stage"),
-    ("ag_news_finetune", "ag_news_early_exit_two_stage"), ("sst2_early_exit",), ("ag_news_early_exit",),
+    ("sst2_finetune", "sst2_kd_truncated", "sst2_kd_ngram", "sst2_early_exit_two_stage", "sst2_easy_kd"),
+    ("ag_news_finetune", "ag_news_early_exit_two_stage", "ag_news_kd_ngram", "ag_news_easy_kd"), ("sst2_early_exit",), ("ag_news_early_exit",),
     ("conll2003_finetune",), ("rte_finetune",)])
 def test_shipped_recipes_run_end_to_end_on_a_tiny_model(chain, tmp_path):
     teacher = None
@@ -176,4 +176,4 @@ def test_quickstart_end_to_end_offline(tmp_path):
                             capture_output=True, text=True, env=env, timeout=1200)
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads((tmp_path / "report" / "report.json").read_text())
-    assert len(report["entries"]) == 2 and (tmp_path / "report" / "report.png").is_file()
+    assert len(report["entries"]) == 4 and (tmp_path / "report" / "report.png").is_file()

@@ -56,6 +56,7 @@ class Prediction:
     spans: list[dict[str, Any]] = field(default_factory=list)
     stage: int | None = None  # adaptive predictors: the stage (exit) that answered, 0-based
     cost: float | None = None  # adaptive predictors: cost of this answer as a fraction of the full model
+    fallback: bool | None = None  # cascades: a later stage was asked but did not answer
 
     def to_dict(self) -> dict[str, Any]:
         return {k: v for k, v in self.__dict__.items() if v not in (None, [])}
@@ -87,29 +88,22 @@ class Predictor:
 
     def examples_from_inputs(self, inputs: Sequence[Any]) -> list[dict[str, Any]]:
         """Canonical examples from raw inputs: strings, (text, pair) tuples, or word lists for tagging."""
-        examples = []
-        for i, item in enumerate(as_batch(inputs)):
-            if self.task == "token_classification":
-                tokens = item.split() if isinstance(item, str) else list(item)
-                if not tokens:
-                    raise ValueError(f"input {i} is empty; give text to tag")
-                examples.append({"tokens": tokens})
-            elif self.task == "pair_classification":
-                if isinstance(item, str) or not (isinstance(item, Sequence) and len(item) == 2
-                                                 and all(isinstance(t, str) for t in item)):
-                    raise ValueError(f"input {i}: a pair task needs (text, text_pair) tuples, got {item!r:.60}")
-                examples.append({"text": item[0], "text_pair": item[1]})
-            else:
-                if not isinstance(item, str):
-                    raise ValueError(f"input {i}: expected a string, got {type(item).__name__}")
-                examples.append({"text": item})
-        return examples
+        return canonical_inputs(self.task, inputs)
 
-    def logits(self, examples: Sequence[dict[str, Any]], *, batch_size: int = 64, progress: bool | str = False):
-        """Raw logits per canonical example ([C], or [num_words, C] for tagging)."""
+    @property
+    def defer_output(self) -> bool:
+        """Whether the model has a learned "defer" output after its class logits (easy-example students)."""
+        return bool(self.manifest.get("architecture", {}).get("defer_output", False))
+
+    def logits(self, examples: Sequence[dict[str, Any]], *, batch_size: int = 64, progress: bool | str = False,
+               raw: bool = False):
+        """Logits per canonical example ([C], or [num_words, C] for tagging); ``raw`` keeps a defer column."""
         features = self.featurizer.encode(examples, self.task)
-        return predict_logits(self.model, features, self.task, pad_id=self.featurizer.pad_id,
+        rows = predict_logits(self.model, features, self.task, pad_id=self.featurizer.pad_id,
                               batch_size=batch_size, progress=progress)
+        if self.defer_output and not raw:
+            rows = [row[..., : len(self.labels)] for row in rows]
+        return rows
 
     def predict(self, inputs: Sequence[Any], *, batch_size: int = 64) -> list[Prediction]:
         """Predict labels and probabilities for raw inputs (see :meth:`examples_from_inputs`)."""
@@ -139,6 +133,27 @@ class Predictor:
         keep = {k: v for k, v in self.manifest.items() if k not in _MANAGED}
         return save_predictor(directory, self.model, self.featurizer, self.task, self.labels, arch,
                               extra={**keep, **(extra or {})})
+
+
+def canonical_inputs(task: str, inputs: Sequence[Any]) -> list[dict[str, Any]]:
+    """Canonical examples from raw inputs: strings, (text, pair) tuples, or word lists for tagging."""
+    examples = []
+    for i, item in enumerate(as_batch(inputs)):
+        if task == "token_classification":
+            tokens = item.split() if isinstance(item, str) else list(item)
+            if not tokens:
+                raise ValueError(f"input {i} is empty; give text to tag")
+            examples.append({"tokens": tokens})
+        elif task == "pair_classification":
+            if isinstance(item, str) or not (isinstance(item, Sequence) and len(item) == 2
+                                             and all(isinstance(t, str) for t in item)):
+                raise ValueError(f"input {i}: a pair task needs (text, text_pair) tuples, got {item!r:.60}")
+            examples.append({"text": item[0], "text_pair": item[1]})
+        else:
+            if not isinstance(item, str):
+                raise ValueError(f"input {i}: expected a string, got {type(item).__name__}")
+            examples.append({"text": item})
+    return examples
 
 
 def as_batch(inputs: Any) -> list[Any]:
@@ -245,6 +260,17 @@ def _jsonable(value: Any) -> Any:
 # --- loading --------------------------------------------------------------------------------------
 
 
+def _cascade_manifest(directory: Path) -> dict[str, Any] | None:
+    """The manifest of a cascade directory, or None for anything else (read_manifest then explains)."""
+    try:
+        manifest = json.loads((directory / MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if isinstance(manifest, dict) and manifest.get("format") == "summon-cascade":
+        return manifest
+    return None
+
+
 def read_manifest(directory: Path) -> dict[str, Any]:
     path = directory / MANIFEST
     if not directory.is_dir():
@@ -323,8 +349,13 @@ def _is_tied_copy(model: nn.Module, key: str, state: dict[str, torch.Tensor]) ->
 
 
 def load(path: str | os.PathLike) -> Predictor:
-    """Load a saved predictor directory. Nothing is unpickled: weights are safetensors, the rest JSON."""
+    """Load a saved predictor (or cascade) directory. Nothing is unpickled: weights are safetensors, the rest JSON."""
     directory = Path(path)
+    cascade = _cascade_manifest(directory)
+    if cascade is not None:
+        from summon.adaptive.cascade import load_cascade
+
+        return load_cascade(directory, cascade)
     manifest = read_manifest(directory)
     for name, expected in manifest.get("files", {}).items():
         _check_file(directory, name, expected)

@@ -18,6 +18,7 @@ import torch
 from summon.adaptive.calibration import calibration_report, fit_temperatures
 from summon.adaptive.costs import StageCosts, measure_stage_costs
 from summon.adaptive.executor import run_batch, run_full_batch
+from summon.adaptive.knob import KnobMixin, softmax_rows
 from summon.adaptive.policies import get_policy, stage_scores
 from summon.adaptive.thresholds import OperatingPoint, ThresholdTable
 from summon.data.features import collate
@@ -44,62 +45,23 @@ class AdaptiveModule(torch.nn.Module):
         return run_batch(self.model, batch, self.policy, self.temperatures, self.threshold).logits
 
 
-class AdaptivePredictor(Predictor):
+class AdaptivePredictor(KnobMixin, Predictor):
     """A :class:`Predictor` whose model answers in stages (see :mod:`summon.adaptive.executor`)."""
-
-    @property
-    def adaptive(self) -> dict[str, Any] | None:
-        return self.manifest.get("adaptive")
 
     @property
     def num_stages(self) -> int:
         return self.model.num_stages
 
-    def _require_calibration(self, what: str) -> dict[str, Any]:
-        if not self.adaptive:
-            where = self.path or "PREDICTOR"
-            raise ValueError(f"{what} needs calibrated thresholds: run `summon calibrate {where} --data SPLIT` "
-                             "on held-out data first")
-        return self.adaptive
-
-    @property
-    def table(self) -> ThresholdTable:
-        return ThresholdTable.from_dict(self._require_calibration("a threshold table")["table"])
-
-    @property
-    def costs(self) -> StageCosts:
-        return StageCosts.from_dict(self._require_calibration("stage costs")["costs"])
-
-    def operating_point(self, *, budget: float | None = None, max_drop: float | None = None,
-                        threshold: float | None = None, against: str = "reference") -> OperatingPoint | float:
-        """The threshold chosen by one knob (or the calibrated default when none is given)."""
-        given = [x is not None for x in (budget, max_drop, threshold)]
-        if sum(given) > 1:
-            raise ValueError("give at most one of budget=, max_drop= or threshold=")
-        if threshold is not None:
-            return float(threshold)
-        if not self.adaptive and budget is None and max_drop is None:
-            return float("inf")  # uncalibrated: every input runs to the last stage (the full model)
-        table = self.table
-        if budget is not None:
-            return table.budget(budget)
-        if max_drop is not None:
-            return table.max_drop(max_drop, against=against)
-        return float(self.adaptive["default"]["threshold"])
-
     def predict(self, inputs: Sequence[Any], *, budget: float | None = None, max_drop: float | None = None,
                 threshold: float | None = None, batch_size: int = 64) -> list[Prediction]:
         """Predict adaptively; ``budget`` (mean cost fraction), ``max_drop`` or ``threshold`` set the knob."""
-        point = self.operating_point(budget=budget, max_drop=max_drop, threshold=threshold)
-        limit = point.threshold if isinstance(point, OperatingPoint) else point
+        limit = self.threshold_for(budget=budget, max_drop=max_drop, threshold=threshold)
         inputs = as_batch(inputs)
         features = self.featurizer.encode(self.examples_from_inputs(inputs), self.task)
         logits, stages = self.run(features, limit, batch_size=batch_size)
-        fractions = self._stage_fractions()
+        fractions = self.stage_fractions()
         out = []
-        for row, stage in zip(logits, stages, strict=True):
-            probs = np.exp(row - row.max())
-            probs /= probs.sum()
+        for probs, stage in zip(softmax_rows(logits), stages, strict=True):
             k = int(probs.argmax())
             out.append(Prediction(label=self.labels[k], label_id=k, probs=[float(p) for p in probs],
                                   stage=int(stage), cost=None if fractions is None else fractions[int(stage)]))
@@ -107,20 +69,7 @@ class AdaptivePredictor(Predictor):
 
     def as_module(self, **knob: float | None) -> AdaptiveModule:
         """This predictor at one operating point (``budget=``, ``max_drop=``, ``threshold=``) as a module."""
-        point = self.operating_point(**knob)
-        limit = point.threshold if isinstance(point, OperatingPoint) else point
-        return AdaptiveModule(self.model, self.policy_name(), self.temperatures(), limit)
-
-    def _stage_fractions(self) -> list[float] | None:
-        if not self.adaptive:
-            return None
-        return self.costs.fractions(self.adaptive.get("cost_unit", "flops"))
-
-    def temperatures(self) -> list[float]:
-        return list(self.adaptive["temperatures"]) if self.adaptive else [1.0] * self.num_stages
-
-    def policy_name(self) -> str:
-        return self.adaptive["policy"] if self.adaptive else "max_prob"
+        return AdaptiveModule(self.model, self.policy_name(), self.temperatures(), self.threshold_for(**knob))
 
     @torch.inference_mode()
     def run(self, features: Sequence[dict], threshold: float | Sequence[float], *, batch_size: int = 64,

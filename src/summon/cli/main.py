@@ -63,21 +63,25 @@ def _print_summary(model_dir: Path) -> None:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    from summon.adaptive.cascade import CascadePredictor
     from summon.evaluate.report import write_report
-    from summon.evaluate.runner import evaluate_predictor, load_for, spec_for
+    from summon.evaluate.runner import evaluate_cascade, evaluate_predictor, load_for, spec_for
     from summon.predictor import load
 
     entries = []
     for path in args.predictors:
         predictor = load(path)
         data = load_for(predictor, spec_for(predictor, args.data, args.limit), args.data_dir)
-        entry = evaluate_predictor(predictor, data, name=Path(path).parent.name if Path(path).name == "model"
-                                   else Path(path).name, latency=not args.no_latency,
-                                   max_seconds=args.max_seconds, progress=True)
+        name = Path(path).parent.name if Path(path).name == "model" else Path(path).name
+        if isinstance(predictor, CascadePredictor):
+            entry = evaluate_cascade(predictor, data, name=name)
+        else:
+            entry = evaluate_predictor(predictor, data, name=name, latency=not args.no_latency,
+                                       max_seconds=args.max_seconds, progress=True)
         entries.append(entry)
         print(json.dumps({"name": entry["name"], "data": entry["data"], **entry["metrics"],
                           "flops_per_example": entry["cost"]["flops_per_example"]}))
-        if getattr(predictor, "adaptive", None):
+        if getattr(predictor, "adaptive", None) and not isinstance(predictor, CascadePredictor):
             out = Path(args.out) / entry["name"] if args.out else None
             entry["adaptive"] = _eval_adaptive(predictor, data, out, args)
     if args.out:
@@ -87,19 +91,27 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
+    from summon.adaptive.cascade import CascadePredictor, calibrate_cascade
     from summon.adaptive.predictor import AdaptivePredictor, calibrate
     from summon.adaptive.thresholds import ThresholdTable
     from summon.evaluate.runner import load_for, spec_for
     from summon.predictor import load, update_manifest
 
     predictor = load(args.predictor)
-    if not isinstance(predictor, AdaptivePredictor):
-        raise ValueError(f"{args.predictor} has no stages to calibrate (train it with model.exits, e.g. 'all')")
+    if not isinstance(predictor, AdaptivePredictor | CascadePredictor):
+        raise ValueError(f"{args.predictor} has no stages to calibrate: train it with model.exits (e.g. 'all'), "
+                         "or build a cascade with `summon cascade`")
     data = load_for(predictor, spec_for(predictor, args.data, args.limit), args.data_dir)
-    section = calibrate(predictor, data, policy=args.policy, cost_unit=args.unit, rule=args.rule, value=args.value,
-                        delta=args.delta, temperature_fraction=args.temperature_fraction,
-                        latency=not args.no_latency, seed=args.seed)
-    update_manifest(args.predictor, adaptive=section)
+    options = {"cost_unit": args.unit, "rule": args.rule, "value": args.value, "delta": args.delta,
+               "temperature_fraction": args.temperature_fraction, "latency": not args.no_latency, "seed": args.seed}
+    if isinstance(predictor, CascadePredictor):
+        section = calibrate_cascade(predictor, data, scorer=args.policy, **options)
+        predictor.save(args.predictor)
+    else:
+        if args.policy in ("defer", "gate"):
+            raise ValueError(f"policy '{args.policy}' is for cascades; exits use max_prob, margin, entropy, patience")
+        section = calibrate(predictor, data, policy=args.policy, **options)
+        update_manifest(args.predictor, adaptive=section)
     print(f"calibrated on {data.source}: temperatures from {section['rows']['temperature']} rows, "
           f"thresholds from {section['rows']['thresholds']} rows")
     print(f"{'exit':>4s} {'T':>7s} {'ECE before':>11s} {'ECE after':>10s} {'NLL before':>11s} {'NLL after':>10s}")
@@ -133,6 +145,23 @@ def _eval_adaptive(predictor, data, out: Path | None, args: argparse.Namespace) 
     if out is not None:
         (out / "adaptive.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
     return {k: result[k] for k in ("full_accuracy", "chosen", "cost_at_drop_1pt")}
+
+
+def cmd_cascade(args: argparse.Namespace) -> int:
+    from summon.adaptive.cascade import build_cascade
+
+    cascade = build_cascade(args.stages, timeout=args.timeout)
+    out = cascade.save(args.out)
+    print(f"cascade of {cascade.num_stages} stages written to {out}; next: summon calibrate {out} --data SPLIT")
+    return 0
+
+
+def cmd_serve_logits(args: argparse.Namespace) -> int:
+    from summon.predictor import load
+    from summon.serve.logits_server import serve
+
+    serve(load(args.predictor), host=args.host, port=args.port, name=args.name)
+    return 0
 
 
 def _read_inputs(args: argparse.Namespace) -> list:
@@ -222,12 +251,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--speedup", action="store_true", help="staged predictors: measure wall-clock speed-up")
     p.set_defaults(func=cmd_eval)
 
+    p = sub.add_parser("cascade", help="build a cascade from saved predictors and logits-server URLs, cheapest first")
+    p.add_argument("stages", nargs="+", help="predictor directories or http://host:port of `summon serve-logits`")
+    p.add_argument("--out", required=True, help="cascade directory to write (then run summon calibrate on it)")
+    p.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for a remote stage")
+    p.set_defaults(func=cmd_cascade)
+
+    p = sub.add_parser("serve-logits", help="serve a predictor's logits over HTTP (a remote cascade stage)")
+    p.add_argument("predictor")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8080)
+    p.add_argument("--name", default="teacher")
+    p.set_defaults(func=cmd_serve_logits)
+
     p = sub.add_parser("calibrate", help="fit exit temperatures and thresholds of a staged predictor on held-out data")
     p.add_argument("predictor", help="a predictor directory with exits (updated in place)")
     p.add_argument("--data", required=True, help="held-out split: sst2:dev, a file, or hub:ID[@CONFIG][:SPLIT]")
     p.add_argument("--data-dir", help="local data catalog folder (default $SUMMON_DATA_DIR)")
     p.add_argument("--limit", type=int, help="use the first N rows only")
-    p.add_argument("--policy", default="max_prob", choices=["max_prob", "margin", "entropy", "patience"])
+    p.add_argument("--policy", default="max_prob",
+                   choices=["max_prob", "margin", "entropy", "patience", "defer", "gate"],
+                   help="confidence score; cascades also take defer (a learned defer output) and gate")
     p.add_argument("--unit", default="flops", choices=["flops", "ms"], help="cost measured in FLOPs or milliseconds")
     p.add_argument("--rule", default="max_drop", choices=["budget", "max_drop", "max_drop_gold", "guaranteed"],
                    help="how the default threshold is chosen")

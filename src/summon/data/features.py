@@ -195,6 +195,8 @@ def collate(features: list[Feature], pad_id: int = 0) -> dict[str, torch.Tensor]
         batch["word_tags"] = _pad([f["word_tags"] for f in features], IGNORE_INDEX, torch.long)
     if "example_index" in first:
         batch["example_index"] = torch.tensor([f["example_index"] for f in features], dtype=torch.long)
+    if "easy" in first:
+        batch["easy"] = torch.tensor([f["easy"] for f in features], dtype=torch.float32)
     if "teacher_logits" in first:
         batch["teacher_logits"] = _pad_logits([f["teacher_logits"] for f in features])
     return batch

@@ -32,7 +32,7 @@ def _at_least_fp32(x: torch.Tensor) -> torch.Tensor:
 
 
 def kd_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0,
-          mask: torch.Tensor | None = None) -> torch.Tensor:
+          mask: torch.Tensor | None = None, reduction: str = "mean") -> torch.Tensor:
     """Hinton et al. 2015: ``T² · KL(softmax(t/T) ‖ softmax(s/T))``, averaged over rows.
 
     The ``T²`` factor keeps gradient magnitudes comparable across temperatures.
@@ -42,6 +42,7 @@ def kd_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperatur
         teacher_logits: [..., C], same shape.
         temperature: softening temperature T > 0.
         mask: optional bool [...] selecting the rows that count (e.g. real words in a padded batch).
+        reduction: ``mean`` over rows, or ``none`` for one value per row ([...], mask ignored).
     """
     if student_logits.shape != teacher_logits.shape:
         raise ValueError(f"student logits {tuple(student_logits.shape)} and teacher logits "
@@ -51,6 +52,10 @@ def kd_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperatur
     log_p_s = F.log_softmax(_at_least_fp32(student_logits) / temperature, dim=-1)
     log_p_t = F.log_softmax(_at_least_fp32(teacher_logits) / temperature, dim=-1)
     per_row = (log_p_t.exp() * (log_p_t - log_p_s)).sum(dim=-1)
+    if reduction == "none":
+        return per_row * temperature**2
+    if reduction != "mean":
+        raise ValueError(f"reduction must be 'mean' or 'none', got {reduction!r}")
     if mask is not None:
         per_row = per_row[mask]
     if per_row.numel() == 0:

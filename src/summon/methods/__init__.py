@@ -10,7 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from summon.methods import early_exit, finetune, kd
+from summon.methods import early_exit, easy_kd, finetune, kd
 from summon.registry import Registry
 
 
@@ -21,6 +21,7 @@ class Method:
     step: Callable[..., dict[str, Any]]
     needs_teacher: bool
     summary: str
+    epoch_start: Callable[[Any], None] | None = None  # called before each epoch with an EpochContext
 
 
 METHODS: Registry[Method] = Registry("method")
@@ -30,5 +31,8 @@ METHODS.register("kd", Method("kd", kd.KDConfig, kd.step, True,
                               "Hinton KD: T²·KL to cached teacher logits mixed with cross-entropy by alpha"))
 METHODS.register("early_exit", Method("early_exit", early_exit.EarlyExitConfig, early_exit.step, False,
                                       "Right Tool: sum of the exits' cross-entropies (optionally distilling the last exit)"))
+METHODS.register("easy_kd", Method("easy_kd", easy_kd.EasyKDConfig, easy_kd.step, True,
+                                   "Titans (reconstructed): distil on easy inputs, defer the hardest budget share",
+                                   epoch_start=easy_kd.epoch_start))
 
 __all__ = ["METHODS", "Method"]

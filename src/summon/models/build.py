@@ -54,6 +54,7 @@ class ModelConfig:
     init_seed: int = 0  # random init of new weights (heads, random encoders, n-gram embeddings)
     exits: list[int] | Literal["all"] | None = None  # encoders: exit heads after these layers (1-based) or all
     freeze: list[str] = field(default_factory=list)  # parameter-name prefixes to freeze, e.g. [backbone]
+    defer_output: bool = False  # one extra "defer" logit after the classes (learning-to-defer students)
 
     def __post_init__(self) -> None:
         if self.kind == "pretrained" and not self.name:
@@ -106,6 +107,8 @@ def build_model(cfg: ModelConfig, task: str, num_labels: int, *, source: Source 
         source: the model to truncate, copy or shape a random model after when ``cfg.name`` is unset
             (the teacher, for distillation).
     """
+    if cfg.defer_output and (cfg.exits is not None or task == "token_classification"):
+        raise ValueError("defer_output is for single-exit sequence classifiers (cascade students)")
     with torch.random.fork_rng():
         torch.manual_seed(cfg.init_seed)
         if cfg.kind == "ngram":
@@ -123,6 +126,8 @@ def _build_encoder_model(cfg: ModelConfig, task: str, num_labels: int, source: S
     if cfg.encoder_dropout is not None:
         set_encoder_dropout(encoder, cfg.encoder_dropout)
     arch = encoder_architecture(encoder, task, num_labels, cfg.pooling, cfg.dropout)
+    if cfg.defer_output:
+        arch["defer_output"] = True
     if cfg.exits is not None:
         if task == "token_classification":
             raise ValueError("exits are implemented for sequence tasks; token classification has none yet")
@@ -159,7 +164,9 @@ def _reuse_head(model: nn.Module, head: nn.Module, arch: dict[str, Any]) -> None
     if hasattr(model, "heads"):
         layers = Backbone(model.backbone.model).num_layers
         target = model.heads[-1] if model.exit_layers[-1] == layers else None
-    if target is None or getattr(head, "pooling", None) != arch["pooling"]:
+    same_shape = all(a.shape == b.shape for a, b in zip(head.state_dict().values(), target.state_dict().values(),
+                                                         strict=False)) if target is not None else False
+    if target is None or getattr(head, "pooling", None) != arch["pooling"] or not same_shape:
         return
     target.load_state_dict(head.state_dict())
 
@@ -207,7 +214,8 @@ def _build_ngram(cfg: ModelConfig, task: str, num_labels: int) -> Built:
     if task == "token_classification":
         raise ValueError("kind 'ngram' classifies whole texts; use an encoder for token classification")
     arch = {"type": "ngram", "task": task, "num_labels": num_labels, "num_buckets": cfg.num_buckets,
-            "embed_dim": cfg.embed_dim, "hidden_dim": cfg.hidden_dim, "dropout": cfg.dropout}
+            "embed_dim": cfg.embed_dim, "hidden_dim": cfg.hidden_dim, "dropout": cfg.dropout,
+            "defer_output": cfg.defer_output}
     featurizer = NgramFeaturizer(num_buckets=cfg.num_buckets, ngram_max=cfg.ngram_max, max_ngrams=cfg.max_length * 16)
     return Built(model=model_from_architecture(arch), featurizer=featurizer, architecture=arch)
 
@@ -218,11 +226,16 @@ def encoder_architecture(encoder: nn.Module, task: str, num_labels: int, pooling
             "hf_config": encoder.config.to_diff_dict()}
 
 
+def outputs(arch: dict[str, Any]) -> int:
+    """Logits per input: one per label, plus the defer logit of learning-to-defer students."""
+    return arch["num_labels"] + int(bool(arch.get("defer_output")))
+
+
 def make_head(arch: dict[str, Any]) -> nn.Module:
     hidden = int(arch["hf_config"].get("hidden_size") or arch["hf_config"]["dim"])
     if arch["task"] == "token_classification":
         return TokenHead(hidden, arch["num_labels"], arch["dropout"])
-    return SequenceHead(hidden, arch["num_labels"], arch["pooling"], arch["dropout"])
+    return SequenceHead(hidden, outputs(arch), arch["pooling"], arch["dropout"])
 
 
 def model_for(arch: dict[str, Any], encoder: nn.Module) -> nn.Module:
@@ -236,7 +249,7 @@ def model_for(arch: dict[str, Any], encoder: nn.Module) -> nn.Module:
 def model_from_architecture(arch: dict[str, Any]) -> nn.Module:
     """A randomly initialised model of the saved shape (weights are loaded afterwards)."""
     if arch.get("type") == "ngram":
-        return NgramClassifier(arch["num_buckets"], arch["num_labels"], arch["embed_dim"], arch["hidden_dim"],
+        return NgramClassifier(arch["num_buckets"], outputs(arch), arch["embed_dim"], arch["hidden_dim"],
                                arch["dropout"])
     if arch.get("type") in ("encoder", "exits"):
         hf = dict(arch["hf_config"])

@@ -70,6 +70,20 @@ class EpochBatches:
 
 
 @dataclass
+class EpochContext:
+    """What a method's ``epoch_start`` hook sees (see :mod:`summon.methods.easy_kd`)."""
+
+    epoch: int
+    model: torch.nn.Module  # unwrapped
+    train_set: FeatureDataset
+    method_cfg: Any
+    output_dir: Path
+    pad_id: int
+    is_main_process: bool
+    wait_for_everyone: Any
+
+
+@dataclass
 class Run:
     """Everything :func:`train` builds before the loop starts."""
 
@@ -180,6 +194,8 @@ def main_metric(run: Run) -> str:
 def evaluate(run: Run, model: torch.nn.Module) -> dict[str, float]:
     rows = predict_logits(model, run.eval_features, run.eval_data.task, pad_id=run.built.featurizer.pad_id,
                           batch_size=run.cfg.train.eval_batch_size)
+    if run.built.architecture.get("defer_output"):  # score the classes; the defer logit is for the cascade
+        rows = [row[: len(run.eval_data.labels)] for row in rows]
     return score(run.eval_data.task, run.eval_data.labels, run.eval_data.examples, rows)
 
 
@@ -249,6 +265,10 @@ def _loop(run, accelerator, model, optimizer, loader, scheduler, sampler, state,
     running: dict[str, float] = {}
     while state.step < steps and state.epoch < cfg.epochs:
         sampler.position(state.epoch, state.batch_in_epoch)
+        if run.method.epoch_start is not None:
+            run.method.epoch_start(EpochContext(
+                state.epoch, accelerator.unwrap_model(model), run.train_set, run.method_cfg, run.output_dir,
+                run.built.featurizer.pad_id, accelerator.is_main_process, accelerator.wait_for_everyone))
         model.train()
         for batch in loader:
             with accelerator.accumulate(model):

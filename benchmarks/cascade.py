@@ -1,0 +1,283 @@
+"""Cascade benchmark (When in Doubt, Summon the Titans) on SST-2 or AG News: student -> MiniLM-L6 teacher.
+
+The teacher is a fine-tuned all-MiniLM-L6-v2 (MPNet-base would cost about 6.7x as much per example and
+does not fit a CPU session's budget of fine-tuning plus teacher passes). Students: a bag of n-grams and the
+teacher's first layer. Each student is trained three ways from the same initialisation, through the
+shipped recipes and the one training loop:
+  kd               standard KD on every input (alpha 0.5, T 2);
+  easy_selective   easy-example KD, hard inputs pushed to uniform (budget 0.3);
+  easy_defer       easy-example KD with a learned defer output (budget 0.3).
+Cascades defer on the calibrated max probability (all students), the learned defer output (easy_defer)
+or a learned gate. Thresholds are chosen on one random half of the evaluation split (30% of it fits the
+temperatures and gates, 70% tabulates thresholds) and reported on the other half; means over halvings.
+
+Usage (from the repository root, after the foundation / early-exit benchmarks trained the teachers):
+    python benchmarks/cascade.py --dataset sst2 --train-limit 20000
+    python benchmarks/cascade.py --dataset ag_news
+Writes benchmarks/results/cascade_<dataset>.json and a plot.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from _common import REPO, provenance, write_result
+
+from summon.adaptive.calibration import fit_temperature
+from summon.adaptive.cascade import CascadePredictor, scores_and_preds, stage_costs
+from summon.adaptive.gate import Gate
+from summon.adaptive.knob import softmax_rows
+from summon.adaptive.stages import LocalStage, split_defer
+from summon.adaptive.thresholds import ThresholdTable, sweep
+from summon.evaluate.adaptive import envelope
+from summon.evaluate.runner import load_for
+from summon.predictor import load
+from summon.recipe import load_run_config
+from summon.train.loop import train
+
+BUDGETS = (0.1, 0.2, 0.3)  # cascade cost as a fraction of the teacher's
+EQUAL_COST = 0.3
+DROP = 0.005
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--dataset", choices=["sst2", "ag_news"], required=True)
+    p.add_argument("--data-dir", default=str(REPO.parent / "shared" / "data"))
+    p.add_argument("--teacher", default=None, help="a trained teacher predictor (default: trained here)")
+    p.add_argument("--early-exit", default=None, help="an exits model on the same teacher (two-stage), to compare")
+    p.add_argument("--train-limit", type=int, default=None)
+    p.add_argument("--halvings", type=int, default=20)
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--work", default=None)
+    p.add_argument("--out", default=None)
+    p.add_argument("--override", action="append", default=[], help="extra key=value for every training run")
+    return p.parse_args()
+
+
+# --- training -------------------------------------------------------------------------------------
+
+STUDENT_MODELS = {
+    "ngram": [],  # the recipe's bag of n-grams
+    "truncated_1": ["model={kind: truncated, first: 1, pooling: mean, max_length: 96}", "train.lr=1.0e-4",
+                    "train.batch_size=32", "train.epochs=1", "train.weight_decay=0.01", "train.warmup_ratio=0.06"],
+}
+TRAININGS = {
+    "kd": ["method=kd", "method_args={temperature: 2.0, alpha: 0.5}"],
+    "easy_selective": ["method_args.variant=selective"],
+    "easy_defer": ["method_args.variant=defer", "model.defer_output=true"],
+}
+
+
+def base_overrides(args: argparse.Namespace, work: Path) -> list[str]:
+    out = [f"data.data_dir={args.data_dir}", f"cache_dir={work / 'cache'}", f"train.seed={args.seed}",
+           "train.progress=false", "train.eval_every=1000000"]
+    if args.train_limit:
+        out += [f"data.train.limit={args.train_limit}", f"data.train.shuffle_seed={args.seed}"]
+    return out + args.override
+
+
+def train_all(args: argparse.Namespace, work: Path) -> tuple[Path, dict[str, dict[str, tuple[Path, float]]]]:
+    base = base_overrides(args, work)
+    teacher = Path(args.teacher) if args.teacher else None
+    if teacher is None:
+        train(load_run_config(f"{args.dataset}_finetune", [*base, f"output_dir={work / 'teacher'}"]))
+        teacher = work / "teacher" / "model"
+    students: dict[str, dict[str, tuple[Path, float]]] = {}
+    for student, model_args in STUDENT_MODELS.items():
+        students[student] = {}
+        for training, method_args in TRAININGS.items():
+            out = work / student / training
+            start = time.perf_counter()
+            train(load_run_config(f"{args.dataset}_easy_kd", [*base, f"teacher={teacher}", f"output_dir={out}",
+                                                              *model_args, *method_args]))
+            students[student][training] = (out / "model", time.perf_counter() - start)
+    return teacher, students
+
+
+# --- evaluation -----------------------------------------------------------------------------------
+
+
+def halves(n: int, rng: np.random.Generator):
+    order = rng.permutation(n)
+    calib, report = order[: n // 2], order[n // 2:]
+    cut = round(0.3 * len(calib))
+    return np.sort(calib[:cut]), np.sort(calib[cut:]), np.sort(report)
+
+
+def oracle_accuracy(student_ok: np.ndarray, teacher_ok: np.ndarray, rate: float) -> float:
+    """Defer exactly the student's mistakes the teacher gets right, up to a deferral ``rate``."""
+    gain = float(np.mean(~student_ok & teacher_ok))
+    return float(student_ok.mean()) + min(rate, gain)
+
+
+def evaluate_split(raws, gold, fractions, rows, scorer: str) -> dict:
+    fit, thr, rep = rows
+    k = raws[-1].shape[1]
+    classes = [split_defer(r, k)[0] for r in raws]
+    temps = [fit_temperature(torch.from_numpy(c[fit]).double(), torch.from_numpy(gold[fit])) for c in classes]
+    gates = [None, None]
+    if scorer == "gate":
+        probs = softmax_rows(classes[0][fit] / temps[0])
+        gates = [Gate.fit(probs, (probs.argmax(1) == classes[1][fit].argmax(1)).astype(float)), None]
+    sc, pr = scores_and_preds([r[thr] for r in raws], k, temps, scorer, gates)
+    table = ThresholdTable.build(scorer, "flops", sc, pr, np.asarray(fractions), gold[thr])
+    sc_rep, pr_rep = scores_and_preds([r[rep] for r in raws], k, temps, scorer, gates)
+    full = float((pr_rep[:, -1] == gold[rep]).mean())
+
+    def at(threshold: float):
+        return sweep(sc_rep, pr_rep, np.asarray(fractions), gold[rep], np.array([threshold]))[0]
+
+    drop_point = at(table.max_drop(DROP, "reference").threshold)
+    out = {"teacher_accuracy": full, "student_accuracy": float((pr_rep[:, 0] == gold[rep]).mean()),
+           "at_drop": {"cost": drop_point.cost, "accuracy": drop_point.accuracy, "drop": full - drop_point.accuracy}}
+    student_ok, teacher_ok = pr_rep[:, 0] == gold[rep], pr_rep[:, 1] == gold[rep]
+    rep_curve = envelope(sweep(sc_rep, pr_rep, np.asarray(fractions), gold[rep]))
+    out["budgets"] = {}
+    for b in BUDGETS:
+        try:
+            point = at(table.budget(b).threshold)
+        except ValueError:
+            continue
+        rate = max(0.0, (b - fractions[0]) / (fractions[1] - fractions[0]))
+        best_on_report = max((a for c, a in rep_curve if c <= b + 1e-12), default=None)
+        out["budgets"][str(b)] = {"cost": point.cost, "accuracy": point.accuracy,
+                                  "oracle_accuracy": oracle_accuracy(student_ok, teacher_ok, rate),
+                                  "policy_envelope_accuracy": best_on_report}
+    return out
+
+
+def mean(xs) -> float | None:
+    xs = [x for x in xs if x is not None]
+    return float(np.mean(xs)) if xs else None
+
+
+def summarise(splits: list[dict]) -> dict:
+    out = {"teacher_accuracy": mean(s["teacher_accuracy"] for s in splits),
+           "student_accuracy": mean(s["student_accuracy"] for s in splits),
+           "cost_at_drop_0_5pt": mean(s["at_drop"]["cost"] for s in splits),
+           "drop_there": mean(s["at_drop"]["drop"] for s in splits),
+           "share_within_0_5pt": mean(float(s["at_drop"]["drop"] <= DROP + 1e-12) for s in splits), "budgets": {}}
+    for b in BUDGETS:
+        rows = [s["budgets"][str(b)] for s in splits if str(b) in s["budgets"]]
+        if rows:
+            acc, oracle = mean(r["accuracy"] for r in rows), mean(r["oracle_accuracy"] for r in rows)
+            out["budgets"][str(b)] = {"cost": mean(r["cost"] for r in rows), "accuracy": acc,
+                                      "oracle_accuracy": oracle, "oracle_gap": oracle - acc}
+    return out
+
+
+def main() -> None:
+    args = parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in ("accelerate", "transformers"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    work = Path(args.work or REPO / "benchmarks" / "work" / f"cascade_{args.dataset}")
+    out_json = Path(args.out or REPO / "benchmarks" / "results" / f"cascade_{args.dataset}.json")
+    teacher_dir, students = train_all(args, work)
+    teacher = load(teacher_dir)
+    cfg = load_run_config(f"{args.dataset}_easy_kd", [f"data.data_dir={args.data_dir}"])
+    data = load_for(teacher, cfg.data.eval, args.data_dir)
+    gold = np.array([ex["label"] for ex in data.examples])
+    teacher_stage = LocalStage("teacher", teacher, str(teacher_dir))
+    teacher_raw = teacher_stage.logits(data.examples, 128)
+    results, costs_of = {}, {}
+    for student, trainings in students.items():
+        for training, (model_dir, seconds) in trainings.items():
+            stage = LocalStage(student, load(model_dir), str(model_dir))
+            cascade = CascadePredictor([stage, teacher_stage], teacher.task, teacher.labels)
+            costs = stage_costs(cascade, data, latency=False)
+            fractions = costs.fractions("flops")
+            raws = [stage.logits(data.examples, 256), teacher_raw]
+            scorers = ["max_prob", "gate"] + (["defer"] if training == "easy_defer" else [])
+            for scorer in scorers:
+                rng = np.random.default_rng(args.seed)
+                splits = [evaluate_split(raws, gold, fractions, halves(len(gold), rng), scorer)
+                          for _ in range(args.halvings)]
+                results[f"{student}/{training}/{scorer}"] = {**summarise(splits), "train_seconds": seconds,
+                                                             "stage_cost_fractions": fractions}
+            costs_of[student] = fractions
+            print(student, training, {k: v["cost_at_drop_0_5pt"] for k, v in results.items()
+                                      if k.startswith(f"{student}/{training}")}, flush=True)
+    result = summary_result(args, teacher_dir, data, results, costs_of)
+    if args.early_exit:
+        result["early_exit_same_teacher"] = early_exit_at_budgets(Path(args.early_exit), data, gold, args)
+    write_result(out_json, result)
+
+
+def early_exit_at_budgets(model_dir: Path, data, gold: np.ndarray, args) -> dict:
+    """The early-exit predictor on the same halvings and budgets (its costs are fractions of its own full model)."""
+    from summon.adaptive.calibration import fit_temperatures
+    from summon.adaptive.costs import measure_stage_costs
+    from summon.adaptive.policies import get_policy, stage_scores
+    from summon.adaptive.predictor import fit_thresholds
+    from summon.data.features import collate
+    from summon.inference import length_sorted_batches
+
+    exits = load(model_dir)
+    logits = exits.stage_logits(data.examples)
+    feats = exits.featurizer.encode(data.examples[:512], data.task)
+    batches = [collate([feats[i] for i in idx], exits.featurizer.pad_id) for idx in length_sorted_batches(feats, 32)]
+    fractions = measure_stage_costs(exits.model, batches).fractions("flops")
+    rng = np.random.default_rng(args.seed)
+    rows_by_budget: dict[str, list[float]] = {str(b): [] for b in BUDGETS}
+    for _ in range(args.halvings):
+        fit, thr, rep = halves(len(gold), rng)
+        temps = fit_temperatures(torch.from_numpy(logits[fit]), torch.from_numpy(gold[fit]))
+        table = fit_thresholds(logits[thr], gold[thr], temps, "max_prob", fractions, "flops")
+        probs = (torch.from_numpy(logits[rep]).double() / torch.tensor(temps).double()[None, :, None]).softmax(-1)
+        scores, preds = stage_scores(probs, get_policy("max_prob")).numpy(), probs.argmax(-1).numpy()
+        for b in BUDGETS:
+            try:
+                t = table.budget(b).threshold
+            except ValueError:
+                continue
+            point = sweep(scores, preds, np.asarray(fractions), gold[rep], np.array([t]))[0]
+            rows_by_budget[str(b)].append(point.accuracy)
+    return {"path": str(model_dir), "accuracy_at_budget": {b: mean(v) for b, v in rows_by_budget.items()},
+            "stage_cost_fractions": fractions}
+
+
+def best(results: dict, student: str, trainings: tuple[str, ...], key) -> tuple[str, dict]:
+    cands = {k: v for k, v in results.items() if k.split("/")[0] == student and k.split("/")[1] in trainings}
+    name = max(cands, key=lambda k: key(cands[k]))
+    return name, cands[name]
+
+
+def summary_result(args, teacher_dir: Path, data, results: dict, costs_of: dict) -> dict:
+    b = str(EQUAL_COST)
+    head = {}
+    for student in STUDENT_MODELS:
+        acc = lambda r: (r["budgets"].get(b) or {}).get("accuracy") or -1.0  # noqa: E731
+        easy_name, easy = best(results, student, ("easy_selective", "easy_defer"), acc)
+        kd_name, kd = best(results, student, ("kd",), acc)
+        head[student] = {"easy": easy_name, "kd": kd_name,
+                         "easy_kd_minus_standard_kd_at_equal_cost":
+                             None if acc(easy) < 0 or acc(kd) < 0 else 100 * (acc(easy) - acc(kd))}
+    cheapest = min(results, key=lambda k: results[k]["cost_at_drop_0_5pt"])
+    chosen = results[cheapest]
+    return {
+        "benchmark": f"cascade_{args.dataset}", **provenance(args.seed),
+        "teacher": f"all-MiniLM-L6-v2 fine-tuned ({teacher_dir}); MPNet-base not used: about 6.7x the cost per "
+                   "example, which does not fit a 2-core CPU session with fine-tuning and teacher passes",
+        "teacher_accuracy": chosen["teacher_accuracy"], "eval_data": data.source, "eval_rows": len(data),
+        "train_subset": args.train_limit or "all", "halvings": args.halvings,
+        "best_cascade": cheapest, "cost_at_drop_0_5pt": chosen["cost_at_drop_0_5pt"],
+        "drop_at_that_cost_points": 100 * chosen["drop_there"],
+        "equal_cost_budget": EQUAL_COST,
+        "easy_kd_minus_standard_kd_at_equal_cost": head,
+        "oracle_gap": {k: v["oracle_gap"] for k, v in chosen["budgets"].items()},
+        "student_cost_fractions": {s: c[0] for s, c in costs_of.items()},
+        "cascades": results,
+        "notes": "cost = FLOPs per example of every stage run (student always, teacher when deferred) over the "
+                 "teacher alone; thresholds from the calibration half, reported on the other half.",
+    }
+
+
+if __name__ == "__main__":
+    main()
