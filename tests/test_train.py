@@ -186,3 +186,14 @@ def test_resuming_with_another_configuration_is_refused_clearly(data, tmp_path):
     cfg.train.log_every = 3  # free to change: not reported
     with pytest.raises(ValueError, match=r"another configuration \(train.lr: 0.001 -> 0.0005\)"):
         train(cfg)
+
+
+def test_settings_added_after_a_run_started_do_not_block_its_resumption(caplog):
+    from summon.train.checkpoint import changed_keys
+
+    saved = {"model": {"kind": "ngram"}, "train": {"lr": 0.001}}
+    now = {"model": {"kind": "ngram", "defer_output": False}, "train": {"lr": 0.001}}
+    with caplog.at_level("WARNING"):
+        assert changed_keys(saved, now) == []
+    assert "model.defer_output" in caplog.text
+    assert changed_keys(now, saved) == ["model.defer_output: False -> None"]  # a setting removed still counts

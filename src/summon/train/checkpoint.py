@@ -55,8 +55,16 @@ def fixed_part(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def changed_keys(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
+    """Settings that differ between a saved run and this one.
+
+    A key the saved run does not have is a setting added to summon after that run started; it is
+    skipped with a warning rather than refusing (new settings default to the old behaviour).
+    """
     keys = []
     for key in sorted(set(old) | set(new)):
+        if key not in old:
+            logger.warning("checkpoint predates setting %s%s; resuming with %r", prefix, key, new[key])
+            continue
         a, b = old.get(key), new.get(key)
         if isinstance(a, dict) and isinstance(b, dict):
             keys += changed_keys(a, b, f"{prefix}{key}.")
