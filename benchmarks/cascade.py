@@ -138,6 +138,10 @@ def evaluate_split(raws, gold, fractions, rows, scorer: str) -> dict:
            "at_drop": {"cost": drop_point.cost, "accuracy": drop_point.accuracy, "drop": full - drop_point.accuracy}}
     student_ok, teacher_ok = pr_rep[:, 0] == gold[rep], pr_rep[:, 1] == gold[rep]
     rep_curve = envelope(sweep(sc_rep, pr_rep, np.asarray(fractions), gold[rep]))
+    rates = np.linspace(0.0, 1.0, 41)
+    out["curve"] = [[float(c), float(a)] for c, a in rep_curve]
+    out["oracle_curve"] = [[float(fractions[0] + r * (fractions[1] - fractions[0])),
+                            oracle_accuracy(student_ok, teacher_ok, float(r))] for r in rates]
     out["budgets"] = {}
     for b in BUDGETS:
         try:
@@ -162,7 +166,8 @@ def summarise(splits: list[dict]) -> dict:
            "student_accuracy": mean(s["student_accuracy"] for s in splits),
            "cost_at_drop_0_5pt": mean(s["at_drop"]["cost"] for s in splits),
            "drop_there": mean(s["at_drop"]["drop"] for s in splits),
-           "share_within_0_5pt": mean(float(s["at_drop"]["drop"] <= DROP + 1e-12) for s in splits), "budgets": {}}
+           "share_within_0_5pt": mean(float(s["at_drop"]["drop"] <= DROP + 1e-12) for s in splits), "budgets": {},
+           "first_halving": {"curve": splits[0]["curve"], "oracle_curve": splits[0]["oracle_curve"]}}
     for b in BUDGETS:
         rows = [s["budgets"][str(b)] for s in splits if str(b) in s["budgets"]]
         if rows:
@@ -207,7 +212,82 @@ def main() -> None:
     result = summary_result(args, teacher_dir, data, results, costs_of)
     if args.early_exit:
         result["early_exit_same_teacher"] = early_exit_at_budgets(Path(args.early_exit), data, gold, args)
+    name = result["best_cascade"]
+    student, training, scorer = name.split("/")
+    result["measured_time"] = measured_time(students[student][training][0], teacher_stage, teacher, data, gold,
+                                            scorer, args)
+    result["plot"] = str(plot_cascades(result, out_json.with_suffix(".png"), args.dataset).relative_to(REPO))
     write_result(out_json, result)
+
+
+def subset(data, rows: np.ndarray):
+    return type(data)(data.task, data.labels, [data.examples[i] for i in rows], data.source)
+
+
+def measured_time(student_dir: Path, teacher_stage, teacher, data, gold: np.ndarray, scorer: str, args) -> dict:
+    """Wall-clock cost of the chosen cascade: calibrated on the first halving's calibration half (max drop
+    0.5 point against the teacher), run stage-major at batch 32 on the report half, timed alternately with
+    the teacher alone on the same rows (median of 3; tokenisation included for both)."""
+    from summon.adaptive.cascade import calibrate_cascade
+    from summon.evaluate.adaptive import _interleaved_medians
+
+    cascade = CascadePredictor([LocalStage("student", load(student_dir), str(student_dir)), teacher_stage],
+                               teacher.task, teacher.labels)
+    fit, thr, rep = halves(len(gold), np.random.default_rng(args.seed))
+    calibrate_cascade(cascade, subset(data, np.sort(np.concatenate([fit, thr]))), scorer=scorer, rule="max_drop",
+                      value=DROP, latency=True, seed=args.seed)
+    report = subset(data, rep)
+    threshold = cascade.threshold_for()
+    run = cascade.run(report.examples, threshold, batch_size=32)  # also the warm-up
+    teacher_stage.logits(report.examples, 32)
+    t_cascade, t_teacher = _interleaved_medians(lambda: cascade.run(report.examples, threshold, batch_size=32),
+                                                lambda: teacher_stage.logits(report.examples, 32), 3)
+    flops = np.asarray(cascade.costs.flops)
+    ms = np.asarray(cascade.costs.fractions("ms")) if cascade.costs.ms else None
+    answered = np.bincount(run.stage, minlength=2)
+    return {"cascade": f"{student_dir} -> teacher, scorer {scorer}", "rows": len(rep), "batch_size": 32,
+            "deferral_rate": float(answered[1] / len(rep)),
+            "accuracy": float((run.logits.argmax(1) == gold[rep]).mean()),
+            "teacher_accuracy_same_rows": float((teacher_stage.logits(report.examples, 32).argmax(1)
+                                                 == gold[rep]).mean()),
+            "flops_fraction": float(np.mean(flops[run.stage]) / cascade.costs.flops_full),
+            "stage_ms_fractions": None if ms is None else ms.tolist(),
+            "cascade_seconds": t_cascade, "teacher_seconds": t_teacher,
+            "time_fraction": t_cascade / t_teacher}
+
+
+def plot_cascades(result: dict, path: Path, dataset: str) -> Path:
+    """Accuracy vs FLOPs (first halving's report half) for each student's KD and best easy-KD cascade, the
+    oracle deferral curve of the chosen cascade, the teacher and students alone, and early exit."""
+    from summon.evaluate.adaptive import _figure
+
+    fig = _figure(7.5, 5.0)
+    ax = fig.add_subplot()
+    cascades = result["cascades"]
+    for head in result["easy_kd_minus_standard_kd_at_equal_cost"].values():
+        for key, style in ((head["kd"], "--"), (head["easy"], "-")):
+            curve = np.asarray(cascades[key]["first_halving"]["curve"])
+            ax.step(curve[:, 0], 100 * curve[:, 1], style, where="post", label=f"cascade {key}")
+            ax.plot(curve[0, 0], 100 * cascades[key]["student_accuracy"], "o", ms=4, color="grey")
+    best = cascades[result["best_cascade"]]
+    oracle = np.asarray(best["first_halving"]["oracle_curve"])
+    ax.plot(oracle[:, 0], 100 * oracle[:, 1], ":", color="black", label=f"oracle deferral ({result['best_cascade']})")
+    ax.plot([1.0], [100 * result["teacher_accuracy"]], "*", ms=12, color="black", label="teacher alone")
+    early = result.get("early_exit_same_teacher")
+    if early:
+        pts = sorted((float(b), a) for b, a in early["accuracy_at_budget"].items() if a is not None)
+        if pts:
+            ax.plot([p[0] for p in pts], [100 * p[1] for p in pts], "s-", ms=5, label="early exit (same teacher)")
+    ax.set_xscale("log")
+    ax.set_xlabel("cost per example / teacher's (FLOPs, log scale)")
+    ax.set_ylabel("accuracy (%)")
+    ax.set_title(f"{dataset}: cascades vs teacher, students, early exit (grey dots: student alone)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    return path
 
 
 def early_exit_at_budgets(model_dir: Path, data, gold: np.ndarray, args) -> dict:

@@ -18,11 +18,17 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
-from toy import run_config, sentiment_files, sentiment_rows, write_jsonl
+from toy import gap_thresholds, median_threshold, run_config, sentiment_files, sentiment_rows, write_jsonl
 
 from summon.adaptive.calibration import calibration_report, fit_temperature, fit_temperatures
 from summon.adaptive.costs import StageCosts, measure_stage_costs
-from summon.adaptive.executor import all_stage_logits, run_batch, run_full_batch, thresholds_per_stage
+from summon.adaptive.executor import (
+    all_stage_logits,
+    run_batch,
+    run_full_batch,
+    run_regrouped,
+    thresholds_per_stage,
+)
 from summon.adaptive.policies import POLICIES, entropy, get_policy, margin, max_prob, patience, stage_scores
 from summon.adaptive.predictor import AdaptivePredictor, calibrate, split_rows
 from summon.adaptive.thresholds import (
@@ -68,21 +74,6 @@ TEXTS = [
 
 
 # --- helpers ----------------------------------------------------------------------------------------------
-
-
-def _gap_thresholds(values, margin_: float = 1e-4) -> list[float]:
-    """Midpoints between adjacent distinct values that are more than ``margin_`` from every value."""
-    v = np.unique(np.asarray(values, dtype=float))
-    mids = [(a + b) / 2 for a, b in itertools.pairwise(v) if b - a > 2 * margin_]
-    return [m for m in mids if np.abs(v - m).min() > margin_]
-
-
-def _median_threshold(values) -> float:
-    """A threshold near the median of ``values`` that no value is within 1e-4 of."""
-    mids = _gap_thresholds(values)
-    assert mids, "no usable gap between the scores"
-    median = float(np.median(values))
-    return min(mids, key=lambda m: abs(m - median))
 
 
 def _encode(featurizer, texts) -> list[dict]:
@@ -610,7 +601,7 @@ def test_batched_execution_equals_each_row_alone_and_drops_finished_rows(staged,
     batch = _batch(featurizer)
     lengths = batch["attention_mask"].sum(1)
     scores = _calibrated_scores(model, batch)
-    threshold = _median_threshold(scores[:, 0].numpy())
+    threshold = median_threshold(scores[:, 0].numpy())
     calls = _record_run_to(model, monkeypatch)
     result = run_batch(model, batch, max_prob, TEMPS, threshold)
     monkeypatch.undo()
@@ -630,11 +621,11 @@ def test_per_stage_thresholds_trim_padding_to_the_longest_remaining_row(staged, 
     scores = _calibrated_scores(model, batch).numpy()
     longest = int(lengths.argmax())
     chosen = None  # (t0, t1): some rows stop at stage 0, the longest row stops at stage 1, some reach stage 2
-    for t0 in sorted(_gap_thresholds(scores[:, 0]), key=lambda t: abs(t - np.median(scores[:, 0]))):
+    for t0 in sorted(gap_thresholds(scores[:, 0]), key=lambda t: abs(t - np.median(scores[:, 0]))):
         rest = np.flatnonzero(scores[:, 0] < t0)
         if len(rest) in (0, 8) or longest not in rest:
             continue
-        below = [t for t in _gap_thresholds(scores[rest, 1]) if t < scores[longest, 1]]
+        below = [t for t in gap_thresholds(scores[rest, 1]) if t < scores[longest, 1]]
         if below and np.abs(scores[:, 1] - below[-1]).min() > 1e-4:
             chosen = (t0, below[-1])
             break
@@ -670,6 +661,12 @@ class _TableModel:
     def keep(self, state, going):
         return {**state, "rows": state["rows"][going]}
 
+    def unpack(self, state, rows):
+        return [({**state, "rows": state["rows"][r:r + 1]}, 1) for r in rows.tolist()]
+
+    def pack(self, pieces):
+        return {"rows": torch.cat([p["rows"] for p in pieces]), "stage": pieces[0]["stage"]}
+
 
 @pytest.mark.parametrize("name", sorted(POLICIES))
 def test_executor_matches_the_reference_exit_rule_for_every_policy(name):
@@ -682,7 +679,7 @@ def test_executor_matches_the_reference_exit_rule_for_every_policy(name):
     policy = get_policy(name)
     probs = (table / torch.tensor(temps)[None, :, None]).softmax(-1)
     scores = stage_scores(probs, policy).double().numpy()
-    threshold = 2.5 if name == "patience" else _median_threshold(scores[:, :-1])
+    threshold = 2.5 if name == "patience" else median_threshold(scores[:, :-1])
     batch = {"input_ids": torch.arange(size)[:, None]}
     result = run_batch(model, batch, policy, temps, threshold)
     expected = exit_stage(scores, threshold)
@@ -690,6 +687,49 @@ def test_executor_matches_the_reference_exit_rule_for_every_policy(name):
     assert result.stage.tolist() == expected.tolist()
     want = table[torch.arange(size), torch.from_numpy(expected)] / torch.tensor(temps)[torch.from_numpy(expected), None]
     torch.testing.assert_close(result.logits, want)
+
+
+@pytest.mark.parametrize("name", sorted(POLICIES))
+def test_regrouped_execution_matches_the_reference_exit_rule_for_every_policy(name):
+    """Rows from four batches regrouped into batches of 7 after each stage: same stages, same logits, and
+    the policy's carry (patience counters) follows each row through the regrouping."""
+    gen = torch.Generator().manual_seed(5)
+    size, stages = 40, 5
+    table = torch.randn(size, stages, 3, generator=gen) * 2
+    table[:10] = table[:10, :1].expand(-1, stages, -1) + 0.1 * table[:10]
+    temps = [1.0, 1.5, 0.7, 1.2, 0.9]
+    policy = get_policy(name)
+    scores = stage_scores((table / torch.tensor(temps)[None, :, None]).softmax(-1), policy).double().numpy()
+    threshold = 2.5 if name == "patience" else median_threshold(scores[:, :-1])
+    order = torch.randperm(size, generator=gen).tolist()
+    batches = [(order[i:i + 10], {"input_ids": torch.tensor(order[i:i + 10])[:, None]}) for i in range(0, size, 10)]
+    answers = run_regrouped(_TableModel(table), batches, policy, temps, threshold, batch_size=7)
+    expected = exit_stage(scores, threshold)
+    assert sorted(answers) == list(range(size))
+    assert [answers[i][1] for i in range(size)] == expected.tolist()
+    for i in range(size):
+        k = int(expected[i])
+        torch.testing.assert_close(answers[i][0], table[i, k] / temps[k])
+
+
+def test_regrouping_fills_later_batches_and_equals_each_row_alone(staged, monkeypatch):
+    model, featurizer = staged
+    feats = _encode(featurizer, TEXTS)
+    scores = _calibrated_scores(model, _batch(featurizer)).numpy()
+    threshold = median_threshold(scores[:, 0])
+    halves = [list(range(0, 4)), list(range(4, 8))]
+    batches = [(idx, collate([feats[i] for i in idx], featurizer.pad_id)) for idx in halves]
+    calls = _record_run_to(model, monkeypatch)
+    answers = run_regrouped(model, batches, max_prob, TEMPS, threshold, batch_size=8)
+    monkeypatch.undo()
+    going = int((scores[:, 0] < threshold).sum())
+    assert 0 < going < 8
+    assert [c[1] for c in calls[:2]] == [4, 4]  # stage 0 per input batch
+    assert calls[2][1] == going  # stage 1: the rows going on from both batches, in one batch
+    for i, feat in enumerate(feats):
+        alone = run_batch(model, collate([feat], featurizer.pad_id), max_prob, TEMPS, threshold)
+        assert alone.stage.item() == answers[i][1], f"row {i}"
+        torch.testing.assert_close(alone.logits[0], answers[i][0], atol=1e-5, rtol=0)
 
 
 def test_thresholds_per_stage():
@@ -790,13 +830,19 @@ def test_predictions_equal_the_executors(calibrated):
     with torch.no_grad():
         every = all_stage_logits(predictor.model, batch).float() / torch.tensor(predictor.temperatures())[None, :, None]
     scores = stage_scores(every.softmax(-1), max_prob).numpy()
-    threshold = _median_threshold(scores[:, 0])  # no row sits on the boundary
+    threshold = median_threshold(scores[:, 0])  # no row sits on the boundary
     direct = run_batch(predictor.model, batch, max_prob, predictor.temperatures(), threshold)
     out = predictor.predict(TEXTS, threshold=threshold)
     assert [p.stage for p in out] == direct.stage.tolist() and 0 < sum(p.stage for p in out) < 8
     np.testing.assert_allclose([p.probs for p in out], direct.logits.softmax(-1).numpy(), atol=1e-5)
     fractions = predictor.costs.fractions("flops")
     assert [p.cost for p in out] == [fractions[s] for s in direct.stage.tolist()]
+    for batch_size in (1, 3):  # regrouped (3) and per-batch (1, or regroup=False) give the same answers
+        regrouped = predictor.run(features, threshold, batch_size=batch_size)
+        plain = predictor.run(features, threshold, batch_size=batch_size, regroup=False)
+        np.testing.assert_array_equal(regrouped[1], direct.stage.numpy())
+        np.testing.assert_array_equal(plain[1], direct.stage.numpy())
+        np.testing.assert_allclose(regrouped[0], plain[0], atol=1e-5)
 
 
 def test_budget_and_max_drop_knobs_pick_table_points(calibrated):

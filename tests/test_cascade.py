@@ -8,7 +8,6 @@ Only tiny models are trained: a tiny-bert teacher (4 epochs) and bag-of-n-gram s
 from __future__ import annotations
 
 import contextlib
-import itertools
 import json
 import math
 import shutil
@@ -23,7 +22,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from toy import run_config, sentiment_files, sentiment_rows, write_jsonl
+from toy import median_threshold, run_config, sentiment_files, sentiment_rows, write_jsonl
 
 import summon
 import summon.serve.protocol as protocol
@@ -51,21 +50,6 @@ TEXTS = ["great fun", "a terrible boring plot", "the movie was really good", "wo
 
 
 # --- helpers ----------------------------------------------------------------------------------------------
-
-
-def _gap_thresholds(values, margin: float = 1e-4) -> list[float]:
-    """Midpoints between adjacent distinct values that are more than ``margin`` from every value."""
-    v = np.unique(np.asarray(values, dtype=float))
-    mids = [(a + b) / 2 for a, b in itertools.pairwise(v) if b - a > 2 * margin]
-    return [m for m in mids if np.abs(v - m).min() > margin]
-
-
-def _median_threshold(values) -> float:
-    """A threshold near the median of ``values`` (so some rows fall on each side) that no value is close to."""
-    mids = _gap_thresholds(values)
-    assert mids, "no usable gap between the scores"
-    median = float(np.median(values))
-    return min(mids, key=lambda m: abs(m - median))
 
 
 def _examples(texts) -> list[dict]:
@@ -381,7 +365,7 @@ def test_stage_major_batching_sends_only_the_deferred_rows_in_full_batches(toy, 
     examples = [{"text": ex["text"]} for ex in toy.cal.examples[:40]]
     texts = [ex["text"] for ex in examples]
     scores = _max_prob(_raw(preds.selective, examples))
-    threshold = _median_threshold(scores)
+    threshold = median_threshold(scores)
     deferred = [t for t, s in zip(texts, scores) if s < threshold]
     assert 0 < len(deferred) < len(texts)
     first_calls = _record_calls(monkeypatch, cascade.stages[0])
@@ -419,9 +403,9 @@ def test_three_stage_cascade_rows_answered_by_stage_one_never_reach_stage_two(to
     texts = [ex["text"] for ex in examples]
     s0 = _max_prob(_raw(preds.selective, examples))
     s1 = _max_prob(_raw(preds.defer, examples))
-    t0 = _median_threshold(s0)
+    t0 = median_threshold(s0)
     past0 = s0 < t0
-    t1 = _median_threshold(s1[past0])
+    t1 = median_threshold(s1[past0])
     assert np.abs(s1 - t1).min() > 1e-5
     expected = np.where(~past0, 0, np.where(s1 >= t1, 1, 2))
     assert {0, 1, 2} <= set(expected.tolist())
@@ -488,7 +472,7 @@ def test_calibrate_cascade_with_every_scorer(toy, preds, scorer):
     examples = [{"text": ex["text"]} for ex in toy.cal.examples[:50]]
     raw = _raw(getattr(preds, student), examples)
     scores = _expected_scores(scorer, raw, temps[0], cascade.gates()[0])
-    threshold = _median_threshold(scores)
+    threshold = median_threshold(scores)
     result = cascade.run(examples, threshold)
     assert result.stage.tolist() == (scores < threshold).astype(int).tolist()
     np.testing.assert_allclose(result.logits[scores >= threshold], raw[scores >= threshold][:, :2] / temps[0],
@@ -607,7 +591,7 @@ def test_a_cascade_with_a_remote_last_stage_predicts_like_the_local_one(teacher_
     remote = CascadePredictor([local.stages[0], remote_stage], "classification", local.labels,
                               {"adaptive": local.adaptive})
     texts = [ex["text"] for ex in toy.cal.examples[:40]]
-    threshold = _median_threshold(_max_prob(_raw(preds.selective, _examples(texts)), temperature=local.temperatures()[0]))
+    threshold = median_threshold(_max_prob(_raw(preds.selective, _examples(texts)), temperature=local.temperatures()[0]))
     a, b = local.predict(texts, threshold=threshold), remote.predict(texts, threshold=threshold)
     assert {p.stage for p in a} == {0, 1}
     assert [(p.label, p.stage, p.cost, p.fallback) for p in a] == [(p.label, p.stage, p.cost, p.fallback) for p in b]
@@ -630,7 +614,7 @@ def _check_fallback(cascade: CascadePredictor, preds, texts) -> None:
     examples = _examples(texts)
     raw = _raw(preds.selective, examples)
     scores = _max_prob(raw)
-    threshold = _median_threshold(scores)
+    threshold = median_threshold(scores)
     deferred = scores < threshold
     assert deferred.any() and (~deferred).any()
     out = cascade.predict(texts, threshold=threshold)

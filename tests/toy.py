@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import random
 from pathlib import Path
+
+import numpy as np
 
 from summon.config import from_dict
 from summon.train.config import RunConfig
@@ -80,3 +83,20 @@ def run_config(out: Path, train: Path, dev: Path | None, *, task: str = "classif
         "cache_dir": str(out.parent / "cache"),
     }
     return from_dict(RunConfig, raw, source="test")
+
+
+def gap_thresholds(values, margin: float = 1e-4) -> list[float]:
+    """Midpoints between adjacent distinct values that are more than ``margin`` from every value."""
+    v = np.unique(np.asarray(values, dtype=float))
+    mids = [(a + b) / 2 for a, b in itertools.pairwise(v) if b - a > 2 * margin]
+    return [m for m in mids if np.abs(v - m).min() > margin]
+
+
+def median_threshold(values) -> float:
+    """A threshold near the median of ``values`` (so some rows fall on each side) that no value is within
+    1e-4 of (so float rounding cannot move a row across it)."""
+    mids = gap_thresholds(values)
+    if not mids:
+        raise AssertionError("no usable gap between the scores")
+    median = float(np.median(values))
+    return min(mids, key=lambda m: abs(m - median))

@@ -17,7 +17,7 @@ import torch
 
 from summon.adaptive.calibration import calibration_report, fit_temperatures
 from summon.adaptive.costs import StageCosts, measure_stage_costs
-from summon.adaptive.executor import run_batch, run_full_batch
+from summon.adaptive.executor import run_batch, run_full_batch, run_regrouped
 from summon.adaptive.knob import KnobMixin, softmax_rows
 from summon.adaptive.policies import get_policy, stage_scores
 from summon.adaptive.thresholds import OperatingPoint, ThresholdTable
@@ -27,6 +27,8 @@ from summon.inference import length_sorted_batches, predict_logits, to_device
 from summon.predictor import Prediction, Predictor, as_batch
 
 logger = logging.getLogger(__name__)
+
+REGROUP_WINDOW = 64  # batches regrouped together: bounds the rows held between stages
 
 
 class AdaptiveModule(torch.nn.Module):
@@ -73,8 +75,13 @@ class AdaptivePredictor(KnobMixin, Predictor):
 
     @torch.inference_mode()
     def run(self, features: Sequence[dict], threshold: float | Sequence[float], *, batch_size: int = 64,
-            sort: bool = True) -> tuple[np.ndarray, np.ndarray]:
-        """Adaptive execution over featurized examples: calibrated logits [N, C] and answering stage [N]."""
+            sort: bool = True, regroup: bool = True) -> tuple[np.ndarray, np.ndarray]:
+        """Adaptive execution over featurized examples: calibrated logits [N, C] and answering stage [N].
+
+        With ``regroup`` (and a batch size above 1) the rows still going after a stage are gathered from
+        up to :data:`REGROUP_WINDOW` batches into full batches for the next stage
+        (:func:`~summon.adaptive.executor.run_regrouped`); otherwise each batch shrinks on its own.
+        """
         policy, temps = get_policy(self.policy_name()), self.temperatures()
         device = next(self.model.parameters()).device
         logits = np.zeros((len(features), len(self.labels)), dtype=np.float32)
@@ -82,8 +89,19 @@ class AdaptivePredictor(KnobMixin, Predictor):
         order = (list(length_sorted_batches(features, batch_size)) if sort else
                  [list(range(i, min(i + batch_size, len(features)))) for i in range(0, len(features), batch_size)])
         self.model.eval()
-        for idx in order:
-            batch = to_device(collate([features[i] for i in idx], self.featurizer.pad_id), device)
+
+        def batches(group):
+            for idx in group:
+                yield idx, to_device(collate([features[i] for i in idx], self.featurizer.pad_id), device)
+
+        if regroup and batch_size > 1 and hasattr(self.model, "pack"):
+            for start in range(0, len(order), REGROUP_WINDOW):
+                answers = run_regrouped(self.model, batches(order[start:start + REGROUP_WINDOW]), policy, temps,
+                                        threshold, batch_size)
+                for row, (row_logits, stage, _) in answers.items():
+                    logits[row], stages[row] = row_logits.cpu().numpy(), stage
+            return logits, stages
+        for idx, batch in batches(order):
             result = run_batch(self.model, batch, policy, temps, threshold)
             logits[idx] = result.logits.cpu().numpy()
             stages[idx] = result.stage.cpu().numpy()

@@ -160,6 +160,21 @@ class Backbone(nn.Module):
             hidden, mask = hidden[:, :length], mask[:, :length]
         return self._with_kwargs(EncoderState(hidden=hidden, mask=mask, layer=state.layer))
 
+    def unpack(self, state: EncoderState, rows: torch.Tensor) -> list[tuple[EncoderState, int]]:
+        """Each of ``rows`` as a one-row state cut to its own length, with that length (no layer kwargs)."""
+        lengths = state.mask[rows].sum(dim=1).tolist()
+        return [(EncoderState(hidden=state.hidden[r, :n], mask=state.mask[r, :n], layer=state.layer), int(n))
+                for r, n in zip(rows.tolist(), lengths, strict=True)]
+
+    def pack(self, pieces: Sequence[EncoderState]) -> EncoderState:
+        """Right-pad one-row states (from :meth:`unpack`, all at one layer) into a batch."""
+        layers = {p.layer for p in pieces}
+        if len(layers) != 1:
+            raise ValueError(f"can only pack states at one layer, got layers {sorted(layers)}")
+        hidden = torch.nn.utils.rnn.pad_sequence([p.hidden for p in pieces], batch_first=True)
+        mask = torch.nn.utils.rnn.pad_sequence([p.mask for p in pieces], batch_first=True)
+        return self._with_kwargs(EncoderState(hidden=hidden, mask=mask, layer=layers.pop()))
+
     def forward(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
         token_type_ids: torch.Tensor | None = None, *, layers: Sequence[int] | None = None,

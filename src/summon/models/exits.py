@@ -14,7 +14,8 @@ Departures from the paper's code (``allenai/sledgehammer``), on purpose:
 
 The model implements the staged interface used by :mod:`summon.adaptive.executor`:
 ``begin(batch) -> state``, ``run_to(k, state) -> state`` (layers up to exit ``k``),
-``exit_logits(k, state) -> [B, C]`` and ``keep(state, rows) -> state``.
+``exit_logits(k, state) -> [B, C]``, ``keep(state, rows) -> state``, and ``unpack``/``pack`` for
+regrouping rows from several batches.
 """
 
 from __future__ import annotations
@@ -85,6 +86,14 @@ class MultiExitClassifier(nn.Module):
 
     def keep(self, state: EncoderState, rows: torch.Tensor) -> EncoderState:
         return self.backbone.select(state, rows, trim=True)
+
+    def unpack(self, state: EncoderState, rows: torch.Tensor) -> list[tuple[EncoderState, int]]:
+        """The given rows as unpadded one-row states, each with its length (for regrouping)."""
+        return self.backbone.unpack(state, rows)
+
+    def pack(self, pieces: Sequence[EncoderState]) -> EncoderState:
+        """One right-padded batch of one-row states at the same layer."""
+        return self.backbone.pack(pieces)
 
     # --- training ---------------------------------------------------------------------------------
 
