@@ -956,7 +956,23 @@ def test_measure_speedup_reports_each_batch_size(calibrated, trained):
     fractions = predictor.costs.fractions("flops")
     for row in out.values():
         assert set(row) == {"full_seconds", "adaptive_seconds", "realised", "theoretical",
-                            "realised_over_theoretical"}
+                            "realised_over_theoretical", "theoretical_uniform", "realised_over_theoretical_uniform"}
         assert row["full_seconds"] > 0 and row["adaptive_seconds"] > 0
         assert row["theoretical"] == pytest.approx(1.0 / fractions[0])  # every row answers at stage 0
+        assert row["theoretical_uniform"] == pytest.approx(1.0 / fractions[0])
         assert row["realised"] == pytest.approx(row["full_seconds"] / row["adaptive_seconds"])
+
+
+def test_theoretical_speedup_weights_each_row_by_its_length(calibrated, trained, monkeypatch):
+    """Long rows going deep cost more than the average row: the length-weighted promise is lower."""
+    predictor = calibrated["predictor"]
+    features = predictor.featurizer.encode(trained["data"].examples[:8], "classification")
+    features = sorted(features, key=lambda f: len(f["input_ids"]))
+    lengths = np.array([len(f["input_ids"]) for f in features], dtype=float)
+    stages = np.array([0] * 4 + [1] * 4)  # the four longest rows go to the last stage
+    monkeypatch.setattr(predictor, "run", lambda feats, threshold, batch_size: (None, stages))
+    row = measure_speedup(predictor, features, 0.5, batch_sizes=(2,), repeats=1)["2"]
+    f = np.asarray(predictor.costs.fractions("flops"))[stages]
+    assert row["theoretical"] == pytest.approx(lengths.sum() / (lengths * f).sum())
+    assert row["theoretical_uniform"] == pytest.approx(1.0 / f.mean())
+    assert lengths[4:].mean() > lengths[:4].mean() and row["theoretical"] < row["theoretical_uniform"]

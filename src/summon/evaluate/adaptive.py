@@ -118,23 +118,31 @@ def _interleaved_medians(first, second, repeats: int) -> tuple[float, float]:
 
 
 def measure_speedup(predictor: Any, features: Sequence[dict], threshold: float, batch_sizes: Sequence[int] = (1, 32, 128),
-                    repeats: int = 3) -> dict[str, dict[str, float]]:
+                    repeats: int = 5) -> dict[str, dict[str, float]]:
     """Realised speed-up (full model time / adaptive time) against the FLOPs-promised one, per batch size.
 
     Both runs take the same examples in the same length-sorted batches; the full model runs every layer
-    and only its last head. Tokenisation is excluded. Theoretical = full FLOPs / mean adaptive FLOPs.
+    and only its last head. Tokenisation is excluded; times are medians of ``repeats`` alternating runs.
+
+    ``theoretical`` counts the FLOPs these inputs need: each row's cost is its stage's cost fraction
+    weighted by its length in tokens (an encoder's FLOPs grow with length, and longer inputs tend to go
+    deeper), so ``theoretical = Σ n_i / Σ n_i·f(stage_i)``. ``theoretical_uniform`` is the length-blind
+    ``1 / mean f(stage_i)`` that treats every row as the average one.
     """
-    fractions = predictor.costs.fractions("flops")
+    fractions = np.asarray(predictor.costs.fractions("flops"))
+    tokens = np.array([len(f["input_ids"]) for f in features], dtype=float)
     out = {}
     for bs in batch_sizes:
         _, stages = predictor.run(features, threshold, batch_size=bs)  # also a warm-up
         predictor.run_full(features, batch_size=bs)
         t_adaptive, t_full = _interleaved_medians(lambda bs=bs: predictor.run(features, threshold, batch_size=bs),
                                                   lambda bs=bs: predictor.run_full(features, batch_size=bs), repeats)
-        theoretical = 1.0 / float(np.mean(np.asarray(fractions)[stages]))
+        theoretical = float(tokens.sum() / (tokens * fractions[stages]).sum())
         realised = t_full / t_adaptive
         out[str(bs)] = {"full_seconds": t_full, "adaptive_seconds": t_adaptive, "realised": realised,
-                        "theoretical": theoretical, "realised_over_theoretical": realised / theoretical}
+                        "theoretical": theoretical, "realised_over_theoretical": realised / theoretical,
+                        "theoretical_uniform": float(1.0 / fractions[stages].mean()),
+                        "realised_over_theoretical_uniform": realised * float(fractions[stages].mean())}
     return out
 
 
