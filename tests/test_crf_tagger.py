@@ -158,9 +158,9 @@ def test_unpadded_average_is_available_to_reproduce_the_released_code():
 
 
 def test_crf_on_a_sequence_task_names_the_key():
-    with pytest.raises(ValueError, match="model.crf"):
+    with pytest.raises(ValueError, match=r"model\.crf"):
         build_model(ModelConfig(name="tiny-bert", crf=True), "classification", 2)
-    with pytest.raises(ValueError, match="model.crf_over"):
+    with pytest.raises(ValueError, match=r"model\.crf_over"):
         build_model(ModelConfig(name="tiny-bert", crf_over="subtokens"), "token_classification", 2)
 
 
@@ -175,7 +175,7 @@ def test_crf_methods_refuse_a_softmax_tagger():
     built = build_model(ModelConfig(name="tiny-bert"), "token_classification", len(TAGS))
     predictor = Predictor(built.model, built.featurizer, "token_classification", TAGS)
     batch = _batch(predictor, [{"tokens": ["a"], "tags": [0]}])
-    with pytest.raises(ValueError, match="model.crf: true"):
+    with pytest.raises(ValueError, match=r"model\.crf: true"):
         METHODS.get("crf_finetune").step(built.model, batch, METHODS.get("crf_finetune").config_cls())
 
 
