@@ -21,6 +21,8 @@ from summon.methods import METHODS
 from summon.methods.structured_kd import StructuredKDConfig
 from summon.models import ModelConfig, build_model
 from summon.models import crf as crf_fn
+from summon.models.build import Source
+from summon.models.tiny import tiny_tokenizer
 from summon.predictor import Predictor, read_manifest
 from summon.train.loop import train
 
@@ -155,6 +157,14 @@ def test_unpadded_average_is_available_to_reproduce_the_released_code():
 
 
 # --- bad configurations -------------------------------------------------------------------------------
+
+
+def test_copy_of_a_crf_tagger_keeps_its_crf():
+    teacher = _tagger(seed=5).model
+    built = build_model(ModelConfig(kind="copy", crf=True), "token_classification", len(TAGS),
+                        source=Source.of(teacher, tiny_tokenizer()))
+    for ours, theirs in zip(built.model.state_dict().values(), teacher.state_dict().values(), strict=True):
+        assert torch.equal(ours, theirs)
 
 
 def test_crf_on_a_sequence_task_names_the_key():

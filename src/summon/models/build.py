@@ -80,6 +80,7 @@ class Source:
     encoder: nn.Module
     tokenizer: Any
     head: nn.Module | None = None
+    crf: nn.Module | None = None  # a CRF tagger's transitions, start and end (copied by kind 'copy')
 
     @classmethod
     def of(cls, model: nn.Module, tokenizer: Any) -> Source | None:
@@ -89,7 +90,7 @@ class Source:
         head = getattr(model, "head", None)
         if head is None and hasattr(model, "heads"):
             head = model.heads[-1]
-        return cls(backbone.model, tokenizer, head)
+        return cls(backbone.model, tokenizer, head, getattr(model, "crf", None))
 
 
 @dataclass
@@ -155,6 +156,7 @@ def _build_encoder_model(cfg: ModelConfig, task: str, num_labels: int, source: S
     model = model_for(arch, encoder)
     if head is not None:
         _reuse_head(model, head, arch)
+        _reuse_crf(model, source)
     return Built(model=model, featurizer=featurizer_for(arch, tokenizer, cfg.max_length), architecture=arch)
 
 
@@ -194,9 +196,16 @@ def _reuse_head(model: nn.Module, head: nn.Module, arch: dict[str, Any]) -> None
         target = model.heads[-1] if model.exit_layers[-1] == layers else None
     same_shape = all(a.shape == b.shape for a, b in zip(head.state_dict().values(), target.state_dict().values(),
                                                          strict=False)) if target is not None else False
-    if target is None or getattr(head, "pooling", None) != arch["pooling"] or not same_shape:
+    if target is None or getattr(head, "pooling", arch["pooling"]) != arch["pooling"] or not same_shape:
         return
     target.load_state_dict(head.state_dict())
+
+
+def _reuse_crf(model: nn.Module, source: Source | None) -> None:
+    """A copied CRF tagger keeps the source's CRF too, when the label chains match."""
+    ours, theirs = getattr(model, "crf", None), source.crf if source is not None else None
+    if ours is not None and theirs is not None and ours.transitions.shape == theirs.transitions.shape:
+        ours.load_state_dict(theirs.state_dict())
 
 
 def freeze(model: nn.Module, prefixes: list[str]) -> None:
