@@ -52,7 +52,9 @@ def test_every_shipped_recipe_loads_against_the_code():
     assert {"sst2_finetune", "sst2_kd_truncated", "sst2_kd_ngram", "quickstart_teacher", "quickstart_student",
             "quickstart_early_exit", "conll2003_finetune", "rte_finetune", "sst2_early_exit",
             "sst2_early_exit_two_stage", "ag_news_finetune", "ag_news_early_exit",
-            "ag_news_early_exit_two_stage", "sst2_easy_kd", "ag_news_kd_ngram", "ag_news_easy_kd"} <= set(names)
+            "ag_news_early_exit_two_stage", "sst2_easy_kd", "ag_news_kd_ngram", "ag_news_easy_kd",
+            "conll2003_crf_teacher", "conll2003_substructure_kd", "conll2003_chunking_crf_teacher",
+            "conll2003_chunking_substructure_kd"} <= set(names)
     for name, path in names.items():
         cfg = recipe.load_run_config(name)
         assert recipe.describe(path), f"{name} has no leading comment saying what it does"
@@ -64,7 +66,8 @@ def test_every_shipped_recipe_loads_against_the_code():
 @pytest.mark.parametrize("chain", [
     ("sst2_finetune", "sst2_kd_truncated", "sst2_kd_ngram", "sst2_early_exit_two_stage", "sst2_easy_kd"),
     ("ag_news_finetune", "ag_news_early_exit_two_stage", "ag_news_kd_ngram", "ag_news_easy_kd"), ("sst2_early_exit",), ("ag_news_early_exit",),
-    ("conll2003_finetune",), ("rte_finetune",)])
+    ("conll2003_finetune",), ("rte_finetune",), ("conll2003_crf_teacher", "conll2003_substructure_kd"),
+    ("conll2003_chunking_crf_teacher", "conll2003_chunking_substructure_kd")])
 def test_shipped_recipes_run_end_to_end_on_a_tiny_model(chain, tmp_path):
     teacher = None
     for name in chain:

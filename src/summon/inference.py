@@ -37,7 +37,12 @@ def word_level(logits: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Te
 
 def split_word_logits(logits: torch.Tensor, batch: dict[str, torch.Tensor]) -> list[np.ndarray]:
     """Per example [num_words, C]; words cut off by truncation get zero logits (so they predict label 0)."""
-    words = word_level(logits, batch).float().cpu().numpy()
+    return split_word_rows(word_level(logits, batch), batch)
+
+
+def split_word_rows(words: torch.Tensor, batch: dict[str, torch.Tensor]) -> list[np.ndarray]:
+    """Word-level scores [B, W, C] -> per example [num_words, C], zero rows for words cut by truncation."""
+    words = words.float().cpu().numpy()
     kept = batch["word_mask"].sum(dim=1).tolist()
     total = batch["num_words"].tolist()
     out = []
@@ -55,6 +60,9 @@ def predict_logits(
 ) -> list[np.ndarray]:
     """Logits per example, in input order: [C] for sequence tasks, [num_words, C] for tagging.
 
+    A CRF tagger (a model with ``word_scores``, :class:`~summon.models.tagger.CRFTagger`) gives its Viterbi
+    path as one-hot rows instead of logits, so the arg-max of each row is the decoded tag.
+
     Args:
         model: called as ``model(batch)``; put in eval mode for the call and restored afterwards.
         features: featurized examples (see :mod:`summon.data.features`).
@@ -70,13 +78,19 @@ def predict_logits(
         for idx in tqdm(batches, desc=desc, disable=not progress, leave=False):
             batch = to_device(collate([features[i] for i in idx], pad_id), device)
             logits = model(batch)
-            rows = (split_word_logits(logits, batch) if task == "token_classification"
+            rows = (_tagging_rows(model, logits, batch) if task == "token_classification"
                     else list(logits.float().cpu().numpy()))
             for i, row in zip(idx, rows, strict=True):
                 results[i] = row
     finally:
         model.train(was_training)
     return results
+
+
+def _tagging_rows(model: nn.Module, logits: torch.Tensor, batch: dict[str, torch.Tensor]) -> list[np.ndarray]:
+    if hasattr(model, "word_scores"):
+        return split_word_rows(model.word_scores(batch, logits), batch)
+    return split_word_logits(logits, batch)
 
 
 def softmax(logits: np.ndarray, axis: int = -1) -> np.ndarray:

@@ -6,7 +6,8 @@ Layout::
     model.safetensors    the weights
     tokenizer/           the Hugging Face tokenizer (encoder models only)
 
-``summon.load(path).predict(texts)`` returns labels and probabilities. A missing, truncated or
+``summon.load(path).predict(texts)`` returns labels and probabilities; a tagger (softmax or CRF) returns
+tags per word and entity spans with character offsets (raw text is split into words by :func:`split_words`). A missing, truncated or
 mismatched file raises a ``ValueError`` naming the file and what to do.
 """
 
@@ -140,7 +141,7 @@ def canonical_inputs(task: str, inputs: Sequence[Any]) -> list[dict[str, Any]]:
     examples = []
     for i, item in enumerate(as_batch(inputs)):
         if task == "token_classification":
-            tokens = item.split() if isinstance(item, str) else list(item)
+            tokens = split_words(item) if isinstance(item, str) else list(item)
             if not tokens:
                 raise ValueError(f"input {i} is empty; give text to tag")
             examples.append({"tokens": tokens})
@@ -154,6 +155,19 @@ def canonical_inputs(task: str, inputs: Sequence[Any]) -> list[dict[str, Any]]:
                 raise ValueError(f"input {i}: expected a string, got {type(item).__name__}")
             examples.append({"text": item})
     return examples
+
+
+_WORDS = re.compile(r"\w+(?:['’-]\w+)*|[^\w\s]")
+
+
+def split_words(text: str) -> list[str]:
+    """Words of raw text for tagging, CoNLL style: runs of letters and digits (joined by ``'`` or ``-``)
+    and each punctuation mark on its own, so ``"Paris, EU-wide"`` gives ``Paris , EU-wide``.
+
+    A simple regular expression, not a trained tokenizer: abbreviations such as ``U.S.`` come out as
+    ``U . S .``. Pass pre-split word lists to :meth:`Predictor.predict` to use another tokenizer.
+    """
+    return _WORDS.findall(text)
 
 
 def as_batch(inputs: Any) -> list[Any]:

@@ -85,6 +85,8 @@ class TokenizerFeaturizer:
             feat: Feature = {key: enc[key][i] for key in ("input_ids", "attention_mask", "token_type_ids") if key in enc}
             feat["word_starts"] = starts
             feat["num_words"] = len(ex["tokens"])
+            if self.subtoken_label == "x":  # a CRF over sub-tokens chains the ones inside words
+                feat["in_word"] = [w is not None for w in word_ids]
             if "tags" in ex:
                 feat["labels"] = self._subtoken_labels(word_ids, starts, ex["tags"])
                 feat["word_tags"] = list(ex["tags"][: len(starts)])
@@ -175,7 +177,8 @@ def collate(features: list[Feature], pad_id: int = 0) -> dict[str, torch.Tensor]
 
     Returns tensors: ``input_ids`` [B, L] (and ``attention_mask``, ``token_type_ids`` when present),
     ``label`` [B] or ``labels`` [B, L] (padding ``IGNORE_INDEX``), ``word_starts``/``word_mask``/
-    ``word_tags`` [B, W] for tagging, ``example_index`` [B] and ``teacher_logits`` [B, C] or [B, W, C].
+    ``word_tags`` [B, W] for tagging (and ``in_word`` [B, L] with ``subtoken_label='x'``),
+    ``example_index`` [B] and ``teacher_logits`` [B, C] or [B, W, C].
     """
     first = features[0]
     batch = {"input_ids": _pad([f["input_ids"] for f in features], pad_id, torch.long)}
@@ -191,6 +194,8 @@ def collate(features: list[Feature], pad_id: int = 0) -> dict[str, torch.Tensor]
         batch["word_starts"] = _pad(starts, 0, torch.long)
         batch["word_mask"] = _pad([[True] * len(s) for s in starts], False, torch.bool)
         batch["num_words"] = torch.tensor([f["num_words"] for f in features], dtype=torch.long)
+    if "in_word" in first:
+        batch["in_word"] = _pad([f["in_word"] for f in features], False, torch.bool)
     if "word_tags" in first:
         batch["word_tags"] = _pad([f["word_tags"] for f in features], IGNORE_INDEX, torch.long)
     if "example_index" in first:

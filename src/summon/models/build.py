@@ -8,7 +8,8 @@ Kinds of model:
     ``copy``: a copy of the source model itself, encoder and head (to attach exits to a fine-tuned teacher).
     ``ngram``: a fastText-like bag of hashed word n-grams (:class:`NgramClassifier`).
 
-Any encoder kind takes ``exits`` (classifier heads after chosen layers, :mod:`summon.models.exits`) and
+Any encoder kind takes ``crf`` (token classification: a :class:`~summon.models.tagger.CRFTagger`, a
+linear-chain CRF over the words, or over sub-tokens with ``crf_over: subtokens``), ``exits`` (classifier heads after chosen layers, :mod:`summon.models.exits`) and
 ``freeze`` (parameter-name prefixes that do not train, e.g. ``[backbone]`` for DeeBERT's second stage).
 """
 
@@ -28,6 +29,7 @@ from summon.models.exits import MultiExitClassifier, resolve_exits
 from summon.models.heads import EncoderClassifier, SequenceHead, TokenHead
 from summon.models.ngram import NgramClassifier
 from summon.models.pretrained import load_encoder
+from summon.models.tagger import CRFTagger
 
 
 @dataclass
@@ -55,6 +57,8 @@ class ModelConfig:
     exits: list[int] | Literal["all"] | None = None  # encoders: exit heads after these layers (1-based) or all
     freeze: list[str] = field(default_factory=list)  # parameter-name prefixes to freeze, e.g. [backbone]
     defer_output: bool = False  # one extra "defer" logit after the classes (learning-to-defer students)
+    crf: bool = False  # token classification: a linear-chain CRF on the emissions (see summon.models.tagger)
+    crf_over: Literal["words", "subtokens"] = "words"  # crf: chain the words, or sub-tokens with an X label
 
     def __post_init__(self) -> None:
         if self.kind == "pretrained" and not self.name:
@@ -76,6 +80,7 @@ class Source:
     encoder: nn.Module
     tokenizer: Any
     head: nn.Module | None = None
+    crf: nn.Module | None = None  # a CRF tagger's transitions, start and end (copied by kind 'copy')
 
     @classmethod
     def of(cls, model: nn.Module, tokenizer: Any) -> Source | None:
@@ -85,7 +90,7 @@ class Source:
         head = getattr(model, "head", None)
         if head is None and hasattr(model, "heads"):
             head = model.heads[-1]
-        return cls(backbone.model, tokenizer, head)
+        return cls(backbone.model, tokenizer, head, getattr(model, "crf", None))
 
 
 @dataclass
@@ -109,6 +114,7 @@ def build_model(cfg: ModelConfig, task: str, num_labels: int, *, source: Source 
     """
     if cfg.defer_output and (cfg.exits is not None or task == "token_classification"):
         raise ValueError("defer_output is for single-exit sequence classifiers (cascade students)")
+    _check_crf(cfg, task)
     with torch.random.fork_rng():
         torch.manual_seed(cfg.init_seed)
         if cfg.kind == "ngram":
@@ -121,11 +127,26 @@ def build_model(cfg: ModelConfig, task: str, num_labels: int, *, source: Source 
     return built
 
 
+def _check_crf(cfg: ModelConfig, task: str) -> None:
+    if not cfg.crf:
+        if cfg.crf_over != "words":
+            raise ValueError(f"model.crf_over={cfg.crf_over!r} needs model.crf: true")
+        return
+    if task != "token_classification":
+        raise ValueError(f"model.crf: a CRF tags sequences, but this task is {task!r}; set model.crf: false "
+                         "or train on a token_classification data set")
+    if cfg.kind == "ngram" or cfg.exits is not None:
+        what = "kind 'ngram'" if cfg.kind == "ngram" else "model.exits"
+        raise ValueError(f"model.crf: not available with {what}; use an encoder kind without exits")
+
+
 def _build_encoder_model(cfg: ModelConfig, task: str, num_labels: int, source: Source | None) -> Built:
     encoder, tokenizer, head = _encoder_for(cfg, source)
     if cfg.encoder_dropout is not None:
         set_encoder_dropout(encoder, cfg.encoder_dropout)
     arch = encoder_architecture(encoder, task, num_labels, cfg.pooling, cfg.dropout)
+    if cfg.crf:
+        arch["crf"] = {"over": cfg.crf_over}
     if cfg.defer_output:
         arch["defer_output"] = True
     if cfg.exits is not None:
@@ -135,7 +156,16 @@ def _build_encoder_model(cfg: ModelConfig, task: str, num_labels: int, source: S
     model = model_for(arch, encoder)
     if head is not None:
         _reuse_head(model, head, arch)
-    return Built(model=model, featurizer=TokenizerFeaturizer(tokenizer, max_length=cfg.max_length), architecture=arch)
+        _reuse_crf(model, source)
+    return Built(model=model, featurizer=featurizer_for(arch, tokenizer, cfg.max_length), architecture=arch)
+
+
+def featurizer_for(arch: dict[str, Any], tokenizer: Any, max_length: int) -> TokenizerFeaturizer:
+    """The tokenizer featurizer; a CRF over sub-tokens labels non-first sub-tokens ``X`` (id ``num_labels``)."""
+    if arch.get("crf", {}).get("over") == "subtokens":
+        return TokenizerFeaturizer(tokenizer, max_length=max_length, subtoken_label="x",
+                                   x_label_id=arch["num_labels"])
+    return TokenizerFeaturizer(tokenizer, max_length=max_length)
 
 
 def _encoder_for(cfg: ModelConfig, source: Source | None) -> tuple[nn.Module, Any, nn.Module | None]:
@@ -166,9 +196,16 @@ def _reuse_head(model: nn.Module, head: nn.Module, arch: dict[str, Any]) -> None
         target = model.heads[-1] if model.exit_layers[-1] == layers else None
     same_shape = all(a.shape == b.shape for a, b in zip(head.state_dict().values(), target.state_dict().values(),
                                                          strict=False)) if target is not None else False
-    if target is None or getattr(head, "pooling", None) != arch["pooling"] or not same_shape:
+    if target is None or getattr(head, "pooling", arch["pooling"]) != arch["pooling"] or not same_shape:
         return
     target.load_state_dict(head.state_dict())
+
+
+def _reuse_crf(model: nn.Module, source: Source | None) -> None:
+    """A copied CRF tagger keeps the source's CRF too, when the label chains match."""
+    ours, theirs = getattr(model, "crf", None), source.crf if source is not None else None
+    if ours is not None and theirs is not None and ours.transitions.shape == theirs.transitions.shape:
+        ours.load_state_dict(theirs.state_dict())
 
 
 def freeze(model: nn.Module, prefixes: list[str]) -> None:
@@ -243,6 +280,11 @@ def model_for(arch: dict[str, Any], encoder: nn.Module) -> nn.Module:
     backbone = Backbone(encoder)
     if arch["type"] == "exits":
         return MultiExitClassifier(backbone, arch["exit_layers"], [make_head(arch) for _ in arch["exit_layers"]])
+    if "crf" in arch:
+        over = arch["crf"]["over"]
+        hidden = int(arch["hf_config"].get("hidden_size") or arch["hf_config"]["dim"])
+        head = TokenHead(hidden, arch["num_labels"] + (1 if over == "subtokens" else 0), arch["dropout"])
+        return CRFTagger(backbone, head, arch["num_labels"], over)
     return EncoderClassifier(backbone, make_head(arch))
 
 

@@ -3,7 +3,8 @@
 Every method plugs in as a config dataclass plus ``step(model, batch, cfg) -> {"loss", "output", ...}``.
 The loop owns everything else: AdamW with linear warm-up and decay, gradient accumulation, clipping,
 mixed precision where the device supports it, evaluation every N steps keeping the best model, JSONL
-metrics, a progress bar, and checkpoints that a killed run resumes from (same command, same output dir).
+metrics (with each epoch's seconds split into the step's timed parts and the backward pass), a progress
+bar, and checkpoints that a killed run resumes from (same command, same output dir).
 
 Batches are global: ``train.batch_size`` rows are split across processes (``split_batches=True``), so
 ``accelerate launch --num_processes N`` trains on the same batches as one process.
@@ -41,6 +42,7 @@ from summon.predictor import Predictor, load, save_predictor, update_manifest
 from summon.train.checkpoint import Checkpointer, TrainerState, fixed_part
 from summon.train.config import RunConfig
 from summon.train.teacher_cache import teacher_logits
+from summon.train.timing import SECONDS_SUFFIX, clock
 
 logger = logging.getLogger(__name__)
 
@@ -141,6 +143,14 @@ def build_features(built: Built, data: TaskData, teacher_rows: list[np.ndarray] 
     return features
 
 
+def check_same_tokenizer(teacher: Predictor, built: Built) -> None:
+    """An online teacher reads the student's batches, so both must tokenize alike."""
+    ours, theirs = getattr(built.featurizer, "tokenizer", None), getattr(teacher.featurizer, "tokenizer", None)
+    if ours is None or theirs is None or ours.get_vocab() != theirs.get_vocab():
+        raise ValueError("teacher: an online teacher reads the student's batches, so it needs the same tokenizer; "
+                         "build the student from the teacher (model.kind: truncated/copy, no model.name)")
+
+
 def build_run(cfg: RunConfig) -> Run:
     method, method_cfg = build_method(cfg)
     train_data, eval_data = build_data(cfg)
@@ -148,7 +158,9 @@ def build_run(cfg: RunConfig) -> Run:
     source = Source.of(teacher.model, getattr(teacher.featurizer, "tokenizer", None)) if teacher else None
     built = build_model(cfg.model, train_data.task, len(train_data.labels), source=source)
     rows = None
-    if method.needs_teacher:
+    if method.online_teacher:
+        check_same_tokenizer(teacher, built)
+    elif method.needs_teacher:
         rows = teacher_logits(teacher, train_data, cache_dir=cfg.cache_dir, batch_size=cfg.train.eval_batch_size)
     train_set = FeatureDataset(build_features(built, train_data, rows))
     eval_features = build_features(built, eval_data) if eval_data is not None else None
@@ -170,13 +182,14 @@ def build_accelerator(cfg: RunConfig) -> Accelerator:
 
 
 def build_optimizer(model: torch.nn.Module, cfg: RunConfig, total_steps: int):
-    """AdamW without weight decay on biases and norms; the new head may get its own learning rate."""
+    """AdamW without weight decay on biases and norms; the new head (and CRF) may get its own learning rate."""
     groups: dict[tuple[float, float], list[torch.nn.Parameter]] = {}
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
         decay = 0.0 if param.ndim < 2 else cfg.train.weight_decay
-        lr = cfg.train.head_lr if cfg.train.head_lr and name.startswith("head.") else cfg.train.lr
+        new = name.startswith(("head.", "crf."))
+        lr = cfg.train.head_lr if cfg.train.head_lr and new else cfg.train.lr
         groups.setdefault((lr, decay), []).append(param)
     optimizer = torch.optim.AdamW([{"params": p, "lr": lr, "weight_decay": wd} for (lr, wd), p in groups.items()])
     warmup = int(cfg.train.warmup_ratio * total_steps)
@@ -263,6 +276,7 @@ def _loop(run, accelerator, model, optimizer, loader, scheduler, sampler, state,
     bar = tqdm(total=steps, initial=state.step, desc=f"train {run.cfg.method}",
                disable=not (cfg.progress and accelerator.is_main_process))
     running: dict[str, float] = {}
+    step_args = {"teacher": online_teacher(run, accelerator)} if run.method.online_teacher else {}
     while state.step < steps and state.epoch < cfg.epochs:
         sampler.position(state.epoch, state.batch_in_epoch)
         if run.method.epoch_start is not None:
@@ -270,9 +284,12 @@ def _loop(run, accelerator, model, optimizer, loader, scheduler, sampler, state,
                 state.epoch, accelerator.unwrap_model(model), run.train_set, run.method_cfg, run.output_dir,
                 run.built.featurizer.pad_id, accelerator.is_main_process, accelerator.wait_for_everyone))
         model.train()
+        timing: dict[str, float] = {}
         for batch in loader:
+            start = clock(accelerator.device)
             with accelerator.accumulate(model):
-                out = run.method.step(model, batch, run.method_cfg)
+                out = run.method.step(model, batch, run.method_cfg, **step_args)
+                before_backward = clock(accelerator.device)
                 accelerator.backward(out["loss"])
                 if accelerator.sync_gradients and cfg.max_grad_norm:
                     accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
@@ -280,6 +297,8 @@ def _loop(run, accelerator, model, optimizer, loader, scheduler, sampler, state,
                 if accelerator.sync_gradients:
                     scheduler.step()
                 optimizer.zero_grad()
+            end = clock(accelerator.device)
+            _add_times(timing, out, backward=end - before_backward, total=end - start)
             state.batch_in_epoch += 1
             _accumulate(running, out)
             if not accelerator.sync_gradients:
@@ -299,15 +318,36 @@ def _loop(run, accelerator, model, optimizer, loader, scheduler, sampler, state,
             if state.step >= steps:
                 break
         else:
+            log.write({"event": "epoch", "epoch": state.epoch, "seconds": timing})
             state.epoch += 1
             state.batch_in_epoch = 0
             continue
+        complete = state.batch_in_epoch >= math.ceil(len(run.train_set) / cfg.batch_size)
+        log.write({"event": "epoch", "epoch": state.epoch, "seconds": timing, "partial": not complete})
         break
     bar.close()
     if run.eval_features is None and accelerator.is_main_process:
         save_model(run, accelerator.unwrap_model(model), state, None)
     state.done = True
     checkpointer.save(accelerator)
+
+
+def online_teacher(run: Run, accelerator: Accelerator) -> torch.nn.Module:
+    """The frozen teacher model for methods that run it every batch: on the device, eval mode, no gradients."""
+    teacher = run.teacher.model.to(accelerator.device).eval()
+    teacher.requires_grad_(False)
+    return teacher
+
+
+def _add_times(timing: dict[str, float], out: dict[str, Any], *, backward: float, total: float) -> None:
+    """Sum this batch's seconds into the epoch's: the step's ``*_seconds`` parts, backward (with the optimizer
+    step) and the whole batch (``train``; evaluation and checkpoints excluded)."""
+    for key, value in out.items():
+        if key.endswith(SECONDS_SUFFIX):
+            name = key.removesuffix(SECONDS_SUFFIX)
+            timing[name] = timing.get(name, 0.0) + float(value)
+    timing["backward"] = timing.get("backward", 0.0) + backward
+    timing["train"] = timing.get("train", 0.0) + total
 
 
 def _accumulate(running: dict[str, float], out: dict[str, Any]) -> None:

@@ -1,0 +1,42 @@
+"""Fine-tuning a CRF tagger on gold tags: the mean CRF negative log-likelihood (forward algorithm).
+
+This trains the teacher of structured KD and is the gold-only student baseline of Lin et al. 2022
+(*Efficient Sub-structured Knowledge Distillation*; ``distil='none'`` in ``Linwenye/Efficient-KD``).
+The model must be a :class:`~summon.models.tagger.CRFTagger` (``model.crf: true``). The step also times its
+student forward pass (``student_forward_seconds``) so epoch times compare with the distilling methods.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from summon.models.tagger import CRFTagger
+from summon.train.timing import clock, seconds
+
+
+@dataclass
+class CRFFinetuneConfig:
+    """No options: the loss is the CRF NLL of the gold tags, averaged over sentences."""
+
+
+def crf_model(model: nn.Module, method: str) -> CRFTagger:
+    """The CRF tagger inside ``model`` (unwrapping DDP), or a ValueError saying how to get one."""
+    inner = getattr(model, "module", model)
+    if not isinstance(inner, CRFTagger):
+        raise ValueError(f"method '{method}' needs a CRF tagger, got {type(inner).__name__}; set model.crf: true "
+                         "on a token_classification task")
+    return inner
+
+
+def step(model: nn.Module, batch: dict[str, torch.Tensor], cfg: CRFFinetuneConfig) -> dict[str, Any]:
+    tagger = crf_model(model, "crf_finetune")
+    start = clock(batch["input_ids"].device)
+    emissions = model(batch)
+    loss = tagger.nll(batch, emissions).mean()
+    elapsed = clock(batch["input_ids"].device) - start
+    return {"loss": loss, "output": emissions, "nll": loss.detach(), "teacher_forward_seconds": seconds(0.0),
+            "student_forward_seconds": seconds(elapsed)}
