@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from _common import REPO, provenance, write_result
+from _common import REPO, provenance, repo_relative, write_result
 
 from summon.adaptive.calibration import fit_temperature
 from summon.adaptive.cascade import CascadePredictor, scores_and_preds, stage_costs
@@ -216,7 +216,7 @@ def main() -> None:
     student, training, scorer = name.split("/")
     result["measured_time"] = measured_time(students[student][training][0], teacher_stage, teacher, data, gold,
                                             scorer, args)
-    result["plot"] = str(plot_cascades(result, out_json.with_suffix(".png"), args.dataset).relative_to(REPO))
+    result["plot"] = repo_relative(plot_cascades(result, out_json.with_suffix(".png"), args.dataset))
     write_result(out_json, result)
 
 

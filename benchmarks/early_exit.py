@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from _common import REPO, provenance, write_result
+from _common import REPO, provenance, repo_relative, write_result
 
 from summon.adaptive.calibration import calibration_report, fit_temperatures
 from summon.adaptive.predictor import calibrate, fit_thresholds
@@ -231,7 +231,7 @@ def main() -> None:
         "speedup_realized_over_theoretical": {f"bs{bs}": s["realised_over_theoretical"] for bs, s in speed.items()},
         "speedup": speed, "speedup_threshold": float(predictor.adaptive["default"]["threshold"]),
         "guarantee": guar, "schedules": schedules,
-        "plots": {k: str(Path(v).resolve().relative_to(REPO)) for k, v in detail["plots"].items()},
+        "plots": {k: repo_relative(v) for k, v in detail["plots"].items()},
         "notes": "cost = FLOPs per example (torch.utils.flop_counter) of answering at an exit, over the plain "
                  "full model's; thresholds chosen on the calibration half (max drop 1 point against the full "
                  "model's predictions), reported on the other half, mean over halvings.",
