@@ -47,6 +47,9 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--data-dir", default=str(REPO.parent / "shared" / "data"))
     p.add_argument("--train-limit", type=int, default=None, help="random subset of N training rows")
     p.add_argument("--schedules", default="joint,distill,two_stage")
+    p.add_argument("--eval-limit", type=int, default=None, help="random subset of N evaluation rows (default all)")
+    p.add_argument("--speedup-rows", type=int, default=None,
+                   help="time the speed-up on the first N report rows (default all of the report half)")
     p.add_argument("--halvings", type=int, default=20)
     p.add_argument("--guarantee-splits", type=int, default=200)
     p.add_argument("--seed", type=int, default=42)
@@ -91,7 +94,8 @@ def timed(recipe: str, overrides: list[str]) -> float:
 
 
 def eval_data(args: argparse.Namespace, predictor) -> TaskData:
-    cfg = load_run_config(f"{args.dataset}_early_exit", [f"data.data_dir={args.data_dir}"])
+    limit = [f"data.eval.limit={args.eval_limit}", f"data.eval.shuffle_seed={args.seed}"] if args.eval_limit else []
+    cfg = load_run_config(f"{args.dataset}_early_exit", [f"data.data_dir={args.data_dir}", *limit])
     return load_for(predictor, cfg.data.eval, args.data_dir)
 
 
@@ -215,14 +219,14 @@ def main() -> None:
     report = TaskData(data.task, data.labels, [data.examples[i] for i in report_rows], data.source)
     plots = out_json.parent / f"early_exit_{args.dataset}"
     detail = evaluate_adaptive(predictor, report, out_dir=plots, speed=False, title=f"{args.dataset}: {winner} schedule")
-    features = predictor.featurizer.encode(report.examples, report.task)
+    features = predictor.featurizer.encode(report.examples[: args.speedup_rows], report.task)
     speed = measure_speedup(predictor, features, float(predictor.adaptive["default"]["threshold"]))
     win = schedules[winner]["summary"]
     result = {
         "benchmark": f"early_exit_{args.dataset}", **provenance(args.seed),
         "model": "all-MiniLM-L6-v2, 6 exits (after every layer), mean-pooled linear heads",
         "train_subset": args.train_limit or "all", "epochs": 1, "eval_data": data.source, "eval_rows": len(data),
-        "halvings": args.halvings, "winner": winner,
+        "halvings": args.halvings, "winner": winner, "speedup_rows": len(features),
         "full_accuracy": win["full_accuracy"],
         "cost_at_drop_1pt": win["reference"]["cost"],
         "drop_at_that_cost": win["reference"]["drop"],
