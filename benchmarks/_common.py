@@ -55,3 +55,20 @@ def repo_relative(path: str | Path) -> str:
     """``path`` relative to the repository when it lies inside it (portable results), else absolute."""
     resolved = Path(path).resolve()
     return str(resolved.relative_to(REPO)) if resolved.is_relative_to(REPO) else str(resolved)
+
+
+def train_seconds(run_dir: str | Path) -> float:
+    """Wall-clock seconds a training run spent across all its sessions, from its ``metrics.jsonl``.
+
+    Each session runs from its ``start``/``resume`` record to its last record, so the time between an
+    interruption and the resumption is not counted (steps redone after a resumption are), and loading a
+    run that had already finished adds only that load's few seconds.
+    """
+    total, begun, last = 0.0, None, None
+    for line in (Path(run_dir) / "metrics.jsonl").read_text(encoding="utf-8").splitlines():
+        record = json.loads(line)
+        if record.get("event") in ("start", "resume"):
+            total += (last - begun) if begun is not None else 0.0
+            begun = record["time"]
+        last = record["time"]
+    return total + ((last - begun) if begun is not None else 0.0)

@@ -21,12 +21,11 @@ from __future__ import annotations
 
 import argparse
 import logging
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
-from _common import REPO, provenance, repo_relative, write_result
+from _common import REPO, provenance, repo_relative, train_seconds, write_result
 
 from summon.adaptive.calibration import fit_temperature
 from summon.adaptive.cascade import CascadePredictor, scores_and_preds, stage_costs
@@ -94,10 +93,9 @@ def train_all(args: argparse.Namespace, work: Path) -> tuple[Path, dict[str, dic
         students[student] = {}
         for training, method_args in TRAININGS.items():
             out = work / student / training
-            start = time.perf_counter()
             train(load_run_config(f"{args.dataset}_easy_kd", [*base, f"teacher={teacher}", f"output_dir={out}",
                                                               *model_args, *method_args]))
-            students[student][training] = (out / "model", time.perf_counter() - start)
+            students[student][training] = (out / "model", train_seconds(out))
     return teacher, students
 
 

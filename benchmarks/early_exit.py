@@ -21,12 +21,11 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
-from _common import REPO, provenance, repo_relative, write_result
+from _common import REPO, provenance, repo_relative, train_seconds, write_result
 
 from summon.adaptive.calibration import calibration_report, fit_temperatures
 from summon.adaptive.predictor import calibrate, fit_thresholds
@@ -85,9 +84,10 @@ def train_schedules(args: argparse.Namespace, work: Path) -> dict[str, tuple[Pat
 
 
 def timed(recipe: str, overrides: list[str]) -> float:
-    start = time.perf_counter()
-    train(load_run_config(recipe, overrides))
-    return time.perf_counter() - start
+    """Train (or resume, or just load a finished run) and return the run's training seconds over all sessions."""
+    cfg = load_run_config(recipe, overrides)
+    train(cfg)
+    return train_seconds(cfg.output_dir)
 
 
 # --- evaluation -----------------------------------------------------------------------------------

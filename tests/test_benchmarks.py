@@ -34,3 +34,14 @@ def test_structured_kd_benchmark_smoke(tmp_path):
         assert set(parts) == {"teacher_forward", "student_forward", "backward"}
         assert (parts["teacher_forward"] > 0) == (method != "gold_only")
     assert result["train_subset"] == 16 and result["epochs"] == 1 and result["seed"] == 42 and result["commit"]
+
+
+def test_train_seconds_counts_each_session_but_not_the_gap_between(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    from _common import train_seconds
+
+    records = [{"time": 100.0, "event": "start"}, {"time": 130.0, "step": 10},  # 30 s, then killed
+               {"time": 1000.0, "event": "resume"}, {"time": 1020.0, "step": 20},  # 20 s after a long gap
+               {"time": 1025.0, "event": "done"}]
+    (tmp_path / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in records) + "\n")
+    assert train_seconds(tmp_path) == 55.0
