@@ -78,11 +78,16 @@ def early_exit(r: dict) -> str:
               f"splits: violation rate {g['violation_rate']:.3f} (disagreement > ε on the report half; accuracy-drop "
               f"violations {g['accuracy_drop_violation_rate']:.3f}), mean cost {g['mean_cost']:.3f} against "
               f"{r['cost_at_drop_1pt']:.3f} without the guarantee.", "",
-              "| batch size | full model (s) | adaptive (s) | measured speed-up | FLOPs speed-up | measured / FLOPs |",
-              "|---:|---:|---:|---:|---:|---:|"]
+              f"Speed-up on {r.get('speedup_rows', 'the report half of the')} evaluation rows at the winner's "
+              "default threshold. FLOPs speed-up counts each row's FLOPs by its length (longer inputs tend to go "
+              "deeper); the length-blind figure (every row as the average one) is in the last column.", "",
+              "| batch size | full model (s) | adaptive (s) | measured speed-up | FLOPs speed-up | measured / FLOPs | "
+              "measured / length-blind FLOPs |",
+              "|---:|---:|---:|---:|---:|---:|---:|"]
     for bs, s in sp.items():
+        blind = s.get("realised_over_theoretical_uniform")
         lines.append(f"| {bs} | {s['full_seconds']:.2f} | {s['adaptive_seconds']:.2f} | {s['realised']:.2f} | "
-                     f"{s['theoretical']:.2f} | {s['realised_over_theoretical']:.2f} |")
+                     f"{s['theoretical']:.2f} | {s['realised_over_theoretical']:.2f} | {frac(blind, 2)} |")
     plots = r.get("plots", {})
     if plots:
         lines += ["", " ".join(f"![{k}]({Path(v).relative_to('benchmarks')})" for k, v in plots.items())]
@@ -117,11 +122,38 @@ def cascade(r: dict) -> str:
     if ee:
         lines.append("- early exit on the same teacher (two-stage exits), same halvings: accuracy "
                      + ", ".join(f"{pct(a)}% at cost {b}" for b, a in ee["accuracy_at_budget"].items()))
+    t = r.get("measured_time")
+    if t:
+        lines.append(f"- measured wall-clock of `{r['best_cascade']}` at its 0.5-point threshold on {t['rows']} report "
+                     f"rows, batch {t['batch_size']}: {t['cascade_seconds']:.2f} s vs the teacher alone "
+                     f"{t['teacher_seconds']:.2f} s (time fraction {t['time_fraction']:.2f}; FLOPs fraction "
+                     f"{t['flops_fraction']:.2f}; deferral rate {t['deferral_rate']:.2f})")
+    if r.get("plot"):
+        lines += ["", f"![accuracy vs cost]({Path(r['plot']).relative_to('benchmarks')})"]
+    return "\n".join(lines) + "\n"
+
+
+def structured_kd(r: dict) -> str:
+    lines = [f"## Sub-structured KD: CoNLL-2003 {r['task']} (`{Path(r['command'].split()[1]).name}`)\n",
+             provenance(r),
+             f"- teacher: {r['teacher']}; student: {r['student']}\n- training sentences: {r['train_subset']}; "
+             f"student epochs: {r['epochs']}, teacher epochs: {r['teacher_epochs']}; test sentences: "
+             f"{r['test_subset']}\n",
+             "| method | test span F1 (%) | token accuracy (%) | epoch (s) | teacher fwd (s) | student fwd (s) | "
+             "backward (s) | epoch / marginal_kl's |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    ratio = r.get("epoch_time_ratio_vs_marginal", {})
+    for name, f1 in r["f1"].items():
+        parts = r["epoch_seconds_parts"].get(name, {})
+        lines.append(f"| {name} | {pct(f1)} | {pct(r['token_accuracy'].get(name))} | "
+                     f"{r['epoch_seconds'][name]:.1f} | {parts.get('teacher_forward', 0):.1f} | "
+                     f"{parts.get('student_forward', 0):.1f} | {parts.get('backward', 0):.1f} | "
+                     f"{frac(ratio.get(name), 2)} |")
     return "\n".join(lines) + "\n"
 
 
 SECTIONS = {"foundation_sst2.json": foundation, "early_exit_sst2.json": early_exit,
-            "early_exit_ag_news.json": early_exit, "cascade_sst2.json": cascade, "cascade_ag_news.json": cascade}
+            "early_exit_ag_news.json": early_exit, "cascade_sst2.json": cascade, "cascade_ag_news.json": cascade,
+            "structured_kd_ner.json": structured_kd, "structured_kd_chunking.json": structured_kd}
 
 
 def main() -> None:
