@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import shlex
 import subprocess
 import sys
@@ -72,3 +73,16 @@ def train_seconds(run_dir: str | Path) -> float:
             begun = record["time"]
         last = record["time"]
     return total + ((last - begun) if begun is not None else 0.0)
+
+
+def setup_logging() -> None:
+    """INFO logs from summon with timestamps; accelerate and transformers only from WARNING."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in ("accelerate", "transformers"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def run_paths(work: str | None, out: str | None, name: str) -> tuple[Path, Path]:
+    """The run folders (default benchmarks/work/<name>) and the result file (default benchmarks/results/<name>.json)."""
+    return (Path(work or REPO / "benchmarks" / "work" / name),
+            Path(out or REPO / "benchmarks" / "results" / f"{name}.json"))

@@ -20,12 +20,11 @@ Writes benchmarks/results/cascade_<dataset>.json and a plot.
 from __future__ import annotations
 
 import argparse
-import logging
 from pathlib import Path
 
 import numpy as np
 import torch
-from _common import REPO, provenance, repo_relative, train_seconds, write_result
+from _common import REPO, provenance, repo_relative, run_paths, setup_logging, train_seconds, write_result
 
 from summon.adaptive.calibration import fit_temperature
 from summon.adaptive.cascade import CascadePredictor, scores_and_preds, stage_costs
@@ -178,11 +177,8 @@ def summarise(splits: list[dict]) -> dict:
 
 def main() -> None:
     args = parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    for noisy in ("accelerate", "transformers"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-    work = Path(args.work or REPO / "benchmarks" / "work" / f"cascade_{args.dataset}")
-    out_json = Path(args.out or REPO / "benchmarks" / "results" / f"cascade_{args.dataset}.json")
+    setup_logging()
+    work, out_json = run_paths(args.work, args.out, f"cascade_{args.dataset}")
     teacher_dir, students = train_all(args, work)
     teacher = load(teacher_dir)
     limit = [f"data.eval.limit={args.eval_limit}", f"data.eval.shuffle_seed={args.seed}"] if args.eval_limit else []

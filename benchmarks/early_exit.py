@@ -20,12 +20,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 from pathlib import Path
 
 import numpy as np
 import torch
-from _common import REPO, provenance, repo_relative, train_seconds, write_result
+from _common import REPO, provenance, repo_relative, run_paths, setup_logging, train_seconds, write_result
 
 from summon.adaptive.calibration import calibration_report, fit_temperatures
 from summon.adaptive.predictor import calibrate, fit_thresholds
@@ -194,11 +193,8 @@ def guarantee(logits: np.ndarray, gold: np.ndarray, fractions, splits: int, seed
 
 def main() -> None:
     args = parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    for noisy in ("accelerate", "transformers"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-    work = Path(args.work or REPO / "benchmarks" / "work" / f"early_exit_{args.dataset}")
-    out_json = Path(args.out or REPO / "benchmarks" / "results" / f"early_exit_{args.dataset}.json")
+    setup_logging()
+    work, out_json = run_paths(args.work, args.out, f"early_exit_{args.dataset}")
     trained = train_schedules(args, work)
     schedules, logits_of, data = {}, {}, None
     for name, (model_dir, seconds) in trained.items():

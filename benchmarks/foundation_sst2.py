@@ -14,11 +14,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import time
 from pathlib import Path
 
-from _common import REPO, provenance, write_result
+from _common import REPO, provenance, setup_logging, write_result
 
 from summon.data.loading import load_split
 from summon.predictor import load, read_manifest
@@ -64,9 +63,7 @@ def summary(model_dir: Path) -> dict:
 
 def main() -> None:
     args = parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    for noisy in ("accelerate", "transformers"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    setup_logging()
     work = Path(args.work)
     base = common_overrides(args, work)
     teacher_dir, teacher_seconds, teacher_cfg = timed_train(

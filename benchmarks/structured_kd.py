@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from _common import REPO, provenance, write_result
+from _common import REPO, provenance, run_paths, setup_logging, write_result
 
 from summon.evaluate.runner import load_for
 from summon.evaluate.task import score
@@ -155,11 +155,8 @@ def summarise(args: argparse.Namespace, runs: dict[str, Path]) -> dict[str, Any]
 
 def main() -> None:
     args = parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    for noisy in ("accelerate", "transformers"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-    work = Path(args.work or REPO / "benchmarks" / "work" / f"structured_kd_{args.task}")
-    out_json = Path(args.out or REPO / "benchmarks" / "results" / f"structured_kd_{args.task}.json")
+    setup_logging()
+    work, out_json = run_paths(args.work, args.out, f"structured_kd_{args.task}")
     runs = train_all(args, work)
     teacher_recipe, student_recipe = RECIPES[args.task]
     result = {

@@ -30,6 +30,15 @@ def pool(hidden: torch.Tensor, mask: torch.Tensor, how: str, pooler: nn.Module |
     raise ValueError(f"unknown pooling '{how}'; use mean, cls or pooler")
 
 
+def last_hidden(backbone: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The encoder's last hidden states [B, L, H] and the attention mask [B, L] (all ones when absent)."""
+    mask = batch.get("attention_mask")
+    if mask is None:
+        mask = torch.ones_like(batch["input_ids"])
+    (hidden,) = backbone(batch["input_ids"], mask, batch.get("token_type_ids"), layers=[backbone.num_layers])
+    return hidden, mask
+
+
 class SequenceHead(nn.Module):
     """Pool, dropout, linear: [B, L, H] -> [B, C]."""
 
@@ -76,9 +85,5 @@ class EncoderClassifier(nn.Module):
         return getattr(self.backbone.model, "pooler", None)
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        mask = batch.get("attention_mask")
-        if mask is None:
-            mask = torch.ones_like(batch["input_ids"])
-        (hidden,) = self.backbone(batch["input_ids"], mask, batch.get("token_type_ids"),
-                                  layers=[self.backbone.num_layers])
+        hidden, mask = last_hidden(self.backbone, batch)
         return self.head(hidden, mask, self.pooler)

@@ -26,7 +26,7 @@ from summon.data.features import IGNORE_INDEX
 from summon.inference import word_level
 from summon.models.backbone import Backbone
 from summon.models.crf import CRF
-from summon.models.heads import TokenHead
+from summon.models.heads import TokenHead, last_hidden
 
 CRFOver = Literal["words", "subtokens"]
 
@@ -62,11 +62,7 @@ class CRFTagger(nn.Module):
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Sub-token emissions [B, L, C'] (``batch`` as for :class:`~summon.models.heads.EncoderClassifier`)."""
-        mask = batch.get("attention_mask")
-        if mask is None:
-            mask = torch.ones_like(batch["input_ids"])
-        (hidden,) = self.backbone(batch["input_ids"], mask, batch.get("token_type_ids"),
-                                  layers=[self.backbone.num_layers])
+        hidden, mask = last_hidden(self.backbone, batch)
         return self.head(hidden, mask)
 
     def crf_inputs(self, batch: dict[str, torch.Tensor], emissions: torch.Tensor,
