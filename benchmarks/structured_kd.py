@@ -128,8 +128,8 @@ def timing_summary(run_dir: Path) -> tuple[float, dict[str, float], list[dict[st
 
 def test_metrics(args: argparse.Namespace, model_dir: Path) -> dict[str, float]:
     predictor = load(model_dir)
-    cfg = load_run_config(RECIPES[args.task][0], [f"data.data_dir={args.data_dir}", "data.eval.split=test",
-                                                  f"data.eval.limit={args.test_limit}"])
+    limit = [f"data.eval.limit={args.test_limit}"] if args.test_limit else []
+    cfg = load_run_config(RECIPES[args.task][0], [f"data.data_dir={args.data_dir}", "data.eval.split=test", *limit])
     data = load_for(predictor, cfg.data.eval, args.data_dir)
     features = predictor.featurizer.encode(data.examples, data.task)
     rows = predict_logits(predictor.model, features, data.task, pad_id=predictor.featurizer.pad_id, batch_size=64)
