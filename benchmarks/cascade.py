@@ -50,6 +50,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--teacher", default=None, help="a trained teacher predictor (default: trained here)")
     p.add_argument("--early-exit", default=None, help="an exits model on the same teacher (two-stage), to compare")
     p.add_argument("--train-limit", type=int, default=None)
+    p.add_argument("--students", default="ngram,truncated_1", help="which students to train (comma-separated)")
     p.add_argument("--eval-limit", type=int, default=None, help="random subset of N evaluation rows (default all)")
     p.add_argument("--halvings", type=int, default=20)
     p.add_argument("--seed", type=int, default=42)
@@ -88,7 +89,10 @@ def train_all(args: argparse.Namespace, work: Path) -> tuple[Path, dict[str, dic
         train(load_run_config(f"{args.dataset}_finetune", [*base, f"output_dir={work / 'teacher'}"]))
         teacher = work / "teacher" / "model"
     students: dict[str, dict[str, tuple[Path, float]]] = {}
-    for student, model_args in STUDENT_MODELS.items():
+    for student in args.students.split(","):
+        if student not in STUDENT_MODELS:
+            raise ValueError(f"--students: unknown student {student!r}; choose from {', '.join(STUDENT_MODELS)}")
+        model_args = STUDENT_MODELS[student]
         students[student] = {}
         for training, method_args in TRAININGS.items():
             out = work / student / training
@@ -328,7 +332,7 @@ def best(results: dict, student: str, trainings: tuple[str, ...], key) -> tuple[
 def summary_result(args, teacher_dir: Path, data, results: dict, costs_of: dict) -> dict:
     b = str(EQUAL_COST)
     head = {}
-    for student in STUDENT_MODELS:
+    for student in costs_of:
         acc = lambda r: (r["budgets"].get(b) or {}).get("accuracy") or -1.0  # noqa: E731
         easy_name, easy = best(results, student, ("easy_selective", "easy_defer"), acc)
         kd_name, kd = best(results, student, ("kd",), acc)
