@@ -28,7 +28,7 @@ from summon.predictor import Prediction, Predictor, as_batch
 
 logger = logging.getLogger(__name__)
 
-REGROUP_WINDOW = 64  # batches regrouped together: bounds the rows held between stages
+REGROUP_ROWS = 4096  # rows regrouped together (at least one batch): bounds the hidden states held between stages
 
 
 class AdaptiveModule(torch.nn.Module):
@@ -79,7 +79,7 @@ class AdaptivePredictor(KnobMixin, Predictor):
         """Adaptive execution over featurized examples: calibrated logits [N, C] and answering stage [N].
 
         With ``regroup`` (and a batch size above 1) the rows still going after a stage are gathered from
-        up to :data:`REGROUP_WINDOW` batches into full batches for the next stage
+        about :data:`REGROUP_ROWS` rows' batches into full batches for the next stage
         (:func:`~summon.adaptive.executor.run_regrouped`); otherwise each batch shrinks on its own.
         """
         policy, temps = get_policy(self.policy_name()), self.temperatures()
@@ -95,8 +95,9 @@ class AdaptivePredictor(KnobMixin, Predictor):
                 yield idx, to_device(collate([features[i] for i in idx], self.featurizer.pad_id), device)
 
         if regroup and batch_size > 1 and hasattr(self.model, "pack"):
-            for start in range(0, len(order), REGROUP_WINDOW):
-                answers = run_regrouped(self.model, batches(order[start:start + REGROUP_WINDOW]), policy, temps,
+            window = max(1, REGROUP_ROWS // batch_size)
+            for start in range(0, len(order), window):
+                answers = run_regrouped(self.model, batches(order[start:start + window]), policy, temps,
                                         threshold, batch_size)
                 for row, (row_logits, stage, _) in answers.items():
                     logits[row], stages[row] = row_logits.cpu().numpy(), stage
