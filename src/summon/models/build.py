@@ -264,14 +264,16 @@ def encoder_architecture(encoder: nn.Module, task: str, num_labels: int, pooling
 
 
 def outputs(arch: dict[str, Any]) -> int:
-    """Logits per input: one per label, plus the defer logit of learning-to-defer students."""
-    return arch["num_labels"] + int(bool(arch.get("defer_output")))
+    """Logits per input (or token): one per label, plus the defer logit of learning-to-defer students, or
+    the ``X`` label of a CRF over sub-tokens."""
+    extra = bool(arch.get("defer_output")) or arch.get("crf", {}).get("over") == "subtokens"
+    return arch["num_labels"] + int(extra)
 
 
 def make_head(arch: dict[str, Any]) -> nn.Module:
     hidden = int(arch["hf_config"].get("hidden_size") or arch["hf_config"]["dim"])
     if arch["task"] == "token_classification":
-        return TokenHead(hidden, arch["num_labels"], arch["dropout"])
+        return TokenHead(hidden, outputs(arch), arch["dropout"])
     return SequenceHead(hidden, outputs(arch), arch["pooling"], arch["dropout"])
 
 
@@ -281,10 +283,7 @@ def model_for(arch: dict[str, Any], encoder: nn.Module) -> nn.Module:
     if arch["type"] == "exits":
         return MultiExitClassifier(backbone, arch["exit_layers"], [make_head(arch) for _ in arch["exit_layers"]])
     if "crf" in arch:
-        over = arch["crf"]["over"]
-        hidden = int(arch["hf_config"].get("hidden_size") or arch["hf_config"]["dim"])
-        head = TokenHead(hidden, arch["num_labels"] + (1 if over == "subtokens" else 0), arch["dropout"])
-        return CRFTagger(backbone, head, arch["num_labels"], over)
+        return CRFTagger(backbone, make_head(arch), arch["num_labels"], arch["crf"]["over"])
     return EncoderClassifier(backbone, make_head(arch))
 
 
