@@ -4,6 +4,7 @@ gradient accumulation, resume after kill -9, and two processes matching one."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -159,6 +160,10 @@ def test_resume_after_kill_9_loses_only_steps_since_the_checkpoint(data, tmp_pat
     resume = next(e for e in after if e.get("event") == "resume")
     assert resume["step"] > 0 and resume["step"] % 20 == 0
     assert resume["step"] <= killed_at < resume["step"] + 20 + 20  # at most the steps since the checkpoint are lost
+    per_epoch = math.ceil(len(Path(data["train"]).read_text().splitlines()) / 8)
+    epochs_after = [e for e in after[after.index(resume):] if e.get("event") == "epoch"]
+    mid_epoch = resume["step"] % per_epoch != 0  # the resumed epoch's timing covers only its second part
+    assert [e["partial"] for e in epochs_after] == [mid_epoch] + [False] * (len(epochs_after) - 1)
     cfg.output_dir = str(tmp_path / "reference")  # the same run, never interrupted, in the same environment
     reference = _write_recipe(cfg, tmp_path / "reference.yaml")
     subprocess.run([*command[:-1], str(reference)], env=_cli_env(), check=True, capture_output=True)

@@ -285,6 +285,7 @@ def _loop(run, accelerator, model, optimizer, loader, scheduler, sampler, state,
                 run.built.featurizer.pad_id, accelerator.is_main_process, accelerator.wait_for_everyone))
         model.train()
         timing: dict[str, float] = {}
+        timed_from_start = state.batch_in_epoch == 0  # a resumed epoch's record covers only part of it
         for batch in loader:
             start = clock(accelerator.device)
             with accelerator.accumulate(model):
@@ -318,12 +319,13 @@ def _loop(run, accelerator, model, optimizer, loader, scheduler, sampler, state,
             if state.step >= steps:
                 break
         else:
-            log.write({"event": "epoch", "epoch": state.epoch, "seconds": timing})
+            log.write({"event": "epoch", "epoch": state.epoch, "seconds": timing, "partial": not timed_from_start})
             state.epoch += 1
             state.batch_in_epoch = 0
             continue
         complete = state.batch_in_epoch >= math.ceil(len(run.train_set) / cfg.batch_size)
-        log.write({"event": "epoch", "epoch": state.epoch, "seconds": timing, "partial": not complete})
+        log.write({"event": "epoch", "epoch": state.epoch, "seconds": timing,
+                   "partial": not (complete and timed_from_start)})
         break
     bar.close()
     if run.eval_features is None and accelerator.is_main_process:
