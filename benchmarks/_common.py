@@ -11,7 +11,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
-from summon.evaluate.cost import machine_info
+from summon.measure.cost import machine_info
 
 REPO = Path(__file__).resolve().parent.parent
 PACKAGES = ("summon", "torch", "transformers", "accelerate", "datasets", "tokenizers", "safetensors", "numpy")

@@ -34,7 +34,7 @@ from summon.adaptive.stages import LocalStage, split_defer
 from summon.adaptive.thresholds import ThresholdTable, sweep
 from summon.evaluate.adaptive import envelope
 from summon.evaluate.runner import load_for
-from summon.predictor import load
+from summon import load
 from summon.recipe import load_run_config
 from summon.train.loop import train
 

@@ -32,7 +32,8 @@ from summon.adaptive.thresholds import sweep
 from summon.data.spec import TaskData
 from summon.evaluate.adaptive import curves, evaluate_adaptive, measure_speedup
 from summon.evaluate.runner import load_for
-from summon.predictor import load, update_manifest
+from summon import load
+from summon.saved import update_manifest
 from summon.recipe import load_run_config
 from summon.train.loop import train
 

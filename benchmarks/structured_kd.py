@@ -36,9 +36,9 @@ import numpy as np
 from _common import REPO, provenance, run_paths, setup_logging, write_result
 
 from summon.evaluate.runner import load_for
-from summon.evaluate.task import score
+from summon.measure.task import score
 from summon.inference import predict_logits
-from summon.predictor import load
+from summon import load
 from summon.recipe import load_run_config
 from summon.train.loop import train
 

@@ -50,12 +50,13 @@ from summon.evaluate.adaptive import (
     measure_speedup,
     oracle_curve,
 )
-from summon.evaluate.cost import count_flops
+from summon.measure.cost import count_flops
 from summon.methods.early_exit import EarlyExitConfig, exit_losses, step
 from summon.models import EncoderClassifier, ModelConfig, build_model
 from summon.models.build import Source
 from summon.models.exits import MultiExitClassifier, resolve_exits
-from summon.predictor import load, update_manifest
+from summon import load
+from summon.saved import update_manifest
 from summon.train.loop import train
 
 INF = float("inf")

@@ -25,7 +25,7 @@ import torch
 from toy import median_threshold, run_config, sentiment_files, sentiment_rows, write_jsonl
 
 import summon
-import summon.serve.protocol as protocol
+import summon.adaptive.remote as protocol
 from summon.adaptive.cascade import CascadePredictor, calibrate_cascade
 from summon.adaptive.gate import Gate, gate_features
 from summon.adaptive.knob import softmax_rows
@@ -34,12 +34,13 @@ from summon.adaptive.stages import LocalStage, StageUnavailable
 from summon.cli.main import main
 from summon.data.loading import load_split
 from summon.data.spec import DatasetSpec
-from summon.evaluate.measure import measure_costs
+from summon.measure.profile import measure_costs
 from summon.evaluate.runner import evaluate_cascade
 from summon.losses import defer_surrogate, kd_kl, selective_kd, uniform_kl
 from summon.methods.easy_kd import hard_rows
-from summon.predictor import MANIFEST, Predictor, load
-from summon.serve.protocol import RemoteStage
+from summon import load
+from summon.predictor import MANIFEST, Predictor
+from summon.adaptive.remote import RemoteStage
 from summon.train.loop import train
 
 INF = float("inf")

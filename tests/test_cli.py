@@ -14,7 +14,7 @@ from toy import sentiment_files
 
 from summon import recipe
 from summon.cli.main import main
-from summon.predictor import read_manifest
+from summon.saved import read_manifest
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED_DATA = REPO.parent / "shared" / "data"

@@ -23,7 +23,8 @@ from summon.models import ModelConfig, build_model
 from summon.models import crf as crf_fn
 from summon.models.build import Source
 from summon.models.tiny import tiny_tokenizer
-from summon.predictor import Predictor, read_manifest
+from summon.predictor import Predictor
+from summon.saved import read_manifest
 from summon.train.loop import train
 
 TAGS = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC"]

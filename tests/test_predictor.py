@@ -18,7 +18,9 @@ import torch
 
 import summon
 from summon.models import ModelConfig, build_model
-from summon.predictor import MANIFEST, WEIGHTS, Predictor, entity_spans, update_manifest
+from summon.data.words import entity_spans
+from summon.predictor import MANIFEST, WEIGHTS, Predictor
+from summon.saved import update_manifest
 
 TEXTS = ["the movie was great fun", "bad", "the stock market won a new election this year , really",
          "i love this film", "worst acting ever , so boring and too long", "news"]

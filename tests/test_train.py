@@ -18,7 +18,9 @@ from safetensors.torch import load_file
 from toy import run_config, sentiment_files, tagging_files
 
 from summon.config import dump_yaml, to_dict
-from summon.predictor import Predictor, load, read_manifest
+from summon import load
+from summon.predictor import Predictor
+from summon.saved import read_manifest
 from summon.train.loop import train
 
 REPO = Path(__file__).resolve().parent.parent

@@ -1,17 +1,37 @@
-"""Temperature scaling per stage (Guo et al. 2017), fitted by NLL on held-out logits.
+"""One calibration for every staged predictor: temperatures, gates, costs, the threshold table and the
+default operating point, computed by one pure function and saved as JSON in the manifest.
 
-The Right Tool for the Job calibrates each exit separately with one scalar temperature on the dev set;
-so do we. We minimise NLL over log T with L-BFGS (the paper's code runs Adam over a list of learning
-rates and keeps the best; L-BFGS reaches the same one-dimensional optimum in a few steps).
+Temperature scaling per stage (Guo et al. 2017), fitted by NLL on held-out logits, as The Right Tool for
+the Job does for each exit. We minimise NLL over log T with L-BFGS (the paper's code runs Adam over a list
+of learning rates and keeps the best; L-BFGS reaches the same one-dimensional optimum in a few steps).
+
+:func:`fit_calibration` splits the held-out rows at random: a ``temperature_fraction`` of them fits the
+temperatures (and the gates of the ``gate`` scorer); the others build the threshold table, so every score is
+fixed before the rows that test thresholds are seen, as the Learn-then-Test guarantee requires.
+The result is a typed :class:`Calibration`; ``to_dict``/``from_dict`` keep the JSON layout of the
+``adaptive`` manifest section that summon has always written, so older predictors read back unchanged.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from summon.evaluate.metrics import expected_calibration_error
+from summon.adaptive.costs import StageCosts
+from summon.adaptive.gate import Gate
+from summon.adaptive.scoring import Readout, check_scorer, score_all
+from summon.adaptive.thresholds import OperatingPoint, ThresholdTable
+from summon.measure.metrics import expected_calibration_error
+
+RULES = ("budget", "max_drop", "max_drop_gold", "guaranteed")
+
+
+# --- temperatures ---------------------------------------------------------------------------------
 
 
 def fit_temperature(logits: torch.Tensor, labels: torch.Tensor, *, max_iter: int = 100) -> float:
@@ -54,3 +74,206 @@ def calibration_report(stage_logits: torch.Tensor, labels: torch.Tensor, tempera
 
 def _nll(probs: np.ndarray, gold: np.ndarray) -> float:
     return float(-np.log(np.clip(probs[np.arange(len(gold)), gold], 1e-12, None)).mean())
+
+
+# --- the typed calibration ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CalibrationSpec:
+    """How to calibrate: the confidence score, the cost unit, the temperature share and the default rule.
+
+    ``rule``/``value`` pick the default operating point: ``budget`` (mean cost fraction), ``max_drop``
+    (disagreement with the last stage), ``max_drop_gold`` (accuracy drop against gold labels) or
+    ``guaranteed`` (Learn-then-Test at failure probability ``delta``).
+    """
+
+    policy: str = "max_prob"
+    cost_unit: Literal["flops", "ms"] = "flops"
+    temperature_fraction: float = 0.3
+    rule: Literal["budget", "max_drop", "max_drop_gold", "guaranteed"] = "max_drop"
+    value: float = 0.01
+    delta: float = 0.1
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        check_scorer(self.policy)
+        if self.cost_unit not in ("flops", "ms"):
+            raise ValueError(f"cost unit must be 'flops' or 'ms', got {self.cost_unit!r}")
+        if not 0.0 < self.temperature_fraction < 1.0:
+            raise ValueError(f"temperature_fraction must be in (0, 1), got {self.temperature_fraction}")
+        if self.rule not in RULES:
+            raise ValueError(f"unknown rule '{self.rule}'; use {', '.join(RULES)}")
+        if not 0.0 < self.delta < 1.0:
+            raise ValueError(f"delta must be in (0, 1), got {self.delta}")
+
+
+@dataclass
+class DefaultPoint:
+    """The operating point a predictor uses when no knob is given, and the rule that chose it."""
+
+    rule: str
+    value: float
+    delta: float | None
+    point: OperatingPoint
+    tests: int | None = None  # guaranteed rule: how many hypotheses were tested
+
+    @property
+    def threshold(self) -> float:
+        return self.point.threshold
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {"rule": self.rule, "value": self.value, "delta": self.delta, **self.point.to_dict()}
+        if self.tests is not None:
+            out["tests"] = self.tests
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> DefaultPoint:
+        keys = OperatingPoint.__dataclass_fields__
+        point = OperatingPoint(**{k: data[k] for k in keys if k in data and k != "threshold"},
+                               threshold=float(data["threshold"]))
+        return cls(data["rule"], data["value"], data.get("delta"), point, data.get("tests"))
+
+
+@dataclass
+class Calibration:
+    """Everything a staged predictor needs to run at an operating point, and how it was obtained."""
+
+    policy: str
+    cost_unit: str
+    temperatures: list[float]
+    costs: StageCosts
+    table: ThresholdTable
+    default: DefaultPoint
+    report: list[dict[str, float]] = field(default_factory=list)  # per stage: T, NLL and ECE before/after
+    gates: list[Gate | None] | None = None
+    data: str = ""
+    rows: dict[str, int] = field(default_factory=dict)
+    spec: CalibrationSpec | None = None
+
+    def readout(self, num_labels: int) -> Readout:
+        return Readout(self.policy, self.temperatures, num_labels, self.gates)
+
+    def fractions(self, unit: str | None = None) -> list[float]:
+        """Cost of answering at each stage as a fraction of the reference model, in ``unit`` (default: ours)."""
+        return self.costs.fractions(unit or self.cost_unit)
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "policy": self.policy, "cost_unit": self.cost_unit, "temperatures": list(self.temperatures),
+            "costs": self.costs.to_dict(), "table": self.table.to_dict(), "calibration": self.report,
+            "data": self.data, "rows": dict(self.rows), "default": self.default.to_dict()}
+        if self.gates is not None:
+            out["gates"] = [g.to_dict() if g else None for g in self.gates]
+        if self.spec is not None:
+            out["spec"] = asdict(self.spec)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], *, where: str = "manifest.json") -> Calibration:
+        try:
+            gates = data.get("gates")
+            return cls(policy=data["policy"], cost_unit=data.get("cost_unit", "flops"),
+                       temperatures=[float(t) for t in data["temperatures"]],
+                       costs=StageCosts.from_dict(data["costs"]), table=ThresholdTable.from_dict(data["table"]),
+                       default=DefaultPoint.from_dict(data["default"]), report=list(data.get("calibration", [])),
+                       gates=None if gates is None else [Gate(**g) if g else None for g in gates],
+                       data=data.get("data", ""), rows=dict(data.get("rows", {})),
+                       spec=CalibrationSpec(**data["spec"]) if data.get("spec") else None)
+        except (KeyError, TypeError, ValueError) as err:
+            raise ValueError(f"{where}: the 'adaptive' (calibration) section is damaged ({type(err).__name__}: "
+                             f"{err}); recalibrate with `summon calibrate`") from None
+
+
+# --- the one calibration function -----------------------------------------------------------------
+
+
+def split_rows(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """A random ``fraction`` of row indices (for temperatures) and the rest (for thresholds)."""
+    if not 0.0 < fraction < 1.0:
+        raise ValueError(f"temperature_fraction must be in (0, 1), got {fraction}")
+    order = np.random.default_rng(seed).permutation(n)
+    cut = max(1, round(fraction * n))
+    if cut >= n:
+        raise ValueError(f"{n} calibration rows are too few to split; give more held-out data")
+    return np.sort(order[:cut]), np.sort(order[cut:])
+
+
+def choose(table: ThresholdTable, rule: str, value: float, delta: float = 0.1) -> tuple[OperatingPoint, Any]:
+    """Apply a named rule: ``budget``, ``max_drop`` (against the full model), ``max_drop_gold`` or ``guaranteed``."""
+    if rule == "budget":
+        return table.budget(value), None
+    if rule == "max_drop":
+        return table.max_drop(value, "reference"), None
+    if rule == "max_drop_gold":
+        return table.max_drop(value, "gold"), None
+    if rule == "guaranteed":
+        return table.guaranteed(value, delta)
+    raise ValueError(f"unknown rule '{rule}'; use {', '.join(RULES)}")
+
+
+def class_logits(raws: Sequence[np.ndarray], num_labels: int) -> list[np.ndarray]:
+    """The class columns of each stage's raw logits (a defer column, if any, dropped)."""
+    out = []
+    for k, raw in enumerate(raws):
+        raw = np.asarray(raw)
+        if raw.ndim != 2 or raw.shape[1] not in (num_labels, num_labels + 1):
+            raise ValueError(f"stage {k}: expected raw logits [N, {num_labels}] (or one defer column more), "
+                             f"got {raw.shape}")
+        out.append(raw[:, :num_labels])
+    return out
+
+
+def fit_gates(classes: Sequence[np.ndarray], temps: Sequence[float], rows: np.ndarray) -> list[Gate | None]:
+    """One gate per non-final stage: does this stage's answer agree with the last stage's?"""
+    final = classes[-1][rows].argmax(axis=1)
+    gates: list[Gate | None] = []
+    for k, c in enumerate(classes[:-1]):
+        probs = torch.from_numpy(c[rows].astype(np.float64) / temps[k]).softmax(-1).numpy()
+        gates.append(Gate.fit(probs, (probs.argmax(axis=1) == final).astype(float)))
+    return [*gates, None]
+
+
+def fit_thresholds(raws: Sequence[np.ndarray], gold: np.ndarray | None, readout: Readout,
+                   fractions: Sequence[float], cost_unit: str) -> ThresholdTable:
+    """The operating-point table of ``readout`` on these rows (raw logits per stage, cost per stage)."""
+    scores, preds, _ = score_all(raws, readout)
+    return ThresholdTable.build(readout.policy, cost_unit, scores, preds, np.asarray(fractions), gold)
+
+
+def fit_calibration(raws: Sequence[np.ndarray] | np.ndarray, gold: np.ndarray, costs: StageCosts,
+                    spec: CalibrationSpec, *, num_labels: int, data: str = "") -> Calibration:
+    """Temperatures, gates, threshold table and default point from held-out stage logits (a pure function).
+
+    Args:
+        raws: raw logits per stage, ``[N, S, K]`` or a list of ``[N, K (+1 defer column)]``.
+        gold: ``[N]`` gold label ids.
+        costs: what answering at each stage costs.
+        spec: the score, cost unit, temperature share, default rule and seed.
+        num_labels: ``K``.
+        data: where the rows came from (recorded).
+    """
+    raws = [raws[:, k] for k in range(raws.shape[1])] if isinstance(raws, np.ndarray) and raws.ndim == 3 else list(raws)
+    gold = np.asarray(gold)
+    if any(len(r) != len(gold) for r in raws):
+        raise ValueError(f"stage logits have {[len(r) for r in raws]} rows for {len(gold)} labels")
+    if len(costs.flops) != len(raws):
+        raise ValueError(f"{len(costs.flops)} stage costs for {len(raws)} stages")
+    fit_rows, test_rows = split_rows(len(gold), spec.temperature_fraction, spec.seed)
+    classes = class_logits(raws, num_labels)
+    temps = [fit_temperature(torch.from_numpy(c[fit_rows]).double(), torch.from_numpy(gold[fit_rows]))
+             for c in classes]
+    gates = fit_gates(classes, temps, fit_rows) if spec.policy == "gate" else None
+    report = calibration_report(torch.from_numpy(np.stack([c[test_rows] for c in classes], axis=1)),
+                                torch.from_numpy(gold[test_rows]), temps)
+    readout = Readout(spec.policy, temps, num_labels, gates)
+    table = fit_thresholds([r[test_rows] for r in raws], gold[test_rows], readout, costs.fractions(spec.cost_unit),
+                           spec.cost_unit)
+    point, tests = choose(table, spec.rule, spec.value, spec.delta)
+    default = DefaultPoint(spec.rule, spec.value, spec.delta if spec.rule == "guaranteed" else None, point,
+                           None if tests is None else len(tests))
+    return Calibration(policy=spec.policy, cost_unit=spec.cost_unit, temperatures=temps, costs=costs, table=table,
+                       default=default, report=report, gates=gates, data=data,
+                       rows={"temperature": len(fit_rows), "thresholds": len(test_rows), "seed": spec.seed},
+                       spec=spec)

@@ -16,7 +16,8 @@ from typing import Any
 
 import torch
 
-from summon.evaluate.cost import FlopMeter
+from summon.measure.cost import FlopMeter
+from summon.measure.device import clock, device_name
 
 
 @dataclass
@@ -28,6 +29,7 @@ class StageCosts:
     ms: list[float] | None = None  # [S] milliseconds per example at ``batch_size``, when measured
     ms_full: float | None = None
     batch_size: int | None = None
+    device: str | None = None  # where the milliseconds were measured
 
     def fractions(self, unit: str = "flops") -> list[float]:
         """Cost of answering at each stage as a fraction of the full model, in ``flops`` or ``ms``."""
@@ -44,7 +46,8 @@ class StageCosts:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> StageCosts:
-        return cls(**data)
+        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        return cls(**known)
 
 
 def _parts(model: Any, batch: dict[str, torch.Tensor], run: Any) -> tuple[float, list[float], list[float]]:
@@ -86,9 +89,21 @@ def stage_flops(model: Any, batches: Sequence[dict[str, torch.Tensor]]) -> tuple
 
 
 def _timer(fn: Any, *args: Any) -> tuple[Any, float]:
-    start = time.perf_counter()
+    """Run ``fn(*args)``; milliseconds it took, the device's queued work included."""
+    device = _device_of_args(args)
+    start = clock(device)
     value = fn(*args)
-    return value, (time.perf_counter() - start) * 1000.0
+    return value, (clock(device) - start) * 1000.0
+
+
+def _device_of_args(args: Sequence[Any]) -> torch.device | None:
+    for arg in args:
+        if isinstance(arg, dict):
+            return next((v.device for v in arg.values() if isinstance(v, torch.Tensor)), None)
+        hidden = getattr(arg, "hidden", None)
+        if isinstance(hidden, torch.Tensor):
+            return hidden.device
+    return None
 
 
 @torch.inference_mode()
@@ -125,6 +140,7 @@ def measure_stage_costs(model: Any, batches: Sequence[dict[str, torch.Tensor]],
         if latency_batch is not None:
             costs.ms, costs.ms_full = stage_latency(model, latency_batch, **latency_kwargs)
             costs.batch_size = int(latency_batch["input_ids"].shape[0])
+            costs.device = device_name(latency_batch["input_ids"].device)
     finally:
         if hasattr(model, "train"):
             model.train(was_training)

@@ -1,90 +1,88 @@
-"""Batched adaptive execution: stages run on a shrinking batch, so skipped work is saved time.
+"""The one batched executor of every staged predictor: stage-major, with the rows that go on regrouped.
 
-Any model with the staged interface works (early exits now; cascades and progressive ensembles reuse it):
+A staged predictor hands the executor a :class:`StageRunner`, which knows how to run one stage on a batch
+and what each row hands on to the next stage:
 
-    state = model.begin(batch)                 # e.g. embeddings
-    state = model.run_to(k, state)             # the compute of stage k
-    logits = model.exit_logits(k, state)       # [rows, C] read-out of stage k
-    state = model.keep(state, rows)            # drop finished rows (and trim padding)
-    pieces = model.unpack(state, rows)         # (optional) per-row, unpadded states ...
-    state = model.pack(pieces)                 # ... and a padded batch of them again (regrouping)
+    state = runner.begin(k, pieces)            # a batch for stage k from per-row pieces (inputs at k = 0)
+    state, raw = runner.run(k, state)          # the compute and read-out of stage k: raw logits [B, W]
+    pieces = runner.unpack(k, state, rows)     # what the given rows hand on: [(piece, length), ...]
 
-After each stage, rows whose calibrated policy score reaches the threshold take that stage's answer and
-leave the batch; the rest continue, with padding trimmed to their longest row. Each row's answer is
-the same as running it alone (up to float rounding), which the tests check.
+* early exit: the pieces are featurized inputs, then each row's unpadded hidden states;
+* cascade: the pieces are the canonical examples themselves (each stage tokenises on its own);
+* progressive ensemble: activations and the running logit sum.
 
-:func:`run_regrouped` goes further for models with ``unpack``/``pack``: it runs stage-major over many
-batches, gathering the rows that go on from all of them into full, length-sorted batches for the next
-stage. Per-batch shrinking leaves later stages a few rows each, where CPU matrix products are slow per
+Execution is stage-major: the first stage runs on every row in length-sorted batches; after each stage,
+rows whose calibrated score (:class:`~summon.adaptive.scoring.Readout`) reaches their threshold take that
+stage's answer, and the rest are gathered from all batches into full, length-sorted batches for the next
+stage. Per-batch shrinking would leave later stages a few rows each, where matrix products are slow per
 row; regrouping keeps every stage's batches full, so measured time follows the counted FLOPs.
+
+Thresholds may differ per row (requests with different knobs share a forward pass). A stage that cannot
+answer (:class:`~summon.adaptive.stages.StageUnavailable`, e.g. a remote teacher that timed out) leaves its
+rows with the answer of the last stage that did answer, marked ``fallback``. Each row's answer equals
+running it alone (up to float rounding), which the contract tests check for every staged kind.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
+import numpy as np
 import torch
 
-from summon.adaptive.policies import Policy
+from summon.adaptive.scoring import Readout
+from summon.adaptive.stages import StageUnavailable
+
+logger = logging.getLogger(__name__)
+
+
+class StageRunner(Protocol):
+    """How one kind of staged predictor runs a stage (see the module docstring)."""
+
+    num_stages: int
+
+    def length(self, item: Any) -> int: ...
+
+    def begin(self, stage: int, pieces: Sequence[Any]) -> Any: ...
+
+    def run(self, stage: int, state: Any) -> tuple[Any, torch.Tensor]: ...
+
+    def unpack(self, stage: int, state: Any, rows: Sequence[int]) -> list[tuple[Any, int]]: ...
 
 
 @dataclass
-class BatchResult:
-    """Per row of the input batch: calibrated logits of the answering stage, that stage, and its score."""
+class Execution:
+    """Per input row: calibrated logits of the answering stage, that stage, its score, and fallbacks."""
 
-    logits: torch.Tensor  # [B, C], divided by the answering stage's temperature
-    stage: torch.Tensor  # [B]
-    score: torch.Tensor  # [B]
+    logits: np.ndarray  # [N, K] float32, divided by the answering stage's temperature
+    stage: np.ndarray  # [N] int64
+    score: np.ndarray  # [N] float64
+    fallback: np.ndarray  # [N] bool: a later stage was asked and could not answer
 
-
-def thresholds_per_stage(threshold: float | Sequence[float], stages: int) -> list[float]:
-    """One threshold for all stages (the paper's single knob) or one per stage; the last never matters."""
-    if isinstance(threshold, int | float):
-        return [float(threshold)] * stages
-    values = [float(t) for t in threshold]
-    if len(values) != stages:
-        raise ValueError(f"{len(values)} thresholds for {stages} stages")
-    return values
+    @classmethod
+    def concat(cls, parts: Sequence[Execution]) -> Execution:
+        return cls(*(np.concatenate([getattr(p, f) for p in parts]) for f in ("logits", "stage", "score", "fallback")))
 
 
-@torch.inference_mode()
-def run_batch(model: Any, batch: dict[str, torch.Tensor], policy: Policy, temperatures: Sequence[float],
-              threshold: float | Sequence[float]) -> BatchResult:
-    """Run one batch adaptively (see the module docstring)."""
-    stages = model.num_stages
-    limits = thresholds_per_stage(threshold, stages)
-    size = batch["input_ids"].shape[0]
-    rows = torch.arange(size, device=batch["input_ids"].device)
-    state, carry = model.begin(batch), None
-    out_logits: torch.Tensor | None = None
-    out_stage = torch.full((size,), stages - 1, dtype=torch.long, device=rows.device)
-    out_score = torch.zeros(size, dtype=torch.float64, device=rows.device)
-    for k in range(stages):
-        state = model.run_to(k, state)
-        logits = model.exit_logits(k, state).double() / temperatures[k]  # float64, as in calibration
-        score, carry = policy(logits.softmax(dim=-1), carry)
-        done = torch.ones_like(score, dtype=torch.bool) if k == stages - 1 else score >= limits[k]
-        if out_logits is None:
-            out_logits = torch.zeros(size, logits.shape[-1], device=logits.device)
-        out_logits[rows[done]] = logits[done].float()
-        out_stage[rows[done]] = k
-        out_score[rows[done]] = score[done].double()
-        if bool(done.all()):
-            break
-        if not bool(done.any()):
-            continue  # nobody left: no need to rebuild the batch
-        going = ~done
-        rows = rows[going]
-        carry = carry[going] if carry is not None else None
-        state = model.keep(state, going)
-    return BatchResult(logits=out_logits, stage=out_stage, score=out_score)
+def row_thresholds(threshold: float | Sequence[float] | np.ndarray, rows: int, stages: int) -> np.ndarray:
+    """Thresholds as ``[rows, stages]``: one for all, one per row ``[rows]``, or one per row and stage."""
+    values = np.asarray(threshold, dtype=np.float64)
+    if values.ndim == 0:
+        return np.full((rows, stages), float(values))
+    if values.ndim == 1 and len(values) == rows:
+        return np.repeat(values[:, None], stages, axis=1)
+    if values.shape == (rows, stages):
+        return values
+    raise ValueError(f"thresholds of shape {values.shape} for {rows} rows and {stages} stages: give one number, "
+                     f"one per row [{rows}], or one per row and stage [{rows}, {stages}]")
 
 
 @dataclass
 class _Pending:
-    """A row between stages in :func:`run_regrouped`: its id, unpadded state piece, length and policy carry."""
+    """A row between stages: its id, what it hands on, its length and the policy's per-row carry."""
 
     row: int
     piece: Any
@@ -92,70 +90,78 @@ class _Pending:
     carry: torch.Tensor | None
 
 
+def _chunks(items: list[_Pending], size: int) -> list[list[_Pending]]:
+    return [items[i:i + size] for i in range(0, len(items), size)]
+
+
 @torch.inference_mode()
-def run_regrouped(model: Any, batches: Iterable[tuple[Sequence[int], dict[str, torch.Tensor]]], policy: Policy,
-                  temperatures: Sequence[float], threshold: float | Sequence[float], batch_size: int,
-                  ) -> dict[int, tuple[torch.Tensor, int, float]]:
-    """Stage-major adaptive execution with regrouping (see the module docstring).
+def execute(runner: StageRunner, items: Sequence[Any], readout: Readout,
+            threshold: float | Sequence[float] | np.ndarray, *, batch_size: int = 64,
+            collect: list[list[np.ndarray | None]] | None = None) -> Execution:
+    """Run ``items`` (stage-0 pieces) adaptively; see the module docstring.
 
     Args:
-        batches: ``(row ids, batch)`` pairs; every batch runs the first stage.
-        batch_size: rows per batch for the later stages, refilled from the rows still going.
-
-    Returns:
-        ``{row id: (calibrated logits [C], answering stage, score)}`` — each row's answer equals running
-        it alone (up to float rounding).
+        threshold: one number, one per row, or ``[rows, stages]``.
+        batch_size: rows per batch at every stage.
+        collect: if given, ``collect[k][row]`` receives each row's raw logits at stage ``k`` (calibration
+            passes run with an infinite threshold, so every row reaches every stage).
     """
-    stages = model.num_stages
-    limits = thresholds_per_stage(threshold, stages)
-    answers: dict[int, tuple[torch.Tensor, int, float]] = {}
-    pending: list[_Pending] = []
-    for ids, batch in batches:
-        state = model.run_to(0, model.begin(batch))
-        pending += _decide(model, 0, state, list(ids), None, policy, temperatures, limits, answers)
-    for k in range(1, stages):
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be positive, got {batch_size}")
+    n, stages = len(items), runner.num_stages
+    limits = row_thresholds(threshold, n, stages)
+    out = Execution(logits=np.zeros((n, readout.num_labels), np.float32), stage=np.zeros(n, np.int64),
+                    score=np.zeros(n, np.float64), fallback=np.zeros(n, bool))
+    pending = [_Pending(i, item, runner.length(item), None) for i, item in enumerate(items)]
+    for k in range(stages):
         pending.sort(key=lambda p: -p.length)
         going: list[_Pending] = []
-        for start in range(0, len(pending), batch_size):
-            chunk = pending[start:start + batch_size]
-            state = model.run_to(k, model.pack([p.piece for p in chunk]))
-            carry = None if chunk[0].carry is None else torch.stack([p.carry for p in chunk])
-            going += _decide(model, k, state, [p.row for p in chunk], carry, policy, temperatures, limits, answers)
+        for chunk in _chunks(pending, batch_size):
+            going += _run_chunk(runner, readout, k, chunk, limits, out, collect)
         pending = going
-    return answers
+        if not pending:
+            break
+    return out
 
 
-def _decide(model: Any, k: int, state: Any, rows: list[int], carry: torch.Tensor | None, policy: Policy,
-            temperatures: Sequence[float], limits: Sequence[float],
-            answers: dict[int, tuple[torch.Tensor, int, float]]) -> list[_Pending]:
-    """Record the rows that stop at stage ``k``; return the others as pending pieces."""
-    logits = model.exit_logits(k, state).double() / temperatures[k]
-    score, carry = policy(logits.softmax(dim=-1), carry)
-    last = k == model.num_stages - 1
-    done = (score >= limits[k]).tolist() if not last else [True] * len(rows)
-    going = [i for i, stop in enumerate(done) if not stop]
-    for i, stop in enumerate(done):
-        if stop:
-            answers[rows[i]] = (logits[i].float(), k, float(score[i]))
+def _run_chunk(runner: StageRunner, readout: Readout, k: int, chunk: list[_Pending], limits: np.ndarray,
+               out: Execution, collect: list[list[np.ndarray | None]] | None) -> list[_Pending]:
+    """Run stage ``k`` on one batch; record every row's answer (final or provisional); return the rows going on."""
+    rows = np.array([p.row for p in chunk])
+    try:
+        state, raw = runner.run(k, runner.begin(k, [p.piece for p in chunk]))
+    except StageUnavailable as err:
+        if k == 0:
+            raise
+        logger.warning("stage %d unavailable (%s): %d rows keep the answer of stage %d", k, err, len(rows), k - 1)
+        out.fallback[rows] = True
+        return []
+    if collect is not None:
+        raw_rows = raw.float().cpu().numpy()
+        for i, row in enumerate(rows):
+            collect[k][row] = raw_rows[i]
+    carry = None if chunk[0].carry is None else torch.stack([p.carry for p in chunk])
+    logits, score, carry = readout(k, raw, carry)
+    out.logits[rows] = logits.float().cpu().numpy()
+    out.stage[rows] = k
+    scores = score.cpu().numpy()
+    out.score[rows] = scores
+    if k == runner.num_stages - 1:
+        return []
+    going = np.flatnonzero(scores < limits[rows, k]).tolist()
     if not going:
         return []
-    pieces = model.unpack(state, torch.tensor(going, device=logits.device))
-    return [_Pending(rows[i], piece, length, None if carry is None else carry[i])
+    pieces = runner.unpack(k, state, going)
+    return [_Pending(int(rows[i]), piece, length, None if carry is None else carry[i])
             for i, (piece, length) in zip(going, pieces, strict=True)]
 
 
-@torch.inference_mode()
-def run_full_batch(model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """The plain full model: all the compute, only the last read-out (no intermediate exits). [B, C]."""
-    last = model.num_stages - 1
-    return model.exit_logits(last, model.run_to(last, model.begin(batch)))
-
-
-def all_stage_logits(model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Uncalibrated logits of every stage for every row at full depth, [B, S, C] (training, calibration)."""
-    state = model.begin(batch)
-    out = []
-    for k in range(model.num_stages):
-        state = model.run_to(k, state)
-        out.append(model.exit_logits(k, state))
-    return torch.stack(out, dim=1)
+def collect_stage_logits(runner: StageRunner, items: Sequence[Any], readout: Readout, *,
+                         batch_size: int = 64) -> list[np.ndarray]:
+    """Raw logits of every stage on every row, ``[N, W]`` per stage (calibration, evaluation, oracles)."""
+    collect: list[list[np.ndarray | None]] = [[None] * len(items) for _ in range(runner.num_stages)]
+    result = execute(runner, items, readout, np.inf, batch_size=batch_size, collect=collect)
+    if result.fallback.any():
+        raise StageUnavailable(f"{int(result.fallback.sum())} rows could not reach every stage; the calibration "
+                               "and evaluation passes need every stage to answer")
+    return [np.stack(rows) if rows else np.zeros((0, readout.num_labels), np.float32) for rows in collect]

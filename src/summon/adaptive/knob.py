@@ -1,81 +1,100 @@
-"""The one run-time knob shared by every staged predictor (exits, cascades): budget, max drop or threshold.
+"""The one run-time knob of every staged predictor: a budget, a maximum drop, a guaranteed drop or a threshold.
 
-A calibrated predictor carries an ``adaptive`` manifest section: the policy, per-stage temperatures, the
-stage costs, the threshold table built on held-out rows, and the default operating point.
+* ``budget=B``: the most accurate operating point whose mean cost is at most ``B`` (a fraction of the
+  reference model, in the calibration's cost unit or ``unit``);
+* ``max_drop=E``: the cheapest point whose disagreement with the reference model is at most ``E``
+  (0.01 = 1 point);
+* ``guaranteed=E, delta=D``: the cheapest point that Learn-then-Test certifies to lose at most ``E`` with
+  probability at least ``1 - D``;
+* ``threshold=T``: that confidence threshold itself.
+
+With no knob the calibrated default operating point is used; an uncalibrated predictor runs every input to
+its last stage (the full model). The same :class:`Knob` is what the CLI flags, the Python keywords and a
+served request carry.
 """
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
+from summon.adaptive.calibration import Calibration
+from summon.adaptive.thresholds import OperatingPoint
 
-from summon.adaptive.costs import StageCosts
-from summon.adaptive.thresholds import OperatingPoint, ThresholdTable
+UNITS = ("flops", "ms")
 
 
-class KnobMixin:
-    """Needs ``self.manifest`` (with an optional ``adaptive`` section), ``self.path`` and ``self.num_stages``."""
+@dataclass(frozen=True)
+class Knob:
+    """At most one of ``budget``, ``max_drop``, ``guaranteed`` (with ``delta``) or ``threshold``."""
 
-    manifest: dict[str, Any]
-    path: Any
-    num_stages: int
-    calibrate_hint = "summon calibrate {where} --data SPLIT"
+    budget: float | None = None
+    max_drop: float | None = None
+    threshold: float | None = None
+    guaranteed: float | None = None
+    delta: float = 0.1
+    unit: str | None = None  # cost unit of ``budget``: "flops" or "ms" (default: the calibration's)
+
+    def __post_init__(self) -> None:
+        given = [name for name in ("budget", "max_drop", "threshold", "guaranteed") if getattr(self, name) is not None]
+        if len(given) > 1:
+            raise ValueError(f"give at most one of budget, max_drop, threshold or guaranteed (got {', '.join(given)})")
+        for name in given:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value):
+                raise ValueError(f"{name} must be a number, got {value!r}")
+        if self.budget is not None and self.budget <= 0:
+            raise ValueError(f"budget must be a positive fraction of the full model's cost, got {self.budget}")
+        if self.max_drop is not None and not 0 <= self.max_drop < 1:
+            raise ValueError(f"max_drop must be in [0, 1) (0.01 = 1 point), got {self.max_drop}")
+        if self.guaranteed is not None and not 0 < self.guaranteed < 1:
+            raise ValueError(f"guaranteed must be in (0, 1) (0.01 = 1 point), got {self.guaranteed}")
+        if not 0 < self.delta < 1:
+            raise ValueError(f"delta must be in (0, 1), got {self.delta}")
+        if self.unit is not None and self.unit not in UNITS:
+            raise ValueError(f"unit must be 'flops' or 'ms', got {self.unit!r}")
 
     @property
-    def adaptive(self) -> dict[str, Any] | None:
-        return self.manifest.get("adaptive")
+    def empty(self) -> bool:
+        return all(getattr(self, n) is None for n in ("budget", "max_drop", "threshold", "guaranteed"))
 
-    def _require_calibration(self, what: str) -> dict[str, Any]:
-        if not self.adaptive:
-            where = self.path or "PREDICTOR"
-            raise ValueError(f"{what} needs calibrated thresholds: run `{self.calibrate_hint.format(where=where)}` "
-                             "on held-out data first")
-        return self.adaptive
+    def describe(self) -> str:
+        for name in ("budget", "max_drop", "threshold", "guaranteed"):
+            value = getattr(self, name)
+            if value is not None:
+                extra = f", delta {self.delta}" if name == "guaranteed" else ""
+                return f"{name} {value}{extra}"
+        return "default"
 
-    @property
-    def table(self) -> ThresholdTable:
-        return ThresholdTable.from_dict(self._require_calibration("a threshold table")["table"])
+    @classmethod
+    def of(cls, **values: Any) -> Knob:
+        """A knob from keyword arguments, ``None`` values ignored (``Knob.of(budget=None, max_drop=0.01)``)."""
+        return cls(**{k: v for k, v in values.items() if v is not None})
 
-    @property
-    def costs(self) -> StageCosts:
-        return StageCosts.from_dict(self._require_calibration("stage costs")["costs"])
 
-    def operating_point(self, *, budget: float | None = None, max_drop: float | None = None,
-                        threshold: float | None = None, against: str = "reference") -> OperatingPoint | float:
-        """The threshold chosen by one knob (or the calibrated default when none is given)."""
-        given = [x is not None for x in (budget, max_drop, threshold)]
-        if sum(given) > 1:
-            raise ValueError("give at most one of budget=, max_drop= or threshold=")
-        if threshold is not None:
-            return float(threshold)
-        if not self.adaptive and budget is None and max_drop is None:
-            return float("inf")  # uncalibrated: every input runs to the last stage (the full model)
-        table = self.table
-        if budget is not None:
-            return table.budget(budget)
-        if max_drop is not None:
-            return table.max_drop(max_drop, against=against)
-        return float(self.adaptive["default"]["threshold"])
-
-    def threshold_for(self, **knob: float | None) -> float:
-        point = self.operating_point(**knob)
-        return point.threshold if isinstance(point, OperatingPoint) else point
-
-    def stage_fractions(self) -> list[float] | None:
-        """Cost of answering at each stage as a fraction of the reference model (None before calibration)."""
-        if not self.adaptive:
+def operating_point(calibration: Calibration | None, knob: Knob) -> OperatingPoint | None:
+    """The table point the knob selects (None for a bare threshold, or uncalibrated with no knob)."""
+    if knob.threshold is not None:
+        return None
+    if calibration is None:
+        if knob.empty:
             return None
-        return self.costs.fractions(self.adaptive.get("cost_unit", "flops"))
+        raise ValueError(f"{knob.describe()} needs a calibrated predictor: run `summon calibrate` on held-out data")
+    if knob.empty:
+        return calibration.default.point
+    unit = knob.unit or calibration.cost_unit
+    table = calibration.table.in_unit(unit, calibration.fractions(unit))
+    if knob.budget is not None:
+        return table.budget(knob.budget)
+    if knob.max_drop is not None:
+        return table.max_drop(knob.max_drop, "reference")
+    return table.guaranteed(knob.guaranteed, knob.delta)[0]
 
-    def temperatures(self) -> list[float]:
-        return list(self.adaptive["temperatures"]) if self.adaptive else [1.0] * self.num_stages
 
-    def policy_name(self) -> str:
-        return self.adaptive["policy"] if self.adaptive else "max_prob"
-
-
-def softmax_rows(logits: np.ndarray) -> np.ndarray:
-    shifted = logits - logits.max(axis=-1, keepdims=True)
-    exp = np.exp(shifted)
-    return exp / exp.sum(axis=-1, keepdims=True)
+def threshold_for(calibration: Calibration | None, knob: Knob) -> float:
+    """The confidence threshold the knob sets (``inf``, the full model, when uncalibrated with no knob)."""
+    if knob.threshold is not None:
+        return float(knob.threshold)
+    point = operating_point(calibration, knob)
+    return math.inf if point is None else point.threshold

@@ -2,7 +2,7 @@
 
 A stage turns canonical examples into raw logits ``[n, K]`` — or ``[n, K + 1]`` when it has a learned
 "defer" output (the last column). Stages are local predictors (saved or in-process) or remote models
-behind HTTP (:mod:`summon.serve.protocol`). A stage that cannot answer raises :class:`StageUnavailable`;
+behind HTTP (:mod:`summon.adaptive.remote`). A stage that cannot answer raises :class:`StageUnavailable`;
 the cascade then answers with the last stage that did, and marks those predictions.
 """
 

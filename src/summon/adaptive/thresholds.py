@@ -173,6 +173,17 @@ class ThresholdTable:
                 chosen = point
         return chosen, tests
 
+    def in_unit(self, unit: str, fractions: Any) -> ThresholdTable:
+        """The same points with each mean cost recomputed from its exit counts and per-stage ``fractions``
+        (a cost in another unit: milliseconds instead of FLOPs, say)."""
+        if unit == self.cost_unit:
+            return self
+        weights = np.asarray(fractions, dtype=float)
+        points = [OperatingPoint(p.threshold, float(np.dot(p.exit_counts, weights) / max(1, sum(p.exit_counts))),
+                                 p.disagreement, p.accuracy, list(p.exit_counts)) for p in self.points]
+        return ThresholdTable(self.policy, unit, self.n, self.full_accuracy,
+                              sorted(points, key=lambda p: (p.cost, -p.threshold)))
+
     def to_dict(self) -> dict[str, Any]:
         return {"policy": self.policy, "cost_unit": self.cost_unit, "n": self.n, "full_accuracy": self.full_accuracy,
                 "points": [p.to_dict() for p in self.points]}

@@ -18,14 +18,8 @@ import importlib.util
 import time
 from pathlib import Path
 
-from summon.adaptive.cascade import CascadePredictor, build_cascade, calibrate_cascade
-from summon.adaptive.predictor import calibrate
+import summon
 from summon.data.spec import DatasetSpec
-from summon.evaluate.report import write_report
-from summon.evaluate.runner import evaluate_cascade, evaluate_predictor, load_for
-from summon.predictor import load, update_manifest
-from summon.recipe import load_run_config
-from summon.train.loop import train
 
 
 def check_assets() -> None:
@@ -38,53 +32,34 @@ def check_assets() -> None:
 
 
 def run_quickstart(out: Path, *, max_seconds: float = 6.0) -> dict:
+    """The five steps, through the public facade only (``summon.train``, ``load``, ``calibrate``, ``cascade``,
+    ``evaluate``)."""
     check_assets()
     started = time.perf_counter()
     cache = str(out / "cache")
-    teacher_cfg = load_run_config("quickstart_teacher", [f"output_dir={out / 'teacher'}", f"cache_dir={cache}"])
-    print(f"[1/5] fine-tuning the teacher ({teacher_cfg.model.name}) on BBC News ...", flush=True)
-    teacher_dir = train(teacher_cfg)
-    student_cfg = load_run_config("quickstart_student", [f"output_dir={out / 'student'}", f"teacher={teacher_dir}",
-                                                         f"cache_dir={cache}"])
+    print("[1/5] fine-tuning the teacher (all-MiniLM-L6-v2) on BBC News ...", flush=True)
+    teacher_dir = summon.train("quickstart_teacher", output_dir=str(out / "teacher"), cache_dir=cache)
     print("[2/5] distilling a bag-of-n-grams student ...", flush=True)
-    student_dir = train(student_cfg)
+    student_dir = summon.train("quickstart_student", output_dir=str(out / "student"), teacher=str(teacher_dir),
+                               cache_dir=cache)
     print("[3/5] training and calibrating exits on the frozen teacher ...", flush=True)
-    exits_dir = _early_exit(out, teacher_dir, cache)
+    exits_dir = summon.train("quickstart_early_exit", output_dir=str(out / "early_exit"), teacher=str(teacher_dir),
+                             cache_dir=cache)
+    dev = DatasetSpec(name="bbc_news", split="dev")
+    summon.calibrate(exits_dir, dev, max_drop=0.01)
     print("[4/5] building and calibrating the cascade student -> teacher ...", flush=True)
-    cascade_dir = _cascade(out, student_dir, teacher_dir)
+    cascade = summon.cascade([str(student_dir), str(teacher_dir)], out=out / "cascade")
+    summon.calibrate(cascade, dev, max_drop=0.01)
     print("[5/5] evaluating all four on the held-out test split, with cost ...", flush=True)
-    entries = []
-    for name, path in (("teacher (MiniLM-L6)", teacher_dir), ("student (bag of n-grams, KD)", student_dir),
-                       ("early exit (calibrated, ≤1 pt drop)", exits_dir),
-                       ("cascade n-grams → teacher (≤1 pt drop)", cascade_dir)):
-        predictor = load(path)
-        data = load_for(predictor, DatasetSpec(name="bbc_news", split="test"))
-        if isinstance(predictor, CascadePredictor):
-            entries.append(evaluate_cascade(predictor, data, name=name))
-        else:
-            entries.append(evaluate_predictor(predictor, data, name=name, max_seconds=max_seconds))
-    paths = write_report(entries, out / "report", title="summon quickstart: BBC News topics",
-                         reference=entries[0]["name"])
+    names = ["teacher (MiniLM-L6)", "student (bag of n-grams, KD)", "early exit (calibrated, ≤1 pt drop)",
+             "cascade n-grams → teacher (≤1 pt drop)"]
+    test = DatasetSpec(name="bbc_news", split="test")
+    report = out / "report"
+    entries = summon.evaluate([teacher_dir, student_dir, exits_dir, out / "cascade"], test, names=names,
+                              max_seconds=max_seconds, out=report, title="summon quickstart: BBC News topics")
+    paths = {"json": report / "report.json", "markdown": report / "report.md", "png": report / "report.png"}
     _print_table(entries, paths, time.perf_counter() - started)
     return {"entries": entries, "paths": paths}
-
-
-def _early_exit(out: Path, teacher_dir: Path, cache: str) -> Path:
-    cfg = load_run_config("quickstart_early_exit", [f"output_dir={out / 'early_exit'}", f"teacher={teacher_dir}",
-                                                     f"cache_dir={cache}"])
-    model_dir = train(cfg)
-    predictor = load(model_dir)
-    dev = load_for(predictor, DatasetSpec(name="bbc_news", split="dev"))
-    section = calibrate(predictor, dev, rule="max_drop", value=0.01)
-    update_manifest(model_dir, adaptive=section)
-    return model_dir
-
-
-def _cascade(out: Path, student_dir: Path, teacher_dir: Path) -> Path:
-    cascade = build_cascade([str(student_dir), str(teacher_dir)])
-    dev = load_for(cascade, DatasetSpec(name="bbc_news", split="dev"))
-    calibrate_cascade(cascade, dev, rule="max_drop", value=0.01)
-    return cascade.save(out / "cascade")
 
 
 def _print_table(entries: list[dict], paths: dict, seconds: float) -> None:

@@ -7,6 +7,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from summon.data.catalog import CATALOG
+
 Task = Literal["classification", "pair_classification", "token_classification"]
 TASKS: tuple[str, ...] = ("classification", "pair_classification", "token_classification")
 
@@ -72,22 +74,32 @@ class DatasetSpec:
         return str(self.path)
 
     @classmethod
-    def parse(cls, text: str, **overrides: Any) -> DatasetSpec:
+    def parse(cls, text: str, *, require_split: bool = False, **overrides: Any) -> DatasetSpec:
         """Parse the command-line form: ``sst2:dev``, ``hub:ID[@CONFIG][:SPLIT]`` or a file path.
 
         For example ``hub:glue@sst2:validation`` or ``hub:stanfordnlp/imdb:test``. Extra keyword
-        arguments (``task``, ``columns``, ``labels``, ``limit``) are passed through.
+        arguments (``task``, ``columns``, ``labels``, ``limit``) are passed through. Without a split a catalog
+        or hub set means its training split, unless ``require_split`` (evaluation and calibration, where a
+        quiet "train" would measure on the data the model learnt from) makes that an error.
         """
         if text.startswith("hub:"):
             ident, _, split = text[4:].partition(":")
             hub, _, config = ident.partition("@")
-            return cls(hub=hub, config=config or None, split=split or "train", **overrides)
-        from summon.data.catalog import CATALOG  # local import: catalog imports this module
-
+            return cls(hub=hub, config=config or None, split=split or _default_split(text, require_split),
+                       **overrides)
         head, _, split = text.partition(":")
         if head in CATALOG:
-            return cls(name=head, split=split or "train", **overrides)
+            return cls(name=head, split=split or _default_split(text, require_split), **overrides)
         return cls(path=text, **overrides)
+
+
+def _default_split(text: str, require_split: bool) -> str:
+    if require_split:
+        known = CATALOG[text].splits() if text in CATALOG else None
+        hint = f" ({', '.join(known)})" if known else ""
+        raise ValueError(f"--data {text!r} names no split: say which one, e.g. {text}:dev or {text}:test{hint}. "
+                         "Evaluation and calibration never default to the training split.")
+    return "train"
 
 
 @dataclass

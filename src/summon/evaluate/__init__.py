@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from summon.evaluate.cost import (
+from summon.measure.cost import (
     cost_summary,
     count_flops,
     count_parameters,
     machine_info,
     measure_latency,
 )
-from summon.evaluate.metrics import (
+from summon.measure.metrics import (
     accuracy,
     classification_metrics,
     expected_calibration_error,
@@ -37,6 +37,6 @@ __all__ = [
     "write_report",
 ]
 
-from summon.evaluate.task import MAIN_METRIC, score
+from summon.measure.task import MAIN_METRIC, score
 
 __all__ += ["MAIN_METRIC", "score"]

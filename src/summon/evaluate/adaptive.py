@@ -20,7 +20,9 @@ from typing import Any
 
 import numpy as np
 
-from summon.adaptive.thresholds import OperatingPoint
+from summon.adaptive.scoring import score_all
+from summon.adaptive.thresholds import OperatingPoint, ThresholdTable, sweep
+from summon.measure.metrics import reliability_bins
 
 Curve = list[tuple[float, float]]  # (cost fraction, accuracy), ascending cost
 
@@ -117,27 +119,29 @@ def _interleaved_medians(first, second, repeats: int) -> tuple[float, float]:
     return statistics.median(a), statistics.median(b)
 
 
-def measure_speedup(predictor: Any, features: Sequence[dict], threshold: float, batch_sizes: Sequence[int] = (1, 32, 128),
+def measure_speedup(predictor: Any, items: Sequence[Any], threshold: float, batch_sizes: Sequence[int] = (1, 32, 128),
                     repeats: int = 5) -> dict[str, dict[str, float]]:
-    """Realised speed-up (full model time / adaptive time) against the FLOPs-promised one, per batch size.
+    """Realised speed-up (reference model time / adaptive time) against the FLOPs-promised one, per batch size.
 
-    Both runs take the same examples in the same length-sorted batches; the full model runs every layer
-    and only its last head. Tokenisation is excluded; times are medians of ``repeats`` alternating runs.
+    Both runs take the same stage-0 inputs (``predictor.inputs(examples)``: featurized for early exit, the
+    examples for a cascade); the reference model is the last stage alone (for exits: every layer and only
+    the last head). Times are medians of ``repeats`` alternating runs.
 
     ``theoretical`` counts the FLOPs these inputs need: each row's cost is its stage's cost fraction
-    weighted by its length in tokens (an encoder's FLOPs grow with length, and longer inputs tend to go
-    deeper), so ``theoretical = Σ n_i / Σ n_i·f(stage_i)``. ``theoretical_uniform`` is the length-blind
+    weighted by its length (an encoder's FLOPs grow with length, and longer inputs tend to go deeper), so
+    ``theoretical = Σ n_i / Σ n_i·f(stage_i)``. ``theoretical_uniform`` is the length-blind
     ``1 / mean f(stage_i)`` that treats every row as the average one.
     """
     fractions = np.asarray(predictor.costs.fractions("flops"))
-    tokens = np.array([len(f["input_ids"]) for f in features], dtype=float)
+    runner = predictor.runner()
+    lengths = np.array([runner.length(item) for item in items], dtype=float)
     out = {}
     for bs in batch_sizes:
-        _, stages = predictor.run(features, threshold, batch_size=bs)  # also a warm-up
-        predictor.run_full(features, batch_size=bs)
-        t_adaptive, t_full = _interleaved_medians(lambda bs=bs: predictor.run(features, threshold, batch_size=bs),
-                                                  lambda bs=bs: predictor.run_full(features, batch_size=bs), repeats)
-        theoretical = float(tokens.sum() / (tokens * fractions[stages]).sum())
+        stages = predictor.run(items, threshold, batch_size=bs).stage  # also a warm-up
+        predictor.run_full(items, batch_size=bs)
+        t_adaptive, t_full = _interleaved_medians(lambda bs=bs: predictor.run(items, threshold, batch_size=bs),
+                                                  lambda bs=bs: predictor.run_full(items, batch_size=bs), repeats)
+        theoretical = float(lengths.sum() / (lengths * fractions[stages]).sum())
         realised = t_full / t_adaptive
         out[str(bs)] = {"full_seconds": t_full, "adaptive_seconds": t_adaptive, "realised": realised,
                         "theoretical": theoretical, "realised_over_theoretical": realised / theoretical,
@@ -202,7 +206,7 @@ def plot_reliability(bins: Sequence[dict[str, Any]], path: Path, title: str) -> 
             conf = [c for c in stage[key]["confidence"] if c is not None]
             acc = [a for a, c in zip(stage[key]["accuracy"], stage[key]["confidence"], strict=True) if c is not None]
             ax.plot(conf, acc, "o-", ms=3, label=label)
-        ax.set_title(f"exit {k + 1}", fontsize=9)
+        ax.set_title(f"stage {k + 1}", fontsize=9)
         ax.set_xlabel("confidence", fontsize=8)
         if k == 0:
             ax.set_ylabel("accuracy", fontsize=8)
@@ -216,46 +220,77 @@ def plot_reliability(bins: Sequence[dict[str, Any]], path: Path, title: str) -> 
 # --- one call: everything about a calibrated staged predictor on one split -------------------------
 
 
-def evaluate_adaptive(predictor: Any, data: Any, *, out_dir: Path | None = None, threshold: float | None = None,
-                      speed: bool = False, batch_sizes: Sequence[int] = (1, 32, 128), title: str = "") -> dict[str, Any]:
-    """Curves, oracles, the operating point at ``threshold`` (default: the calibrated one), reliability and
-    optionally measured speed-ups of a calibrated :class:`~summon.adaptive.predictor.AdaptivePredictor`."""
-    import torch
-
-    from summon.adaptive.policies import get_policy, stage_scores
-    from summon.adaptive.predictor import fit_thresholds
-    from summon.adaptive.thresholds import sweep
-    from summon.evaluate.metrics import reliability_bins
-
-    adaptive = predictor._require_calibration("adaptive evaluation")
-    logits = predictor.stage_logits(data.examples, progress="stage logits")
+def stage_view(predictor: Any, data: Any, *, batch_size: int = 64) -> dict[str, np.ndarray]:
+    """Every stage's raw logits on ``data`` read out by the predictor's calibration: ``raws`` (per stage),
+    ``scores`` and ``preds`` ``[N, S]``, calibrated ``probs`` ``[N, S, K]`` and ``gold`` ``[N]``."""
+    calibration = predictor.require_calibration("adaptive evaluation")
+    raws = predictor.stage_logits(data.examples, batch_size=batch_size, progress="stage logits")
+    scores, preds, probs = score_all(raws, calibration.readout(len(predictor.labels)))
     gold = np.array([ex["label"] for ex in data.examples])
-    temps = predictor.temperatures()
-    fractions = predictor.costs.fractions(adaptive.get("cost_unit", "flops"))
-    table = fit_thresholds(logits, gold, temps, adaptive["policy"], fractions, adaptive.get("cost_unit", "flops"))
-    scaled = torch.from_numpy(logits).double() / torch.tensor(temps, dtype=torch.float64)[None, :, None]
-    probs = scaled.softmax(-1)
-    preds = probs.argmax(-1).numpy()
-    chosen_t = float(adaptive["default"]["threshold"]) if threshold is None else threshold
-    scores = stage_scores(probs, get_policy(adaptive["policy"])).numpy()
-    chosen = sweep(scores, preds, np.asarray(fractions), gold, thresholds=np.array([chosen_t]))[0]
+    return {"raws": raws, "scores": scores, "preds": preds, "probs": probs, "gold": gold}
+
+
+def evaluate_adaptive(predictor: Any, data: Any, *, out_dir: Path | None = None, threshold: float | None = None,
+                      speed: bool = False, batch_sizes: Sequence[int] = (1, 32, 128), title: str = "",
+                      batch_size: int = 64) -> dict[str, Any]:
+    """Curves with both oracles, the operating point at ``threshold`` (default: the calibrated one), the
+    stage histogram, reliability diagrams and optionally measured speed-ups of any calibrated staged predictor
+    (:class:`~summon.adaptive.staged.StagedPredictor`)."""
+    calibration = predictor.require_calibration("adaptive evaluation")
+    view = stage_view(predictor, data, batch_size=batch_size)
+    scores, preds, probs, gold = view["scores"], view["preds"], view["probs"], view["gold"]
+    fractions = np.asarray(calibration.fractions())
+    table = ThresholdTable.build(calibration.policy, calibration.cost_unit, scores, preds, fractions, gold)
+    chosen_t = calibration.default.threshold if threshold is None else float(threshold)
+    chosen = sweep(scores, preds, fractions, gold, thresholds=np.array([chosen_t]))[0]
     result = curves(preds, gold, fractions, table.points)
-    raw = torch.from_numpy(logits).double().softmax(-1).numpy()
-    reliability = [{"temperature": t, "before": reliability_bins(raw[:, k], gold), "after":
-                    reliability_bins(probs[:, k].numpy(), gold)} for k, t in enumerate(temps)]
-    result.update({"chosen": chosen.to_dict(), "chosen_rule": adaptive["default"], "table": table.to_dict(),
-                   "reliability": reliability, "exit_accuracy": [float((preds[:, k] == gold).mean())
-                                                                  for k in range(preds.shape[1])]})
+    k = len(predictor.labels)
+    raw_probs = [_softmax_np(raw[:, :k].astype(np.float64)) for raw in view["raws"]]
+    reliability = [{"temperature": t, "before": reliability_bins(raw_probs[s], gold),
+                    "after": reliability_bins(probs[:, s], gold)} for s, t in enumerate(calibration.temperatures)]
+    result.update({"kind": getattr(predictor, "kind", "staged"), "policy": calibration.policy,
+                   "cost_unit": calibration.cost_unit, "device": calibration.costs.device,
+                   "chosen": chosen.to_dict(), "chosen_rule": calibration.default.to_dict(),
+                   "table": table.to_dict(), "reliability": reliability,
+                   "exit_accuracy": [float((preds[:, s] == gold).mean()) for s in range(preds.shape[1])]})
     if speed:
-        features = predictor.featurizer.encode(data.examples, data.task)
-        result["speedup"] = measure_speedup(predictor, features, chosen_t, batch_sizes)
+        result["speedup"] = measure_speedup(predictor, predictor.inputs(data.examples), chosen_t, batch_sizes)
     if out_dir is not None:
-        out_dir = Path(out_dir)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        result["plots"] = {
-            "curve": str(plot_curves(result, out_dir / "accuracy_vs_cost.png", title or data.source, chosen)),
-            "exits": str(plot_exits(chosen.exit_counts, out_dir / "exit_histogram.png",
-                                    f"exits at threshold {chosen_t:.4g}")),
-            "reliability": str(plot_reliability(reliability, out_dir / "reliability.png", "reliability per exit")),
-        }
+        result["plots"] = _plots(result, Path(out_dir), title or data.source, chosen, chosen_t)
     return result
+
+
+def _plots(result: dict[str, Any], out_dir: Path, title: str, chosen: OperatingPoint, threshold: float) -> dict:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    plots = {
+        "curve": str(plot_curves(result, out_dir / "accuracy_vs_cost.png", title, chosen)),
+        "exits": str(plot_exits(chosen.exit_counts, out_dir / "exit_histogram.png", f"stages at threshold {threshold:.4g}")),
+        "reliability": str(plot_reliability(result["reliability"], out_dir / "reliability.png", "reliability per stage")),
+    }
+    if "speedup" in result:
+        plots["speedup"] = str(plot_speedup(result["speedup"], out_dir / "speedup.png", title))
+    return plots
+
+
+def plot_speedup(speedup: dict[str, dict[str, float]], path: Path, title: str) -> Path:
+    """Measured speed-up beside the one the FLOPs promise, per batch size."""
+    fig = _figure(5, 3.5)
+    ax = fig.add_subplot(1, 1, 1)
+    sizes = list(speedup)
+    xs = np.arange(len(sizes))
+    ax.bar(xs - 0.2, [speedup[b]["theoretical"] for b in sizes], 0.4, label="promised by FLOPs")
+    ax.bar(xs + 0.2, [speedup[b]["realised"] for b in sizes], 0.4, label="measured")
+    ax.axhline(1.0, color="grey", lw=0.8)
+    ax.set_xticks(xs, [f"batch {b}" for b in sizes])
+    ax.set_ylabel("speed-up over the full model")
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    return path
+
+
+def _softmax_np(logits: np.ndarray) -> np.ndarray:
+    shifted = logits - logits.max(axis=-1, keepdims=True)
+    exp = np.exp(shifted)
+    return exp / exp.sum(axis=-1, keepdims=True)

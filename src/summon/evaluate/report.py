@@ -14,7 +14,7 @@ from numbers import Real
 from pathlib import Path
 from typing import Any
 
-from summon.evaluate.cost import machine_info
+from summon.measure.cost import machine_info
 
 logger = logging.getLogger(__name__)
 

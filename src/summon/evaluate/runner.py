@@ -2,21 +2,28 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
+
+from summon.adaptive.knob import Knob
+from summon.adaptive.staged import StagedPredictor
 from summon.data.catalog import CATALOG
 from summon.data.loading import load_split
 from summon.data.spec import DatasetSpec, TaskData
-from summon.evaluate.measure import measure_costs
-from summon.evaluate.task import score
 from summon.inference import predict_logits
+from summon.measure.cost import machine_info
+from summon.measure.device import clock
+from summon.measure.profile import measure_costs
+from summon.measure.task import score
 
 
 def spec_for(predictor: Any, text: str, limit: int | None = None) -> DatasetSpec:
     """Parse a command-line data spec (``sst2:dev``, a file, ``hub:...``); files and hub sets get the predictor's task."""
     extra = {} if text.partition(":")[0] in CATALOG else {"task": predictor.task}
-    return DatasetSpec.parse(text, limit=limit, **extra)
+    return DatasetSpec.parse(text, require_split=True, limit=limit, **extra)
 
 
 def load_for(predictor: Any, spec: DatasetSpec, data_dir: str | None = None) -> TaskData:
@@ -34,8 +41,7 @@ def evaluate_predictor(predictor: Any, data: TaskData, *, name: str, latency: bo
                        batch_size: int = 128, progress: bool = False) -> dict[str, Any]:
     """One report entry: ``{"name", "path", "data", "metrics", "cost"}`` (see :func:`summon.evaluate.write_report`)."""
     features = predictor.featurizer.encode(data.examples, data.task)
-    # A calibrated staged predictor is measured as it runs: at its default operating point, adaptively.
-    model = predictor.as_module() if getattr(predictor, "adaptive", None) else predictor.model
+    model = predictor.model
     rows = predict_logits(model, features, data.task, pad_id=predictor.featurizer.pad_id, batch_size=batch_size,
                           progress=f"eval {name}" if progress else False)
     metrics = score(data.task, data.labels, data.examples, rows)
@@ -45,28 +51,55 @@ def evaluate_predictor(predictor: Any, data: TaskData, *, name: str, latency: bo
             "metrics": metrics, "cost": cost}
 
 
-def evaluate_cascade(cascade: Any, data: TaskData, *, name: str, threshold: float | None = None,
-                     batch_size: int = 64) -> dict[str, Any]:
-    """A report entry for a calibrated cascade at its default (or the given) threshold.
+def evaluate_staged(predictor: Any, data: TaskData, *, name: str, knob: Knob | None = None, latency: bool = True,
+                    batch_sizes: Sequence[int] = (1, 32, 128), max_seconds: float = 10.0,
+                    batch_size: int = 64) -> dict[str, Any]:
+    """A report entry for any staged predictor at an operating point (the calibrated default, or ``knob``).
 
-    FLOPs per example are the mean over rows of the cumulative FLOPs of the stages each row reached;
-    latency is the measured wall-clock time of the whole stage-major run divided by the rows.
+    Metrics come from one adaptive run over the split. FLOPs per example are the mean over rows of the
+    cumulative FLOPs of the stage each row reached; latency is the measured wall-clock time of adaptive
+    runs over up to 256 rows at each batch size, per row. An uncalibrated predictor runs every row to its
+    last stage.
     """
-    import time
-
-    import numpy as np
-
-    limit = cascade.threshold_for(threshold=threshold)
-    start = time.perf_counter()
-    result = cascade.run(data.examples, limit, batch_size=batch_size)
-    seconds = time.perf_counter() - start
+    threshold = predictor.threshold_for(knob or Knob())
+    items = predictor.inputs(data.examples)
+    result = predictor.run(items, threshold, batch_size=batch_size)
     metrics = score(data.task, data.labels, data.examples, list(result.logits))
-    costs = cascade.costs
-    flops = float(np.mean(np.asarray(costs.flops)[result.stage]))
-    params = sum(int(sum(p.numel() for p in s.predictor.model.parameters())) for s in cascade.stages
-                 if hasattr(s, "predictor"))
-    metrics["answered_by_stage"] = np.bincount(result.stage, minlength=cascade.num_stages).tolist()
-    metrics["fallbacks"] = int(result.fallback.sum())
-    return {"name": name, "path": str(cascade.path) if cascade.path else None, "data": data.source,
-            "metrics": metrics, "cost": {"params": params, "flops_per_example": flops,
-                                         "latency": {str(batch_size): {"per_example_ms": 1000 * seconds / len(data)}}}}
+    metrics["answered_by_stage"] = np.bincount(result.stage, minlength=predictor.num_stages).tolist()
+    if result.fallback.any():
+        metrics["fallbacks"] = int(result.fallback.sum())
+    costs = predictor.calibration.costs if predictor.calibration else predictor.measure_costs(data.examples,
+                                                                                            latency=False)
+    cost: dict[str, Any] = {"params": predictor.num_parameters(),
+                            "flops_per_example": float(np.mean(np.asarray(costs.flops)[result.stage])),
+                            "threshold": threshold, "machine": machine_info(predictor.device)}
+    if latency:
+        cost["latency"] = _staged_latency(predictor, items, threshold, batch_sizes, max_seconds)
+    return {"name": name, "path": str(predictor.path) if predictor.path else None, "data": data.source,
+            "metrics": metrics, "cost": cost}
+
+
+def _staged_latency(predictor: Any, items: Sequence[Any], threshold: float, batch_sizes: Sequence[int],
+                    max_seconds: float) -> dict[str, dict[str, float]]:
+    """Median milliseconds per row of adaptive runs over up to 256 rows (cycled), at each batch size."""
+    rows = [items[i % len(items)] for i in range(min(256, max(len(items), max(batch_sizes))))]
+    out = {}
+    budget = max_seconds / max(1, len(batch_sizes))
+    for bs in batch_sizes:
+        predictor.run(rows[:bs], threshold, batch_size=bs)  # warm-up
+        times, started = [], time.perf_counter()
+        while len(times) < 3 or (time.perf_counter() - started < budget and len(times) < 50):
+            start = clock(predictor.device)
+            predictor.run(rows, threshold, batch_size=bs)
+            times.append((clock(predictor.device) - start) * 1000.0)
+        median = float(np.median(times))
+        out[str(bs)] = {"median_ms": median, "per_example_ms": median / len(rows), "rows": len(rows),
+                        "runs": len(times)}
+    return out
+
+
+def evaluate_entry(predictor: Any, data: TaskData, *, name: str, knob: Knob | None = None, **options: Any) -> dict:
+    """A report entry for any predictor: staged kinds at an operating point, plain ones as they are."""
+    if isinstance(predictor, StagedPredictor):
+        return evaluate_staged(predictor, data, name=name, knob=knob, **options)
+    return evaluate_predictor(predictor, data, name=name, **options)

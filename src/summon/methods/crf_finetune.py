@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from summon.models.tagger import CRFTagger
-from summon.train.timing import clock, seconds
+from summon.measure.timing import clock, seconds
 
 
 @dataclass

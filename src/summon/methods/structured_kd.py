@@ -32,7 +32,7 @@ from torch import nn
 
 from summon.losses.structured import marginal_kl, substructure_mse, topk_nll
 from summon.methods.crf_finetune import crf_model
-from summon.train.timing import clock, seconds
+from summon.measure.timing import clock, seconds
 
 VARIANTS = ("substructure", "substructure_emissions_only", "marginal_kl", "topk")
 

@@ -12,7 +12,7 @@ Departures from the paper's code (``allenai/sledgehammer``), on purpose:
 * exit decisions are made per row (the released code takes ``max`` over the whole batch, so it only works
   at batch size 1), and finished rows leave the batch.
 
-The model implements the staged interface used by :mod:`summon.adaptive.executor`:
+The model implements the staged interface that :mod:`summon.adaptive.early_exit` drives:
 ``begin(batch) -> state``, ``run_to(k, state) -> state`` (layers up to exit ``k``),
 ``exit_logits(k, state) -> [B, C]``, ``keep(state, rows) -> state``, and ``unpack``/``pack`` for
 regrouping rows from several batches.
@@ -25,7 +25,6 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from summon.adaptive.executor import all_stage_logits
 from summon.models.backbone import Backbone, EncoderState
 
 
@@ -98,5 +97,15 @@ class MultiExitClassifier(nn.Module):
     # --- training ---------------------------------------------------------------------------------
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Logits of every exit at full depth: [B, S, C]."""
-        return all_stage_logits(self, batch)
+        """Logits of every exit at full depth: [B, S, C] (training)."""
+        state = self.begin(batch)
+        out = []
+        for k in range(self.num_stages):
+            state = self.run_to(k, state)
+            out.append(self.exit_logits(k, state))
+        return torch.stack(out, dim=1)
+
+    def full_logits(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The plain full model: every layer, only the last read-out (no intermediate exits). [B, C]."""
+        last = self.num_stages - 1
+        return self.exit_logits(last, self.run_to(last, self.begin(batch)))

@@ -1,4 +1,4 @@
-"""Serve a saved predictor's logits over HTTP (protocol ``summon-logits/1``, see :mod:`summon.serve.protocol`).
+"""Serve a saved predictor's logits over HTTP (protocol ``summon-logits/1``, see :mod:`summon.adaptive.remote`).
 
 Run: ``summon serve-logits PREDICTOR --host 127.0.0.1 --port 8080`` (needs ``pip install 'summon[serve]'``).
 """
@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from summon.serve.protocol import PROTOCOL
+from summon.adaptive.remote import PROTOCOL
 
 
 def create_app(predictor: Any, *, name: str = "teacher", flops_per_example: float | None = None):

@@ -33,16 +33,17 @@ from summon.config import from_dict, to_dict
 from summon.data.features import FeatureDataset, collate
 from summon.data.loading import load_split
 from summon.data.spec import TaskData
-from summon.evaluate.measure import measure_costs
-from summon.evaluate.task import MAIN_METRIC, higher_is_better, score
+from summon.measure.profile import measure_costs
+from summon.measure.task import MAIN_METRIC, higher_is_better, score
 from summon.inference import predict_logits
 from summon.methods import METHODS, Method
 from summon.models.build import Built, Source, build_model
-from summon.predictor import Predictor, load, save_predictor, update_manifest
+from summon.predictor import Predictor, load_predictor
+from summon.saved import save_predictor, update_manifest
 from summon.train.checkpoint import Checkpointer, TrainerState, fixed_part
 from summon.train.config import RunConfig
 from summon.train.teacher_cache import teacher_logits
-from summon.train.timing import SECONDS_SUFFIX, clock
+from summon.measure.timing import SECONDS_SUFFIX, clock
 
 logger = logging.getLogger(__name__)
 
@@ -128,7 +129,7 @@ def build_teacher(cfg: RunConfig, method: Method, task: TaskData) -> Predictor |
         if method.needs_teacher:
             raise ValueError(f"method '{method.name}' needs 'teacher:' (a saved predictor directory)")
         return None
-    teacher = load(cfg.teacher)
+    teacher = load_predictor(cfg.teacher)
     if teacher.task != task.task or teacher.labels != task.labels:
         raise ValueError(f"teacher {cfg.teacher} was trained for {teacher.task} with labels {teacher.labels}; "
                          f"the data is {task.task} with labels {task.labels}")
@@ -386,7 +387,7 @@ def _finish(run: Run, accelerator: Accelerator, model, state: TrainerState, log:
     """Measure the saved (best) model's cost on the eval split and record it in its manifest."""
     model_dir = run.output_dir / "model"
     if accelerator.is_main_process:
-        predictor = load(model_dir)
+        predictor = load_predictor(model_dir)
         if run.eval_features is not None:
             cost = run.cfg.cost
             costs = measure_costs(predictor.model, run.eval_features, predictor.featurizer.pad_id,

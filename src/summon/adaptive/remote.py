@@ -1,4 +1,5 @@
-"""A small HTTP protocol for a model that returns logits, and the client that makes it a cascade stage.
+"""A remote stage: the client of a small HTTP protocol for a model that returns logits (the server side is
+:mod:`summon.serve.logits_server`).
 
 Protocol ``summon-logits/1`` (JSON over HTTP):
 

@@ -20,6 +20,8 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from summon.measure.device import clock, device_name
+
 logger = logging.getLogger(__name__)
 
 _MAX_TIMED_RUNS = 200
@@ -159,30 +161,26 @@ def count_flops(model: nn.Module, batches: Iterable[Mapping[str, torch.Tensor]])
     return float(total) / total_examples
 
 
-def _on_cuda(batch: Mapping[str, Any]) -> bool:
-    """Whether any tensor in the batch lives on a CUDA device."""
-    return any(isinstance(v, torch.Tensor) and v.is_cuda for v in batch.values())
+def _device(batch: Mapping[str, Any]) -> torch.device:
+    """The device of the batch's first tensor."""
+    return next((v.device for v in batch.values() if isinstance(v, torch.Tensor)), torch.device("cpu"))
 
 
 def _time_forwards(
     model: nn.Module, batch: Mapping[str, torch.Tensor], warmup: int, min_repeats: int, budget_s: float
 ) -> list[float]:
     """Run ``warmup`` untimed forwards, then timed ones; returns each timed run's seconds."""
-    cuda = _on_cuda(batch)
+    device = _device(batch)
     for _ in range(warmup):
         model(batch)
     times: list[float] = []
-    began = time.perf_counter()
+    began = clock(device)
     while len(times) < min_repeats or (
         time.perf_counter() - began < budget_s and len(times) < _MAX_TIMED_RUNS
     ):
-        if cuda:
-            torch.cuda.synchronize()
-        start = time.perf_counter()
+        start = clock(device)
         model(batch)
-        if cuda:
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
+        times.append(clock(device) - start)
     return times
 
 
@@ -245,14 +243,18 @@ def measure_latency(
     return results
 
 
-def machine_info() -> dict[str, Any]:
+def machine_info(device: torch.device | str | None = None) -> dict[str, Any]:
     """Describe the machine that measurements ran on.
 
     Returns:
         ``{"cpu_count", "torch_threads", "platform", "processor", "device", "python", "torch"}``; ``device``
-        is the CUDA device name when CUDA is available, else ``"cpu"``.
+        names the device the measurement used (``cpu``, ``cuda:0 (NVIDIA H200)``); without one, the CUDA
+        device name when CUDA is available, else ``"cpu"``.
     """
-    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
+    if device is not None:
+        device = device_name(device)
+    else:
+        device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
     return {
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),

@@ -1,0 +1,106 @@
+"""Early exit as a staged predictor (The Right Tool for the Job, Schwartz et al. 2020).
+
+A model with classifier exits (:class:`~summon.models.exits.MultiExitClassifier`) is a chain of stages: stage
+``k`` runs the encoder layers up to exit ``k`` and reads that exit's head. ``summon.load(path)`` returns an
+:class:`EarlyExitPredictor`; after calibration (``summon calibrate``), ``predict(texts, budget=0.4)``,
+``max_drop=0.01``, ``guaranteed=0.01`` or ``threshold=0.9`` move the operating point at run time, with no
+retraining, and each prediction says which exit answered and what it cost.
+
+The executor hands rows between stages as their unpadded hidden states, regrouped into full batches.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from summon.adaptive.costs import StageCosts, measure_stage_costs
+from summon.adaptive.staged import StagedBase
+from summon.data.features import collate
+from summon.inference import length_sorted_batches, predict_logits, to_device
+from summon.measure.cost import count_parameters
+from summon.measure.device import device_of
+from summon.predictor import Predictor
+
+
+@dataclass
+class ExitRunner:
+    """Drives a model with exits for :func:`~summon.adaptive.executor.execute`."""
+
+    model: Any
+    pad_id: int
+    device: torch.device
+
+    @property
+    def num_stages(self) -> int:
+        return self.model.num_stages
+
+    def length(self, feature: dict[str, Any]) -> int:
+        return len(feature["input_ids"])
+
+    def begin(self, stage: int, pieces: Sequence[Any]) -> Any:
+        if stage == 0:
+            return self.model.begin(to_device(collate(list(pieces), self.pad_id), self.device))
+        return self.model.pack(pieces)
+
+    def run(self, stage: int, state: Any) -> tuple[Any, torch.Tensor]:
+        state = self.model.run_to(stage, state)
+        return state, self.model.exit_logits(stage, state)
+
+    def unpack(self, stage: int, state: Any, rows: Sequence[int]) -> list[tuple[Any, int]]:
+        return self.model.unpack(state, torch.tensor(list(rows), device=state.mask.device))
+
+
+class EarlyExitPredictor(StagedBase, Predictor):
+    """A :class:`~summon.predictor.Predictor` whose model answers in stages, one per exit."""
+
+    kind = "early_exit"
+
+    @property
+    def num_stages(self) -> int:
+        return self.model.num_stages
+
+    def num_parameters(self) -> int:
+        return count_parameters(self.model)
+
+    def runner(self) -> ExitRunner:
+        self.model.eval()
+        return ExitRunner(self.model, self.featurizer.pad_id, device_of(self.model))
+
+    def inputs(self, examples: Sequence[dict[str, Any]]) -> list[Any]:
+        return self.featurizer.encode(list(examples), self.task)
+
+    def stage_logits(self, examples: Sequence[dict[str, Any]], *, batch_size: int = 64,
+                     progress: bool | str = False) -> list[np.ndarray]:
+        """Every exit's raw logits at full depth, ``[N, C]`` per exit, from the model's own forward."""
+        rows = predict_logits(self.model, self.inputs(examples), self.task, pad_id=self.featurizer.pad_id,
+                              batch_size=batch_size, progress=progress)
+        stacked = np.stack(rows) if rows else np.zeros((0, self.num_stages, len(self.labels)), np.float32)
+        return [stacked[:, k] for k in range(self.num_stages)]
+
+    @torch.inference_mode()
+    def run_full(self, items: Sequence[Any], *, batch_size: int = 64) -> np.ndarray:
+        """The full model without exits (every layer, last head only), in length-sorted batches."""
+        device = device_of(self.model)
+        out = np.zeros((len(items), len(self.labels)), dtype=np.float32)
+        self.model.eval()
+        for idx in length_sorted_batches(items, batch_size):
+            batch = to_device(collate([items[i] for i in idx], self.featurizer.pad_id), device)
+            out[idx] = self.model.full_logits(batch).float().cpu().numpy()
+        return out
+
+    def measure_costs(self, examples: Sequence[dict[str, Any]], *, latency: bool = True) -> StageCosts:
+        """FLOPs of each stage counted on up to 512 examples; milliseconds timed on a batch of 32."""
+        features = self.inputs(examples[:512])
+        device = device_of(self.model)
+        batches = [to_device(collate([features[i] for i in idx], self.featurizer.pad_id), device)
+                   for idx in length_sorted_batches(features, 32)]
+        timing = to_device(collate([features[i % len(features)] for i in range(32)], self.featurizer.pad_id), device)
+        return measure_stage_costs(self.model, batches, timing if latency else None)
+
+
+AdaptivePredictor = EarlyExitPredictor  # the name main used

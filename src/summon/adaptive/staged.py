@@ -1,0 +1,257 @@
+"""The staged-predictor contract, and what every kind gets for implementing it.
+
+A staged predictor (early exit, cascade, progressive ensemble) implements :class:`StagedPredictor`:
+
+* ``task``, ``labels``, ``manifest``, ``path`` and ``num_stages``;
+* ``runner()`` — a :class:`~summon.adaptive.executor.StageRunner` for the shared executor;
+* ``inputs(examples)`` — canonical examples turned into stage-0 pieces (featurized, or as they are);
+* ``measure_costs(examples, latency=)`` — :class:`~summon.adaptive.costs.StageCosts` (FLOPs and ms);
+* ``run_full(items)`` — the reference model alone, for measured speed-ups;
+* ``save(directory)``.
+
+:class:`StagedBase` turns that into the whole surface: full-depth stage logits, calibration with a typed
+:class:`~summon.adaptive.calibration.Calibration` saved in the manifest, the knob
+(``predict(texts, budget=0.4)``, ``max_drop=``, ``guaranteed=``/``delta=``, ``threshold=``, one per row if
+need be), batched adaptive execution in bounded windows, and predictions that say which stage answered and
+what it cost. Evaluation and serving take any ``StagedPredictor``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from summon.adaptive.calibration import Calibration, CalibrationSpec, fit_calibration
+from summon.adaptive.costs import StageCosts
+from summon.adaptive.executor import Execution, StageRunner, collect_stage_logits, execute, row_thresholds
+from summon.adaptive.knob import Knob, operating_point, threshold_for
+from summon.adaptive.scoring import Readout
+from summon.adaptive.thresholds import OperatingPoint
+from summon.data.spec import TaskData
+from summon.predictor import Prediction, as_batch, canonical_inputs
+from summon.saved import MANIFEST, read_json_manifest, update_manifest
+
+logger = logging.getLogger(__name__)
+
+WINDOW_ROWS = 4096  # rows executed together: bounds the states held between stages and the featurized inputs
+
+
+@runtime_checkable
+class StagedPredictor(Protocol):
+    """The contract (see the module docstring)."""
+
+    task: str
+    labels: list[str]
+    manifest: dict[str, Any]
+    path: Path | None
+
+    @property
+    def num_stages(self) -> int: ...
+
+    def runner(self) -> StageRunner: ...
+
+    def inputs(self, examples: Sequence[dict[str, Any]]) -> list[Any]: ...
+
+    def measure_costs(self, examples: Sequence[dict[str, Any]], *, latency: bool = True) -> StageCosts: ...
+
+    def run_full(self, items: Sequence[Any], *, batch_size: int = 64) -> np.ndarray: ...
+
+    def save(self, directory: str | Path) -> Path: ...
+
+    def num_parameters(self) -> int: ...
+
+    @property
+    def device(self) -> Any: ...
+
+
+class StagedBase:
+    """Calibration, the knob, batched execution and predictions for any :class:`StagedPredictor`."""
+
+    task: str
+    labels: list[str]
+    manifest: dict[str, Any]
+    path: Path | None
+    kind = "staged"
+    calibrate_hint = "summon calibrate {where} --data SPLIT"
+
+    # --- calibration state ------------------------------------------------------------------------
+
+    @property
+    def calibration(self) -> Calibration | None:
+        """The typed calibration (None before :meth:`calibrate`), read from the manifest's ``adaptive`` section."""
+        section = self.manifest.get("adaptive")
+        if not section:
+            return None
+        cached = getattr(self, "_calibration", None)
+        if cached is None or cached[0] is not section:
+            where = str(Path(self.path) / MANIFEST) if self.path else MANIFEST
+            cached = (section, Calibration.from_dict(section, where=where))
+            self._calibration = cached
+        return cached[1]
+
+    @calibration.setter
+    def calibration(self, value: Calibration | None) -> None:
+        if value is None:
+            self.manifest.pop("adaptive", None)
+        else:
+            self.manifest["adaptive"] = value.to_dict()
+
+    @property
+    def adaptive(self) -> dict[str, Any] | None:
+        """The raw ``adaptive`` manifest section (JSON), or None."""
+        return self.manifest.get("adaptive")
+
+    def require_calibration(self, what: str) -> Calibration:
+        calibration = self.calibration
+        if calibration is None:
+            where = self.path or "PREDICTOR"
+            raise ValueError(f"{what} needs calibrated thresholds: run `{self.calibrate_hint.format(where=where)}` "
+                             "on held-out data first")
+        return calibration
+
+    @property
+    def costs(self) -> StageCosts:
+        return self.require_calibration("stage costs").costs
+
+    def readout(self) -> Readout:
+        """The calibrated read-out, or temperature 1 and max-prob when uncalibrated."""
+        calibration = self.calibration
+        if calibration is None:
+            return Readout("max_prob", [1.0] * self.num_stages, len(self.labels))
+        return calibration.readout(len(self.labels))
+
+    def stage_fractions(self, unit: str | None = None) -> list[float] | None:
+        """Cost of answering at each stage as a fraction of the reference model (None before calibration)."""
+        calibration = self.calibration
+        return None if calibration is None else calibration.fractions(unit)
+
+    # --- the knob ---------------------------------------------------------------------------------
+
+    def operating_point(self, knob: Knob | None = None, **values: Any) -> OperatingPoint | None:
+        """The threshold-table point a knob selects (``budget=``, ``max_drop=``, ``guaranteed=``...)."""
+        return operating_point(self.calibration, knob or Knob.of(**values))
+
+    def threshold_for(self, knob: Knob | None = None, **values: Any) -> float:
+        """The confidence threshold a knob sets (``inf`` runs every input to the last stage)."""
+        return threshold_for(self.calibration, knob or Knob.of(**values))
+
+    # --- running ----------------------------------------------------------------------------------
+
+    def stage_logits(self, examples: Sequence[dict[str, Any]], *, batch_size: int = 64,
+                     progress: bool | str = False) -> list[np.ndarray]:
+        """Uncalibrated logits of every stage on every example at full depth: ``[N, W]`` per stage."""
+        parts: list[list[np.ndarray]] = [[] for _ in range(self.num_stages)]
+        runner, readout = self.runner(), self.readout()
+        desc = progress if isinstance(progress, str) else "stage logits"
+        for window in tqdm(list(_windows(examples)), desc=desc, disable=not progress, leave=False):
+            for k, raw in enumerate(collect_stage_logits(runner, self.inputs(window), readout,
+                                                         batch_size=batch_size)):
+                parts[k].append(raw)
+        return [np.concatenate(p) if p else np.zeros((0, len(self.labels)), np.float32) for p in parts]
+
+    def run(self, items: Sequence[Any], threshold: float | Sequence[float] | np.ndarray, *,
+            batch_size: int = 64) -> Execution:
+        """Adaptive execution of stage-0 pieces (``inputs(examples)``) at one threshold or one per row."""
+        limits = row_thresholds(threshold, len(items), self.num_stages)
+        runner, readout = self.runner(), self.readout()
+        parts = [execute(runner, items[i:i + WINDOW_ROWS], readout, limits[i:i + WINDOW_ROWS], batch_size=batch_size)
+                 for i in range(0, len(items), WINDOW_ROWS)]
+        if not parts:
+            return execute(runner, [], readout, limits, batch_size=batch_size)
+        return Execution.concat(parts)
+
+    def run_examples(self, examples: Sequence[dict[str, Any]], threshold: float | Sequence[float] | np.ndarray, *,
+                     batch_size: int = 64) -> Execution:
+        """Adaptive execution of canonical examples, featurized one window at a time."""
+        limits = row_thresholds(threshold, len(examples), self.num_stages)
+        parts = [self.run(self.inputs(examples[i:i + WINDOW_ROWS]), limits[i:i + WINDOW_ROWS], batch_size=batch_size)
+                 for i in range(0, len(examples), WINDOW_ROWS)]
+        return Execution.concat(parts) if parts else self.run([], limits, batch_size=batch_size)
+
+    def predict(self, inputs: Sequence[Any], *, budget: float | None = None, max_drop: float | None = None,
+                threshold: float | Sequence[float] | None = None, guaranteed: float | None = None,
+                delta: float = 0.1, unit: str | None = None, knob: Knob | None = None,
+                batch_size: int = 64) -> list[Prediction]:
+        """Predict adaptively; one knob (``budget``, ``max_drop``, ``guaranteed`` with ``delta``, or
+        ``threshold``) sets the operating point, else the calibrated default. A sequence of thresholds
+        gives one per input. Each prediction says which stage answered and what it cost."""
+        inputs = as_batch(inputs)
+        if threshold is not None and not np.isscalar(threshold):
+            limit: Any = np.asarray(threshold, dtype=np.float64)
+        else:
+            limit = self.threshold_for(knob or Knob.of(budget=budget, max_drop=max_drop, threshold=threshold,
+                                                       guaranteed=guaranteed, delta=delta, unit=unit))
+        result = self.run_examples(canonical_inputs(self.task, inputs), limit, batch_size=batch_size)
+        return self.predictions(result, unit=unit)
+
+    def predictions(self, result: Execution, *, unit: str | None = None) -> list[Prediction]:
+        """:class:`Prediction` objects of an execution result."""
+        fractions = self.stage_fractions(unit)
+        probs = _softmax(result.logits.astype(np.float64))
+        out = []
+        for p, k, fell in zip(probs, result.stage, result.fallback, strict=True):
+            j = int(p.argmax())
+            out.append(Prediction(label=self.labels[j], label_id=j, probs=[float(x) for x in p], stage=int(k),
+                                  cost=None if fractions is None else fractions[int(k)],
+                                  fallback=bool(fell) if self.kind == "cascade" else None))
+        return out
+
+    def iter_predict(self, inputs: Iterable[Any], *, knob: Knob | None = None, batch_size: int = 64,
+                     window: int = 1024) -> Iterator[Prediction]:
+        """Predictions for an input stream (a file larger than memory), one window of rows at a time."""
+        limit = self.threshold_for(knob or Knob())
+        chunk: list[Any] = []
+        for item in inputs:
+            chunk.append(item)
+            if len(chunk) >= window:
+                yield from self.predictions(self.run_examples(canonical_inputs(self.task, chunk), limit,
+                                                              batch_size=batch_size), unit=knob.unit if knob else None)
+                chunk = []
+        if chunk:
+            yield from self.predictions(self.run_examples(canonical_inputs(self.task, chunk), limit,
+                                                          batch_size=batch_size), unit=knob.unit if knob else None)
+
+    # --- calibration ------------------------------------------------------------------------------
+
+    def calibrate(self, data: TaskData, spec: CalibrationSpec | None = None, *, latency: bool = True,
+                  batch_size: int = 64) -> Calibration:
+        """Fit temperatures, measure stage costs and tabulate thresholds on held-out ``data``; keep the result.
+
+        Call :meth:`save_calibration` to write it into the saved predictor (the previous one is kept).
+        """
+        spec = spec or CalibrationSpec()
+        if not data.has_labels:
+            raise ValueError(f"{data.source}: calibration needs labels (temperatures are fitted by NLL)")
+        raws = self.stage_logits(data.examples, batch_size=batch_size, progress="calibration pass")
+        gold = np.array([ex["label"] for ex in data.examples])
+        costs = self.measure_costs(data.examples, latency=latency or spec.cost_unit == "ms")
+        calibration = fit_calibration(raws, gold, costs, spec, num_labels=len(self.labels), data=data.source)
+        self.calibration = calibration
+        return calibration
+
+    def save_calibration(self, directory: str | Path | None = None) -> None:
+        """Write the calibration into the saved manifest, keeping the one it replaces under ``adaptive_previous``."""
+        directory = Path(directory or self.path or "")
+        if not (directory / MANIFEST).is_file():
+            raise ValueError(f"{directory}: no saved predictor to write the calibration into; save it first")
+        old = (read_json_manifest(directory) or {}).get("adaptive")
+        entries: dict[str, Any] = {"adaptive": self.manifest.get("adaptive")}
+        if old and old != entries["adaptive"]:
+            entries["adaptive_previous"] = old
+            self.manifest["adaptive_previous"] = old
+        update_manifest(directory, **entries)
+
+
+def _windows(examples: Sequence[Any]) -> list[Sequence[Any]]:
+    return [examples[i:i + WINDOW_ROWS] for i in range(0, len(examples), WINDOW_ROWS)]
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = logits - logits.max(axis=-1, keepdims=True)
+    exp = np.exp(shifted)
+    return exp / exp.sum(axis=-1, keepdims=True)
