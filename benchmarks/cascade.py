@@ -23,18 +23,16 @@ import argparse
 from pathlib import Path
 
 import numpy as np
-import torch
 from _common import REPO, provenance, repo_relative, run_paths, setup_logging, train_seconds, write_result
 
-from summon.adaptive.calibration import fit_temperature
-from summon.adaptive.cascade import CascadePredictor, scores_and_preds, stage_costs
-from summon.adaptive.gate import Gate
-from summon.adaptive.knob import softmax_rows
-from summon.adaptive.stages import LocalStage, split_defer
-from summon.adaptive.thresholds import ThresholdTable, sweep
-from summon.evaluate.adaptive import envelope
-from summon.evaluate.runner import load_for
 from summon import load
+from summon.adaptive.calibration import CalibrationSpec, fit_calibration
+from summon.adaptive.cascade import CascadePredictor
+from summon.adaptive.scoring import score_all
+from summon.adaptive.stages import LocalStage
+from summon.adaptive.thresholds import sweep
+from summon.evaluate.adaptive import _figure, _interleaved_medians, envelope
+from summon.evaluate.runner import load_for
 from summon.recipe import load_run_config
 from summon.train.loop import train
 
@@ -118,18 +116,14 @@ def oracle_accuracy(student_ok: np.ndarray, teacher_ok: np.ndarray, rate: float)
     return float(student_ok.mean()) + min(rate, gain)
 
 
-def evaluate_split(raws, gold, fractions, rows, scorer: str) -> dict:
+def evaluate_split(raws, gold, costs, rows, scorer: str) -> dict:
+    """summon's one calibration on this halving's calibration rows, reported on its report rows."""
     fit, thr, rep = rows
     k = raws[-1].shape[1]
-    classes = [split_defer(r, k)[0] for r in raws]
-    temps = [fit_temperature(torch.from_numpy(c[fit]).double(), torch.from_numpy(gold[fit])) for c in classes]
-    gates = [None, None]
-    if scorer == "gate":
-        probs = softmax_rows(classes[0][fit] / temps[0])
-        gates = [Gate.fit(probs, (probs.argmax(1) == classes[1][fit].argmax(1)).astype(float)), None]
-    sc, pr = scores_and_preds([r[thr] for r in raws], k, temps, scorer, gates)
-    table = ThresholdTable.build(scorer, "flops", sc, pr, np.asarray(fractions), gold[thr])
-    sc_rep, pr_rep = scores_and_preds([r[rep] for r in raws], k, temps, scorer, gates)
+    calibration = fit_calibration(raws, gold, costs, CalibrationSpec(policy=scorer, rule="max_drop", value=DROP),
+                                  num_labels=k, rows=(fit, thr))
+    table, fractions = calibration.table, calibration.fractions()
+    sc_rep, pr_rep, _ = score_all([r[rep] for r in raws], calibration.readout(k))
     full = float((pr_rep[:, -1] == gold[rep]).mean())
 
     def at(threshold: float):
@@ -196,13 +190,13 @@ def main() -> None:
         for training, (model_dir, seconds) in trainings.items():
             stage = LocalStage(student, load(model_dir), str(model_dir))
             cascade = CascadePredictor([stage, teacher_stage], teacher.task, teacher.labels)
-            costs = stage_costs(cascade, data, latency=False)
+            costs = cascade.measure_costs(data.examples, latency=False)
             fractions = costs.fractions("flops")
             raws = [stage.logits(data.examples, 256), teacher_raw]
             scorers = ["max_prob", "gate"] + (["defer"] if training == "easy_defer" else [])
             for scorer in scorers:
                 rng = np.random.default_rng(args.seed)
-                splits = [evaluate_split(raws, gold, fractions, halves(len(gold), rng), scorer)
+                splits = [evaluate_split(raws, gold, costs, halves(len(gold), rng), scorer)
                           for _ in range(args.halvings)]
                 results[f"{student}/{training}/{scorer}"] = {**summarise(splits), "train_seconds": seconds,
                                                              "stage_cost_fractions": fractions}
@@ -228,29 +222,27 @@ def measured_time(student_dir: Path, teacher_stage, teacher, data, gold: np.ndar
     """Wall-clock cost of the chosen cascade: calibrated on the first halving's calibration half (max drop
     0.5 point against the teacher), run stage-major at batch 32 on the report half, timed alternately with
     the teacher alone on the same rows (median of 3; tokenisation included for both)."""
-    from summon.adaptive.cascade import calibrate_cascade
-    from summon.evaluate.adaptive import _interleaved_medians
-
     cascade = CascadePredictor([LocalStage("student", load(student_dir), str(student_dir)), teacher_stage],
                                teacher.task, teacher.labels)
     fit, thr, rep = halves(len(gold), np.random.default_rng(args.seed))
-    calibrate_cascade(cascade, subset(data, np.sort(np.concatenate([fit, thr]))), scorer=scorer, rule="max_drop",
-                      value=DROP, latency=True, seed=args.seed)
+    cascade.calibrate(subset(data, np.sort(np.concatenate([fit, thr]))),
+                      CalibrationSpec(policy=scorer, rule="max_drop", value=DROP, seed=args.seed), latency=True)
     report = subset(data, rep)
     threshold = cascade.threshold_for()
     run = cascade.run(report.examples, threshold, batch_size=32)  # also the warm-up
     teacher_stage.logits(report.examples, 32)
     t_cascade, t_teacher = _interleaved_medians(lambda: cascade.run(report.examples, threshold, batch_size=32),
                                                 lambda: teacher_stage.logits(report.examples, 32), 3)
-    flops = np.asarray(cascade.costs.flops)
-    ms = np.asarray(cascade.costs.fractions("ms")) if cascade.costs.ms else None
+    costs = cascade.calibration.costs
+    flops = np.asarray(costs.flops)
+    ms = np.asarray(costs.fractions("ms")) if costs.ms else None
     answered = np.bincount(run.stage, minlength=2)
     return {"cascade": f"{student_dir} -> teacher, scorer {scorer}", "rows": len(rep), "batch_size": 32,
             "deferral_rate": float(answered[1] / len(rep)),
             "accuracy": float((run.logits.argmax(1) == gold[rep]).mean()),
             "teacher_accuracy_same_rows": float((teacher_stage.logits(report.examples, 32).argmax(1)
                                                  == gold[rep]).mean()),
-            "flops_fraction": float(np.mean(flops[run.stage]) / cascade.costs.flops_full),
+            "flops_fraction": float(np.mean(flops[run.stage]) / costs.flops_full),
             "stage_ms_fractions": None if ms is None else ms.tolist(),
             "cascade_seconds": t_cascade, "teacher_seconds": t_teacher,
             "time_fraction": t_cascade / t_teacher}
@@ -259,8 +251,6 @@ def measured_time(student_dir: Path, teacher_stage, teacher, data, gold: np.ndar
 def plot_cascades(result: dict, path: Path, dataset: str) -> Path:
     """Accuracy vs FLOPs (first halving's report half) for each student's KD and best easy-KD cascade, the
     oracle deferral curve of the chosen cascade, the teacher and students alone, and early exit."""
-    from summon.evaluate.adaptive import _figure
-
     fig = _figure(7.5, 5.0)
     ax = fig.add_subplot()
     cascades = result["cascades"]
@@ -292,29 +282,19 @@ def plot_cascades(result: dict, path: Path, dataset: str) -> Path:
 
 def early_exit_at_budgets(model_dir: Path, data, gold: np.ndarray, args) -> dict:
     """The early-exit predictor on the same halvings and budgets (its costs are fractions of its own full model)."""
-    from summon.adaptive.calibration import fit_temperatures
-    from summon.adaptive.costs import measure_stage_costs
-    from summon.adaptive.policies import get_policy, stage_scores
-    from summon.adaptive.predictor import fit_thresholds
-    from summon.data.features import collate
-    from summon.inference import length_sorted_batches
-
     exits = load(model_dir)
-    logits = exits.stage_logits(data.examples)
-    feats = exits.featurizer.encode(data.examples[:512], data.task)
-    batches = [collate([feats[i] for i in idx], exits.featurizer.pad_id) for idx in length_sorted_batches(feats, 32)]
-    fractions = measure_stage_costs(exits.model, batches).fractions("flops")
+    raws = exits.stage_logits(data.examples)
+    costs = exits.measure_costs(data.examples, latency=False)
+    fractions = costs.fractions("flops")
     rng = np.random.default_rng(args.seed)
     rows_by_budget: dict[str, list[float]] = {str(b): [] for b in BUDGETS}
     for _ in range(args.halvings):
         fit, thr, rep = halves(len(gold), rng)
-        temps = fit_temperatures(torch.from_numpy(logits[fit]), torch.from_numpy(gold[fit]))
-        table = fit_thresholds(logits[thr], gold[thr], temps, "max_prob", fractions, "flops")
-        probs = (torch.from_numpy(logits[rep]).double() / torch.tensor(temps).double()[None, :, None]).softmax(-1)
-        scores, preds = stage_scores(probs, get_policy("max_prob")).numpy(), probs.argmax(-1).numpy()
+        calibration = fit_calibration(raws, gold, costs, CalibrationSpec(), num_labels=raws[0].shape[1], rows=(fit, thr))
+        scores, preds, _ = score_all([r[rep] for r in raws], calibration.readout(raws[0].shape[1]))
         for b in BUDGETS:
             try:
-                t = table.budget(b).threshold
+                t = calibration.table.budget(b).threshold
             except ValueError:
                 continue
             point = sweep(scores, preds, np.asarray(fractions), gold[rep], np.array([t]))[0]

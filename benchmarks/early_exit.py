@@ -26,14 +26,13 @@ import numpy as np
 import torch
 from _common import REPO, provenance, repo_relative, run_paths, setup_logging, train_seconds, write_result
 
-from summon.adaptive.calibration import calibration_report, fit_temperatures
-from summon.adaptive.predictor import calibrate, fit_thresholds
-from summon.adaptive.thresholds import sweep
+from summon import load
+from summon.adaptive.calibration import CalibrationSpec, calibration_report, choose, fit_calibration
+from summon.adaptive.scoring import score_all
+from summon.adaptive.thresholds import ThresholdTable, sweep
 from summon.data.spec import TaskData
 from summon.evaluate.adaptive import curves, evaluate_adaptive, measure_speedup
 from summon.evaluate.runner import load_for
-from summon import load
-from summon.saved import update_manifest
 from summon.recipe import load_run_config
 from summon.train.loop import train
 
@@ -107,24 +106,25 @@ def halves(n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np
     return np.sort(calib[:cut]), np.sort(calib[cut:]), np.sort(report)
 
 
-def split_result(logits, gold, fractions, temp_rows, thr_rows, report_rows, policy="max_prob",
+def split_result(logits, gold, costs, temp_rows, thr_rows, report_rows, policy="max_prob",
                  rules=("reference", "gold", "guaranteed"), with_curves=True) -> dict:
-    """Choose thresholds on the calibration rows by each rule and report them on the report rows."""
-    temps = fit_temperatures(torch.from_numpy(logits[temp_rows]), torch.from_numpy(gold[temp_rows]))
-    table = fit_thresholds(logits[thr_rows], gold[thr_rows], temps, policy, fractions, "flops")
-    scores_rep, preds_rep = _scores_preds(logits[report_rows], temps, policy)
+    """Calibrate on the calibration rows (summon's one calibration, on the benchmark's own split) and report
+    each rule's operating point on the report rows."""
+    spec = CalibrationSpec(policy=policy, rule="max_drop", value=EPSILON, delta=DELTA)
+    calibration = fit_calibration(logits, gold, costs, spec, num_labels=logits.shape[2], rows=(temp_rows, thr_rows))
+    table, temps, fractions = calibration.table, calibration.temperatures, calibration.fractions()
+    scores_rep, preds_rep, _ = score_all(logits[report_rows].transpose(1, 0, 2), calibration.readout(logits.shape[2]))
     full = float((preds_rep[:, -1] == gold[report_rows]).mean())
-    pick = {"reference": lambda: table.max_drop(EPSILON, "reference"), "gold": lambda: table.max_drop(EPSILON, "gold"),
-            "guaranteed": lambda: table.guaranteed(EPSILON, DELTA)[0]}
+    rule_names = {"reference": "max_drop", "gold": "max_drop_gold", "guaranteed": "guaranteed"}
     out = {"full_accuracy": full}
     for rule in rules:
-        point = pick[rule]()
+        point = choose(table, rule_names[rule], EPSILON, DELTA)[0]
         at = sweep(scores_rep, preds_rep, np.asarray(fractions), gold[report_rows], np.array([point.threshold]))[0]
         out[rule] = {"threshold": point.threshold, "cost": at.cost, "accuracy": at.accuracy,
                      "drop": full - at.accuracy, "disagreement": at.disagreement, "exit_counts": at.exit_counts}
     if not with_curves:
         return out
-    rep = fit_thresholds(logits[report_rows], gold[report_rows], temps, policy, fractions, "flops")
+    rep = ThresholdTable.build(policy, "flops", scores_rep, preds_rep, np.asarray(fractions), gold[report_rows])
     c = curves(preds_rep, gold[report_rows], fractions, rep.points)
     out["oracle"] = {k: c["cost_at_drop_1pt"][k] for k in ("oracle_agree", "oracle_correct")}
     out["policy_cost_at_drop_1pt_report"] = c["cost_at_drop_1pt"]["policy"]
@@ -134,13 +134,6 @@ def split_result(logits, gold, fractions, temp_rows, thr_rows, report_rows, poli
     out["temperatures"] = temps
     out["ece"] = calibration_report(torch.from_numpy(logits[report_rows]), torch.from_numpy(gold[report_rows]), temps)
     return out
-
-
-def _scores_preds(logits: np.ndarray, temps, policy: str):
-    from summon.adaptive.policies import get_policy, stage_scores
-
-    probs = (torch.from_numpy(logits).double() / torch.tensor(temps, dtype=torch.float64)[None, :, None]).softmax(-1)
-    return stage_scores(probs, get_policy(policy)).numpy(), probs.argmax(-1).numpy()
 
 
 def mean(values) -> float:
@@ -169,19 +162,20 @@ def summarise(splits: list[dict]) -> dict:
 
 
 def evaluate_schedule(predictor, data: TaskData, halvings: int, seed: int) -> tuple[dict, np.ndarray]:
-    logits = predictor.stage_logits(data.examples, progress="stage logits")
+    logits = np.stack(predictor.stage_logits(data.examples, progress="stage logits"), axis=1)  # [N, S, C]
     gold = np.array([ex["label"] for ex in data.examples])
-    fractions = predictor.costs.fractions("flops")
+    costs = predictor.calibration.costs
+    fractions = costs.fractions("flops")
     rng = np.random.default_rng(seed)
-    splits = [split_result(logits, gold, fractions, *halves(len(gold), rng)) for _ in range(halvings)]
+    splits = [split_result(logits, gold, costs, *halves(len(gold), rng)) for _ in range(halvings)]
     return {"summary": summarise(splits), "exit_accuracy": [float((logits[:, k].argmax(-1) == gold).mean())
                                                             for k in range(logits.shape[1])],
             "stage_cost_fractions": fractions}, logits
 
 
-def guarantee(logits: np.ndarray, gold: np.ndarray, fractions, splits: int, seed: int) -> dict:
+def guarantee(logits: np.ndarray, gold: np.ndarray, costs, splits: int, seed: int) -> dict:
     rng = np.random.default_rng(seed + 1)
-    results = [split_result(logits, gold, fractions, *halves(len(gold), rng), rules=("guaranteed",),
+    results = [split_result(logits, gold, costs, *halves(len(gold), rng), rules=("guaranteed",),
                             with_curves=False)["guaranteed"] for _ in range(splits)]
     return {"epsilon": EPSILON, "delta": DELTA, "splits": splits,
             "violation_rate": mean(float(r["disagreement"] > EPSILON) for r in results),
@@ -203,21 +197,21 @@ def main() -> None:
         data = data or eval_data(args, predictor)
         first_calib = np.sort(np.concatenate(halves(len(data), np.random.default_rng(args.seed))[:2]))
         calib = TaskData(data.task, data.labels, [data.examples[i] for i in first_calib], data.source)
-        update_manifest(model_dir, adaptive=calibrate(predictor, calib, rule="max_drop", value=EPSILON))
+        predictor.calibrate(calib, CalibrationSpec(rule="max_drop", value=EPSILON))
+        predictor.save_calibration()
         result, logits_of[name] = evaluate_schedule(predictor, data, args.halvings, args.seed)
         schedules[name] = {**result, "train_seconds": seconds, "path": str(model_dir)}
         print(name, json.dumps(result["summary"]["reference"]), flush=True)
     winner = min(schedules, key=lambda s: schedules[s]["summary"]["reference"]["cost"])
     predictor = load(trained[winner][0])
     gold = np.array([ex["label"] for ex in data.examples])
-    fractions = predictor.costs.fractions("flops")
-    guar = guarantee(logits_of[winner], gold, fractions, args.guarantee_splits, args.seed)
+    guar = guarantee(logits_of[winner], gold, predictor.calibration.costs, args.guarantee_splits, args.seed)
     report_rows = halves(len(data), np.random.default_rng(args.seed))[2]
     report = TaskData(data.task, data.labels, [data.examples[i] for i in report_rows], data.source)
     plots = out_json.parent / f"early_exit_{args.dataset}"
     detail = evaluate_adaptive(predictor, report, out_dir=plots, speed=False, title=f"{args.dataset}: {winner} schedule")
     features = predictor.featurizer.encode(report.examples[: args.speedup_rows], report.task)
-    speed = measure_speedup(predictor, features, float(predictor.adaptive["default"]["threshold"]))
+    speed = measure_speedup(predictor, features, predictor.calibration.default.threshold)
     win = schedules[winner]["summary"]
     result = {
         "benchmark": f"early_exit_{args.dataset}", **provenance(args.seed),
@@ -230,7 +224,7 @@ def main() -> None:
         "oracle_cost_at_drop_1pt": win["oracle_agree_cost_at_drop_1pt"],
         "oracle_correct_cost_at_drop_1pt": win["oracle_correct_cost_at_drop_1pt"],
         "speedup_realized_over_theoretical": {f"bs{bs}": s["realised_over_theoretical"] for bs, s in speed.items()},
-        "speedup": speed, "speedup_threshold": float(predictor.adaptive["default"]["threshold"]),
+        "speedup": speed, "speedup_threshold": predictor.calibration.default.threshold,
         "guarantee": guar, "schedules": schedules,
         "plots": {k: repo_relative(v) for k, v in detail["plots"].items()},
         "notes": "cost = FLOPs per example (torch.utils.flop_counter) of answering at an exit, over the plain "

@@ -19,10 +19,10 @@ from pathlib import Path
 
 from _common import REPO, provenance, setup_logging, write_result
 
-from summon.data.loading import load_split
 from summon import load
-from summon.saved import read_manifest
+from summon.data.loading import load_split
 from summon.recipe import load_run_config
+from summon.saved import read_manifest
 from summon.train.loop import train
 from summon.train.teacher_cache import teacher_logits
 

@@ -35,10 +35,10 @@ from typing import Any
 import numpy as np
 from _common import REPO, provenance, run_paths, setup_logging, write_result
 
-from summon.evaluate.runner import load_for
-from summon.measure.task import score
-from summon.inference import predict_logits
 from summon import load
+from summon.evaluate.runner import load_for
+from summon.inference import predict_logits
+from summon.measure.task import score
 from summon.recipe import load_run_config
 from summon.train.loop import train
 

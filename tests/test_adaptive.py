@@ -11,7 +11,10 @@ import copy
 import itertools
 import json
 import math
+import shutil
+from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -20,17 +23,22 @@ import torch.nn.functional as F
 from torch import nn
 from toy import gap_thresholds, median_threshold, run_config, sentiment_files, sentiment_rows, write_jsonl
 
-from summon.adaptive.calibration import calibration_report, fit_temperature, fit_temperatures
-from summon.adaptive.costs import StageCosts, measure_stage_costs
-from summon.adaptive.executor import (
-    all_stage_logits,
-    run_batch,
-    run_full_batch,
-    run_regrouped,
-    thresholds_per_stage,
+from summon import load
+from summon.adaptive.calibration import (
+    Calibration,
+    CalibrationSpec,
+    calibration_report,
+    fit_calibration,
+    fit_temperature,
+    fit_temperatures,
+    split_rows,
 )
+from summon.adaptive.costs import StageCosts, measure_stage_costs
+from summon.adaptive.early_exit import EarlyExitPredictor, ExitRunner
+from summon.adaptive.executor import Execution, collect_stage_logits, execute, row_thresholds
 from summon.adaptive.policies import POLICIES, entropy, get_policy, margin, max_prob, patience, stage_scores
-from summon.adaptive.predictor import AdaptivePredictor, calibrate, split_rows
+from summon.adaptive.scoring import Readout
+from summon.adaptive.stages import StageUnavailable
 from summon.adaptive.thresholds import (
     OperatingPoint,
     ThresholdTable,
@@ -55,8 +63,7 @@ from summon.methods.early_exit import EarlyExitConfig, exit_losses, step
 from summon.models import EncoderClassifier, ModelConfig, build_model
 from summon.models.build import Source
 from summon.models.exits import MultiExitClassifier, resolve_exits
-from summon import load
-from summon.saved import update_manifest
+from summon.saved import read_manifest
 from summon.train.loop import train
 
 INF = float("inf")
@@ -555,25 +562,30 @@ TEMPS = [1.3, 0.8, 1.1]
 
 
 def _calibrated_scores(model, batch) -> torch.Tensor:
-    """max_prob scores of every stage at full depth, with TEMPS, in the executor's float32: [B, S]."""
+    """max_prob scores of every stage at full depth, with TEMPS, in the executor's float64: [B, S]."""
     with torch.no_grad():
-        logits = all_stage_logits(model, batch).float() / torch.tensor(TEMPS)[None, :, None]
+        logits = model(batch).double() / torch.tensor(TEMPS, dtype=torch.float64)[None, :, None]
     return stage_scores(logits.softmax(-1), max_prob)
+
+
+def _run(model, featurizer, texts, threshold, *, policy="max_prob", batch_size=8) -> Execution:
+    runner = ExitRunner(model, featurizer.pad_id, torch.device("cpu"))
+    return execute(runner, _encode(featurizer, texts), Readout(policy, TEMPS, 3), threshold, batch_size=batch_size)
 
 
 def test_executor_with_infinite_thresholds_runs_the_full_model_or_stops_at_once(staged):
     model, featurizer = staged
     batch = _batch(featurizer)
     with torch.no_grad():
-        every = all_stage_logits(model, batch)
-    full = run_batch(model, batch, max_prob, TEMPS, INF)
-    assert full.stage.tolist() == [2] * 8
-    torch.testing.assert_close(full.logits, run_full_batch(model, batch) / TEMPS[-1], atol=1e-6, rtol=0)
+        every, full_logits = model(batch), model.full_logits(batch)
+    full = _run(model, featurizer, TEXTS, INF)
+    assert full.stage.tolist() == [2] * 8 and not full.fallback.any()
+    np.testing.assert_allclose(full.logits, (full_logits / TEMPS[-1]).numpy(), atol=1e-5)
     expected = (every[:, -1].double() / TEMPS[-1]).softmax(-1).max(-1).values  # scores are float64
-    torch.testing.assert_close(full.score, expected, atol=1e-6, rtol=0)
-    first = run_batch(model, batch, max_prob, TEMPS, -INF)
+    np.testing.assert_allclose(full.score, expected.numpy(), atol=1e-6)
+    first = _run(model, featurizer, TEXTS, -INF)
     assert first.stage.tolist() == [0] * 8
-    torch.testing.assert_close(first.logits, every[:, 0] / TEMPS[0], atol=1e-6, rtol=0)
+    np.testing.assert_allclose(first.logits, (every[:, 0] / TEMPS[0]).numpy(), atol=1e-5)
 
 
 def _record_run_to(model, monkeypatch) -> list[tuple[int, int, int]]:
@@ -591,10 +603,11 @@ def _record_run_to(model, monkeypatch) -> list[tuple[int, int, int]]:
 
 
 def _assert_rows_alone_match(model, featurizer, result, thresholds) -> None:
-    for i, feat in enumerate(_encode(featurizer, TEXTS)):
-        alone = run_batch(model, collate([feat], featurizer.pad_id), max_prob, TEMPS, thresholds)
-        assert alone.stage.item() == result.stage[i].item(), f"row {i}"
-        torch.testing.assert_close(alone.logits[0], result.logits[i], atol=1e-5, rtol=0)
+    limits = row_thresholds(thresholds, len(TEXTS), 3)
+    for i, text in enumerate(TEXTS):
+        alone = _run(model, featurizer, [text], limits[i:i + 1], batch_size=1)
+        assert alone.stage[0] == result.stage[i], f"row {i}"
+        np.testing.assert_allclose(alone.logits[0], result.logits[i], atol=1e-5)
 
 
 def test_batched_execution_equals_each_row_alone_and_drops_finished_rows(staged, monkeypatch):
@@ -604,14 +617,15 @@ def test_batched_execution_equals_each_row_alone_and_drops_finished_rows(staged,
     scores = _calibrated_scores(model, batch)
     threshold = median_threshold(scores[:, 0].numpy())
     calls = _record_run_to(model, monkeypatch)
-    result = run_batch(model, batch, max_prob, TEMPS, threshold)
+    result = _run(model, featurizer, TEXTS, threshold)
     monkeypatch.undo()
-    expected_stage = exit_stage(scores.double().numpy(), threshold)
+    expected_stage = exit_stage(scores.numpy(), threshold)
     assert result.stage.tolist() == expected_stage.tolist()
     assert 0 < int((result.stage == 0).sum()) < 8  # the threshold splits the batch
     assert calls[0] == (0, 8, batch["input_ids"].shape[1])
-    assert calls[1][1] == int((result.stage >= 1).sum()) < 8  # finished rows left the batch
-    assert calls[1][2] == int(lengths[result.stage >= 1].max())  # ... and padding was trimmed to the rest
+    going = torch.from_numpy(result.stage >= 1)
+    assert calls[1][1] == int(going.sum()) < 8  # finished rows left the batch
+    assert calls[1][2] == int(lengths[going].max())  # ... and padding was trimmed to the rest
     _assert_rows_alone_match(model, featurizer, result, threshold)
 
 
@@ -631,114 +645,127 @@ def test_per_stage_thresholds_trim_padding_to_the_longest_remaining_row(staged, 
             chosen = (t0, below[-1])
             break
     assert chosen is not None, "no thresholds make the longest row leave at stage 1 with others remaining"
-    thresholds = [*chosen, 0.5]  # the last stage's threshold never matters
+    thresholds = np.tile([*chosen, 0.5], (8, 1))  # one per row and stage; the last stage's never matters
     calls = _record_run_to(model, monkeypatch)
-    result = run_batch(model, batch, max_prob, TEMPS, thresholds)
+    result = _run(model, featurizer, TEXTS, thresholds)
     monkeypatch.undo()
-    assert result.stage[longest].item() == 1
+    assert result.stage[longest] == 1
     rows = [8, int((result.stage >= 1).sum()), int((result.stage == 2).sum())]
     assert [c[1] for c in calls] == rows and rows[0] > rows[1] > rows[2] > 0
-    assert calls[2][2] == int(lengths[result.stage.numpy() == 2].max()) < int(lengths.max())
+    assert calls[2][2] == int(lengths[result.stage == 2].max()) < int(lengths.max())
     _assert_rows_alone_match(model, featurizer, result, thresholds)
 
 
-class _TableModel:
-    """A staged model whose stage-k logits for original row i are ``table[i, k]`` (for executor bookkeeping)."""
-
-    def __init__(self, table: torch.Tensor):
-        self.table = table
-        self.num_stages = table.shape[1]
-
-    def begin(self, batch):
-        return {"rows": batch["input_ids"][:, 0].clone(), "stage": -1}
-
-    def run_to(self, k, state):
-        return {**state, "stage": k}
-
-    def exit_logits(self, k, state):
-        assert state["stage"] == k
-        return self.table[state["rows"], k]
-
-    def keep(self, state, going):
-        return {**state, "rows": state["rows"][going]}
-
-    def unpack(self, state, rows):
-        return [({**state, "rows": state["rows"][r:r + 1]}, 1) for r in rows.tolist()]
-
-    def pack(self, pieces):
-        return {"rows": torch.cat([p["rows"] for p in pieces]), "stage": pieces[0]["stage"]}
+def test_per_row_thresholds_equal_each_row_run_alone_at_its_own_threshold(staged):
+    """Requests with different knobs share one forward pass: each row stops by its own threshold."""
+    model, featurizer = staged
+    scores = _calibrated_scores(model, _batch(featurizer)).numpy()
+    per_row = np.where(np.arange(8) % 2 == 0, -INF, INF)  # even rows stop at once, odd rows run to the end
+    result = _run(model, featurizer, TEXTS, per_row)
+    assert result.stage.tolist() == [0, 2] * 4
+    mixed = np.array([median_threshold(scores[:, 0])] * 4 + [INF] * 4)
+    both = _run(model, featurizer, TEXTS, mixed)
+    assert (both.stage[4:] == 2).all()
+    assert both.stage[:4].tolist() == exit_stage(scores[:4], mixed[0]).tolist()
+    _assert_rows_alone_match(model, featurizer, both, mixed)
 
 
-@pytest.mark.parametrize("name", sorted(POLICIES))
-def test_executor_matches_the_reference_exit_rule_for_every_policy(name):
-    gen = torch.Generator().manual_seed(4)
+@dataclass
+class _TableRunner:
+    """A staged 'model' whose stage-k raw logits for row i are ``table[i, k]`` (executor bookkeeping)."""
+
+    table: torch.Tensor
+    calls: list = field(default_factory=list)
+
+    @property
+    def num_stages(self) -> int:
+        return self.table.shape[1]
+
+    def length(self, item):
+        return 1
+
+    def begin(self, k, pieces):
+        return torch.tensor([int(p) for p in pieces])
+
+    def run(self, k, rows):
+        self.calls.append((k, rows.tolist()))
+        return rows, self.table[rows, k]
+
+    def unpack(self, k, rows, going):
+        return [(int(rows[i]), 1) for i in going]
+
+
+def _table_case(seed: int):
+    gen = torch.Generator().manual_seed(seed)
     size, stages = 40, 5
     table = torch.randn(size, stages, 3, generator=gen) * 2
     table[:10] = table[:10, :1].expand(-1, stages, -1) + 0.1 * table[:10]  # stable predictions: patience runs
-    temps = [1.0, 1.5, 0.7, 1.2, 0.9]
-    model = _TableModel(table)
-    policy = get_policy(name)
-    probs = (table / torch.tensor(temps)[None, :, None]).softmax(-1)
-    scores = stage_scores(probs, policy).double().numpy()
-    threshold = 2.5 if name == "patience" else median_threshold(scores[:, :-1])
-    batch = {"input_ids": torch.arange(size)[:, None]}
-    result = run_batch(model, batch, policy, temps, threshold)
-    expected = exit_stage(scores, threshold)
-    assert len(set(expected.tolist())) >= 3  # rows stop at several stages, so the carry is re-aligned
-    assert result.stage.tolist() == expected.tolist()
-    want = table[torch.arange(size), torch.from_numpy(expected)] / torch.tensor(temps)[torch.from_numpy(expected), None]
-    torch.testing.assert_close(result.logits, want)
+    return table, [1.0, 1.5, 0.7, 1.2, 0.9], gen
 
 
+@pytest.mark.parametrize("batch_size", [40, 7, 1])
 @pytest.mark.parametrize("name", sorted(POLICIES))
-def test_regrouped_execution_matches_the_reference_exit_rule_for_every_policy(name):
-    """Rows from four batches regrouped into batches of 7 after each stage: same stages, same logits, and
+def test_executor_matches_the_reference_exit_rule_for_every_policy(name, batch_size):
+    """Rows regrouped into batches of 7 (or 1, or all 40) after each stage: same stages, same logits, and
     the policy's carry (patience counters) follows each row through the regrouping."""
-    gen = torch.Generator().manual_seed(5)
-    size, stages = 40, 5
-    table = torch.randn(size, stages, 3, generator=gen) * 2
-    table[:10] = table[:10, :1].expand(-1, stages, -1) + 0.1 * table[:10]
-    temps = [1.0, 1.5, 0.7, 1.2, 0.9]
-    policy = get_policy(name)
-    scores = stage_scores((table / torch.tensor(temps)[None, :, None]).softmax(-1), policy).double().numpy()
+    table, temps, gen = _table_case(4)
+    size = table.shape[0]
+    probs = (table.double() / torch.tensor(temps, dtype=torch.float64)[None, :, None]).softmax(-1)
+    scores = stage_scores(probs, get_policy(name)).numpy()
     threshold = 2.5 if name == "patience" else median_threshold(scores[:, :-1])
     order = torch.randperm(size, generator=gen).tolist()
-    batches = [(order[i:i + 10], {"input_ids": torch.tensor(order[i:i + 10])[:, None]}) for i in range(0, size, 10)]
-    answers = run_regrouped(_TableModel(table), batches, policy, temps, threshold, batch_size=7)
-    expected = exit_stage(scores, threshold)
-    assert sorted(answers) == list(range(size))
-    assert [answers[i][1] for i in range(size)] == expected.tolist()
-    for i in range(size):
-        k = int(expected[i])
-        torch.testing.assert_close(answers[i][0], table[i, k] / temps[k])
+    runner = _TableRunner(table)
+    result = execute(runner, order, Readout(name, temps, 3), threshold, batch_size=batch_size)
+    expected = exit_stage(scores, threshold)[order]
+    assert len(set(expected.tolist())) >= 3  # rows stop at several stages, so the carry is re-aligned
+    assert result.stage.tolist() == expected.tolist()
+    want = table[torch.tensor(order), torch.from_numpy(expected)] / torch.tensor(temps)[torch.from_numpy(expected), None]
+    np.testing.assert_allclose(result.logits, want.numpy(), atol=1e-6)
+    sizes: dict[int, list[int]] = {}
+    for k, rows in runner.calls:
+        sizes.setdefault(k, []).append(len(rows))
+    for per_stage in sizes.values():  # every batch is full but the last of its stage
+        assert all(n == batch_size for n in per_stage[:-1]) and per_stage[-1] <= batch_size
 
 
-def test_regrouping_fills_later_batches_and_equals_each_row_alone(staged, monkeypatch):
+def test_regrouping_fills_later_batches_from_many_and_equals_each_row_alone(staged, monkeypatch):
     model, featurizer = staged
-    feats = _encode(featurizer, TEXTS)
-    scores = _calibrated_scores(model, _batch(featurizer)).numpy()
-    threshold = median_threshold(scores[:, 0])
-    halves = [list(range(0, 4)), list(range(4, 8))]
-    batches = [(idx, collate([feats[i] for i in idx], featurizer.pad_id)) for idx in halves]
+    texts = TEXTS * 2
+    scores = _calibrated_scores(model, _batch(featurizer, texts)).numpy()
+    threshold = median_threshold(scores[:8, 0])
     calls = _record_run_to(model, monkeypatch)
-    answers = run_regrouped(model, batches, max_prob, TEMPS, threshold, batch_size=8)
+    result = _run(model, featurizer, texts, threshold, batch_size=8)
     monkeypatch.undo()
     going = int((scores[:, 0] < threshold).sum())
-    assert 0 < going < 8
-    assert [c[1] for c in calls[:2]] == [4, 4]  # stage 0 per input batch
-    assert calls[2][1] == going  # stage 1: the rows going on from both batches, in one batch
-    for i, feat in enumerate(feats):
-        alone = run_batch(model, collate([feat], featurizer.pad_id), max_prob, TEMPS, threshold)
-        assert alone.stage.item() == answers[i][1], f"row {i}"
-        torch.testing.assert_close(alone.logits[0], answers[i][0], atol=1e-5, rtol=0)
+    assert 0 < going < 16
+    assert [c[1] for c in calls[:2]] == [8, 8]  # stage 0: two batches of 8
+    assert calls[2][1] == min(8, going)  # stage 1: the rows going on from both batches, regrouped and full
+    _assert_rows_alone_match(model, featurizer, Execution(*(getattr(result, f)[:8] for f in
+                                                          ("logits", "stage", "score", "fallback"))), threshold)
 
 
-def test_thresholds_per_stage():
-    assert thresholds_per_stage(0.5, 3) == [0.5, 0.5, 0.5]
-    assert thresholds_per_stage(np.float64(0.25), 2) == [0.25, 0.25]
-    assert thresholds_per_stage([0.1, 0.2], 2) == [0.1, 0.2]
-    with pytest.raises(ValueError, match="2 thresholds for 3 stages"):
-        thresholds_per_stage([0.1, 0.2], 3)
+def test_row_thresholds():
+    assert row_thresholds(0.5, 2, 3).tolist() == [[0.5] * 3] * 2
+    assert row_thresholds([0.1, 0.2], 2, 3).tolist() == [[0.1] * 3, [0.2] * 3]
+    assert row_thresholds(np.zeros((2, 3)), 2, 3).shape == (2, 3)
+    with pytest.raises(ValueError, match="one per row"):
+        row_thresholds([0.1, 0.2, 0.3], 2, 4)
+
+
+def test_a_stage_that_cannot_answer_leaves_its_rows_with_the_earlier_answer():
+    table, temps, _ = _table_case(6)
+
+    class Failing(_TableRunner):
+        def run(self, k, rows):
+            if k == 2:
+                raise StageUnavailable("down")
+            return super().run(k, rows)
+
+    result = execute(Failing(table), list(range(40)), Readout("max_prob", temps, 3), INF, batch_size=8)
+    assert result.stage.tolist() == [1] * 40 and result.fallback.all()
+    np.testing.assert_allclose(result.logits, (table[:, 1] / temps[1]).numpy(), atol=1e-6)
+    with pytest.raises(StageUnavailable):
+        collect_stage_logits(Failing(table), list(range(40)), Readout("max_prob", temps, 3))
 
 
 # --- 7. stage costs -------------------------------------------------------------------------------------------
@@ -785,14 +812,15 @@ def trained(tmp_path_factory) -> dict:
 def calibrated(trained) -> dict:
     """The trained predictor calibrated (max_drop 1 point against the full model) and saved, then reloaded."""
     predictor = load(trained["path"])
-    section = calibrate(predictor, trained["data"], latency=True)
-    update_manifest(trained["path"], adaptive=section)
-    return {"predictor": load(trained["path"]), "section": section}
+    calibration = predictor.calibrate(trained["data"], latency=True)
+    predictor.save_calibration()
+    return {"predictor": load(trained["path"]), "calibration": calibration}
 
 
 def test_uncalibrated_adaptive_predictor_runs_the_full_model(trained):
     predictor = load(trained["path"])
-    assert isinstance(predictor, AdaptivePredictor) and predictor.num_stages == 2
+    assert isinstance(predictor, EarlyExitPredictor) and predictor.num_stages == 2
+    assert predictor.calibration is None
     with pytest.raises(ValueError, match="summon calibrate"):
         predictor.predict(TEXTS, budget=0.5)
     with pytest.raises(ValueError, match="summon calibrate"):
@@ -806,60 +834,84 @@ def test_uncalibrated_adaptive_predictor_runs_the_full_model(trained):
         predictor.predict(TEXTS, budget=0.5, threshold=0.9)
 
 
-def test_calibration_section_and_extreme_thresholds(calibrated, trained):
-    predictor, section = calibrated["predictor"], calibrated["section"]
-    assert predictor.adaptive["policy"] == "max_prob" and len(predictor.temperatures()) == 2
-    assert section["rows"]["temperature"] == 90 and section["rows"]["thresholds"] == 210
-    assert section["table"]["n"] == 210 and len(section["costs"]["ms"]) == 2
-    fractions = predictor.costs.fractions("flops")
+def test_calibration_is_typed_saved_and_read_back(calibrated, trained):
+    predictor, calibration = calibrated["predictor"], calibrated["calibration"]
+    assert isinstance(predictor.calibration, Calibration)
+    assert predictor.calibration.to_dict() == json.loads(json.dumps(calibration.to_dict()))
+    assert calibration.policy == "max_prob" and len(calibration.temperatures) == 2
+    assert calibration.rows == {"temperature": 90, "thresholds": 210, "seed": 0}
+    assert calibration.table.n == 210 and len(calibration.costs.ms) == 2 and calibration.costs.device == "cpu"
+    assert calibration.spec == CalibrationSpec()
+    point = calibration.table.max_drop(0.01)
+    assert calibration.default.threshold == point.threshold and calibration.default.point.cost == point.cost
+    assert predictor.threshold_for() == point.threshold
+
+
+def test_extreme_thresholds_answer_at_the_first_or_last_stage(calibrated):
+    predictor = calibrated["predictor"]
+    fractions = predictor.calibration.fractions("flops")
     low = predictor.predict(TEXTS, threshold=-INF)
     assert [p.stage for p in low] == [0] * 8 and [p.cost for p in low] == [fractions[0]] * 8
     logits = predictor.stage_logits([{"text": t} for t in TEXTS])
-    assert [p.label_id for p in low] == (logits[:, 0] / predictor.temperatures()[0]).argmax(-1).tolist()
+    assert [p.label_id for p in low] == (logits[0] / predictor.calibration.temperatures[0]).argmax(-1).tolist()
     high = predictor.predict(TEXTS, threshold=INF)
     assert [p.stage for p in high] == [1] * 8 and [p.cost for p in high] == [fractions[-1]] * 8
-    default = predictor.operating_point()
-    assert default == float(section["default"]["threshold"])
-    point = ThresholdTable.from_dict(section["table"]).max_drop(0.01)
-    assert section["default"]["threshold"] == point.threshold and section["default"]["cost"] == point.cost
+
+
+def test_a_pre_core_adaptive_section_reads_back_typed(calibrated):
+    """Manifests written by main before the core (no 'spec' key) load and run unchanged."""
+    section = calibrated["calibration"].to_dict()
+    section.pop("spec")
+    old = Calibration.from_dict(section)
+    assert old.spec is None and old.default.threshold == calibrated["calibration"].default.threshold
+    with pytest.raises(ValueError, match="recalibrate"):
+        Calibration.from_dict({**section, "table": {"policy": "max_prob"}}, where="x/manifest.json")
 
 
 def test_predictions_equal_the_executors(calibrated):
     predictor = calibrated["predictor"]
+    calibration = predictor.calibration
     features = _encode(predictor.featurizer, TEXTS)
     batch = collate(features, predictor.featurizer.pad_id)
+    temps = torch.tensor(calibration.temperatures, dtype=torch.float64)
     with torch.no_grad():
-        every = all_stage_logits(predictor.model, batch).float() / torch.tensor(predictor.temperatures())[None, :, None]
+        every = predictor.model(batch).double() / temps[None, :, None]
     scores = stage_scores(every.softmax(-1), max_prob).numpy()
     threshold = median_threshold(scores[:, 0])  # no row sits on the boundary
-    direct = run_batch(predictor.model, batch, max_prob, predictor.temperatures(), threshold)
     out = predictor.predict(TEXTS, threshold=threshold)
-    assert [p.stage for p in out] == direct.stage.tolist() and 0 < sum(p.stage for p in out) < 8
-    np.testing.assert_allclose([p.probs for p in out], direct.logits.softmax(-1).numpy(), atol=1e-5)
-    fractions = predictor.costs.fractions("flops")
-    assert [p.cost for p in out] == [fractions[s] for s in direct.stage.tolist()]
-    for batch_size in (1, 3):  # regrouped (3) and per-batch (1, or regroup=False) give the same answers
-        regrouped = predictor.run(features, threshold, batch_size=batch_size)
-        plain = predictor.run(features, threshold, batch_size=batch_size, regroup=False)
-        np.testing.assert_array_equal(regrouped[1], direct.stage.numpy())
-        np.testing.assert_array_equal(plain[1], direct.stage.numpy())
-        np.testing.assert_allclose(regrouped[0], plain[0], atol=1e-5)
+    stages = exit_stage(scores, threshold)
+    assert [p.stage for p in out] == stages.tolist() and 0 < sum(p.stage for p in out) < 8
+    want = every[torch.arange(8), torch.from_numpy(stages)].softmax(-1).numpy()
+    np.testing.assert_allclose([p.probs for p in out], want, atol=1e-5)
+    fractions = calibration.fractions("flops")
+    assert [p.cost for p in out] == [fractions[s] for s in stages.tolist()]
+    for batch_size in (1, 3, 64):  # every batch size gives the same answers
+        result = predictor.run(features, threshold, batch_size=batch_size)
+        np.testing.assert_array_equal(result.stage, stages)
 
 
-def test_budget_and_max_drop_knobs_pick_table_points(calibrated):
+def test_budget_max_drop_guaranteed_and_unit_knobs_pick_table_points(calibrated):
     predictor = calibrated["predictor"]
-    table = predictor.table
+    table = predictor.calibration.table
     cheapest = min(p.cost for p in table.points)
     assert predictor.operating_point(budget=cheapest).cost <= cheapest
     assert predictor.operating_point(budget=1.0) == table.budget(1.0)
     assert predictor.operating_point(max_drop=0.05) == table.max_drop(0.05)
+    assert predictor.operating_point(guaranteed=0.2, delta=0.2) == table.guaranteed(0.2, 0.2)[0]
+    in_ms = predictor.operating_point(budget=0.9, unit="ms")
+    ms = np.asarray(predictor.calibration.fractions("ms"))
+    assert in_ms.cost == pytest.approx(np.dot(in_ms.exit_counts, ms) / table.n) and in_ms.cost <= 0.9
     with pytest.raises(ValueError, match="below the cheapest"):
         predictor.predict(TEXTS, budget=cheapest * 0.9)
+    with pytest.raises(ValueError, match="unit must be"):
+        predictor.predict(TEXTS, budget=0.5, unit="seconds")
+    with pytest.raises(ValueError, match="guaranteed must be in"):
+        predictor.predict(TEXTS, guaranteed=1.5)
 
 
 def test_budget_holds_on_the_calibration_rows(calibrated, trained):
     predictor = calibrated["predictor"]
-    table = predictor.table
+    table = predictor.calibration.table
     _, rows = split_rows(len(trained["data"].examples), 0.3, 0)
     texts = [trained["data"].examples[i]["text"] for i in rows]
     cheapest = min(p.cost for p in table.points)
@@ -869,7 +921,7 @@ def test_budget_holds_on_the_calibration_rows(calibrated, trained):
     features = _encode(predictor.featurizer, texts)
     mismatched = []
     for point in table.points[::3]:
-        _, stages = predictor.run(features, point.threshold)
+        stages = predictor.run(features, point.threshold).stage
         counts = np.bincount(stages, minlength=2).tolist()
         if counts != point.exit_counts:
             mismatched.append((point.threshold, point.exit_counts, counts))
@@ -878,14 +930,29 @@ def test_budget_holds_on_the_calibration_rows(calibrated, trained):
 
 def test_calibrate_with_the_guaranteed_rule(trained):
     predictor = load(trained["path"])
-    section = calibrate(predictor, trained["data"], rule="guaranteed", value=0.1, delta=0.1, latency=False)
-    default = section["default"]
-    assert default["rule"] == "guaranteed" and default["delta"] == 0.1 and default["tests"] >= 1
-    table = ThresholdTable.from_dict(section["table"])
-    point, tests = table.guaranteed(0.1, 0.1)
-    assert default["threshold"] == point.threshold and default["tests"] == len(tests)
-    assert "ms" not in section["costs"] or section["costs"]["ms"] is None
-    assert predictor.operating_point() == float(point.threshold)
+    spec = CalibrationSpec(rule="guaranteed", value=0.1, delta=0.1)
+    calibration = predictor.calibrate(trained["data"], spec, latency=False)
+    default = calibration.default
+    assert default.rule == "guaranteed" and default.delta == 0.1 and default.tests >= 1
+    point, tests = calibration.table.guaranteed(0.1, 0.1)
+    assert default.threshold == point.threshold and default.tests == len(tests)
+    assert calibration.costs.ms is None
+    assert predictor.threshold_for() == point.threshold
+
+
+def test_fit_calibration_is_a_pure_function_of_logits_labels_costs_and_spec():
+    gen = np.random.default_rng(0)
+    gold = gen.integers(0, 4, 200)
+    raws = gen.normal(size=(200, 3, 4)) * 2 + 3 * np.eye(4)[gold][:, None, :]  # informative, overconfident
+    costs = StageCosts(flops=[1.0, 2.0, 3.0], flops_full=3.0)
+    first = fit_calibration(raws, gold, costs, CalibrationSpec(seed=3), num_labels=4)
+    again = fit_calibration([raws[:, k] for k in range(3)], gold, costs, CalibrationSpec(seed=3), num_labels=4)
+    assert first.to_dict() == again.to_dict()
+    assert first.rows == {"temperature": 60, "thresholds": 140, "seed": 3}
+    other = fit_calibration(raws, gold, costs, CalibrationSpec(seed=4), num_labels=4)
+    assert other.temperatures != first.temperatures  # another split of the rows
+    with pytest.raises(ValueError, match="stage costs for"):
+        fit_calibration(raws, gold, StageCosts(flops=[1.0], flops_full=1.0), CalibrationSpec(), num_labels=4)
 
 
 def test_calibrate_rejects_unlabelled_data_and_unknown_rules(trained):
@@ -893,12 +960,25 @@ def test_calibrate_rejects_unlabelled_data_and_unknown_rules(trained):
     before = copy.deepcopy(predictor.manifest.get("adaptive"))
     unlabelled = TaskData("classification", predictor.labels, [{"text": t} for t in TEXTS], "texts")
     with pytest.raises(ValueError, match="needs labels"):
-        calibrate(predictor, unlabelled, latency=False)
-    with pytest.raises(ValueError, match="unknown exit policy"):
-        calibrate(predictor, trained["data"], policy="nope", latency=False)
+        predictor.calibrate(unlabelled, latency=False)
+    with pytest.raises(ValueError, match="unknown confidence score"):
+        CalibrationSpec(policy="nope")
     with pytest.raises(ValueError, match="unknown rule"):
-        calibrate(predictor, trained["data"], rule="cheapest", latency=False)
+        CalibrationSpec(rule="cheapest")
     assert predictor.manifest.get("adaptive") == before  # nothing half-calibrated was stored
+
+
+def test_recalibrating_keeps_the_previous_calibration(trained, tmp_path):
+    folder = tmp_path / "copy"
+    shutil.copytree(trained["path"], folder)
+    predictor = load(folder)
+    predictor.calibrate(trained["data"], latency=False)
+    predictor.save_calibration()
+    first = read_manifest(folder)["adaptive"]
+    predictor.calibrate(trained["data"], CalibrationSpec(rule="budget", value=0.8), latency=False)
+    predictor.save_calibration()
+    manifest = read_manifest(folder)
+    assert manifest["adaptive_previous"] == first and manifest["adaptive"]["default"]["rule"] == "budget"
 
 
 # --- 9. adaptive evaluation -----------------------------------------------------------------------------------
@@ -940,8 +1020,9 @@ def test_evaluate_adaptive_writes_plots_and_reports_curves(calibrated, trained, 
     for key in ("chosen", "policy", "oracle_correct", "oracle_agree", "full_accuracy", "exit_accuracy",
                 "area_policy_to_oracle_agree", "cost_at_drop_1pt", "reliability", "plots"):
         assert key in result
-    assert result["chosen"]["threshold"] == calibrated["section"]["default"]["threshold"]
+    assert result["chosen"]["threshold"] == calibrated["calibration"].default.to_dict()["threshold"]
     assert sum(result["chosen"]["exit_counts"]) == 120 and len(result["exit_accuracy"]) == 2
+    assert result["kind"] == "early_exit" and result["device"] == "cpu"
     assert set(result["plots"]) == {"curve", "exits", "reliability"}
     for path in result["plots"].values():
         assert Path(path).read_bytes()[:8] == PNG
@@ -954,7 +1035,7 @@ def test_measure_speedup_reports_each_batch_size(calibrated, trained):
     features = predictor.featurizer.encode(trained["data"].examples[:32], "classification")
     out = measure_speedup(predictor, features, -INF, batch_sizes=(1, 8), repeats=1)
     assert set(out) == {"1", "8"}
-    fractions = predictor.costs.fractions("flops")
+    fractions = predictor.calibration.fractions("flops")
     for row in out.values():
         assert set(row) == {"full_seconds", "adaptive_seconds", "realised", "theoretical",
                             "realised_over_theoretical", "theoretical_uniform", "realised_over_theoretical_uniform"}
@@ -971,9 +1052,9 @@ def test_theoretical_speedup_weights_each_row_by_its_length(calibrated, trained,
     features = sorted(features, key=lambda f: len(f["input_ids"]))
     lengths = np.array([len(f["input_ids"]) for f in features], dtype=float)
     stages = np.array([0] * 4 + [1] * 4)  # the four longest rows go to the last stage
-    monkeypatch.setattr(predictor, "run", lambda feats, threshold, batch_size: (None, stages))
+    monkeypatch.setattr(predictor, "run", lambda feats, threshold, batch_size: SimpleNamespace(stage=stages))
     row = measure_speedup(predictor, features, 0.5, batch_sizes=(2,), repeats=1)["2"]
-    f = np.asarray(predictor.costs.fractions("flops"))[stages]
+    f = np.asarray(predictor.calibration.fractions("flops"))[stages]
     assert row["theoretical"] == pytest.approx(lengths.sum() / (lengths * f).sum())
     assert row["theoretical_uniform"] == pytest.approx(1.0 / f.mean())
     assert lengths[4:].mean() > lengths[:4].mean() and row["theoretical"] < row["theoretical_uniform"]

@@ -8,6 +8,7 @@ Only tiny models are trained: a tiny-bert teacher (4 epochs) and bag-of-n-gram s
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import math
 import shutil
@@ -26,21 +27,21 @@ from toy import median_threshold, run_config, sentiment_files, sentiment_rows, w
 
 import summon
 import summon.adaptive.remote as protocol
-from summon.adaptive.cascade import CascadePredictor, calibrate_cascade
+from summon import load
+from summon.adaptive.calibration import CalibrationSpec, split_rows
+from summon.adaptive.cascade import CascadePredictor, build_cascade
 from summon.adaptive.gate import Gate, gate_features
-from summon.adaptive.knob import softmax_rows
-from summon.adaptive.predictor import split_rows
+from summon.adaptive.knob import Knob
+from summon.adaptive.remote import RemoteStage
 from summon.adaptive.stages import LocalStage, StageUnavailable
 from summon.cli.main import main
 from summon.data.loading import load_split
 from summon.data.spec import DatasetSpec
-from summon.measure.profile import measure_costs
-from summon.evaluate.runner import evaluate_cascade
+from summon.evaluate.runner import evaluate_staged
 from summon.losses import defer_surrogate, kd_kl, selective_kd, uniform_kl
+from summon.measure.profile import measure_costs
 from summon.methods.easy_kd import hard_rows
-from summon import load
 from summon.predictor import MANIFEST, Predictor
-from summon.adaptive.remote import RemoteStage
 from summon.train.loop import train
 
 INF = float("inf")
@@ -51,6 +52,14 @@ TEXTS = ["great fun", "a terrible boring plot", "the movie was really good", "wo
 
 
 # --- helpers ----------------------------------------------------------------------------------------------
+
+
+def softmax_rows(logits: np.ndarray) -> np.ndarray:
+    return torch.from_numpy(np.asarray(logits, dtype=np.float64)).softmax(-1).numpy()
+
+
+def _calibrate(cascade, data, scorer="max_prob", **spec):
+    return cascade.calibrate(data, CalibrationSpec(policy=scorer, **spec), latency=False)
 
 
 def _examples(texts) -> list[dict]:
@@ -152,7 +161,7 @@ def _two_stage(toy, preds, first: str = "selective") -> CascadePredictor:
 def calibrated(toy, preds, tmp_path_factory) -> SimpleNamespace:
     """A student -> teacher cascade calibrated with max_prob, saved and loaded again."""
     cascade = _two_stage(toy, preds)
-    section = calibrate_cascade(cascade, toy.cal, scorer="max_prob", latency=False)
+    section = _calibrate(cascade, toy.cal).to_dict()
     directory = cascade.save(tmp_path_factory.mktemp("calibrated") / "cascade")
     return SimpleNamespace(cascade=cascade, section=section, dir=directory, loaded=summon.load(directory))
 
@@ -377,10 +386,11 @@ def test_stage_major_batching_sends_only_the_deferred_rows_in_full_batches(toy, 
         result = cascade.run(examples, threshold, batch_size=4)
     finally:
         hook.remove()
-    assert first_calls == [texts]
-    assert last_calls == [deferred]  # one call with exactly the deferred rows, in order
+    assert sorted(itertools.chain(*first_calls)) == sorted(texts) and all(len(c) == 4 for c in first_calls)
+    assert sorted(itertools.chain(*last_calls)) == sorted(deferred)  # exactly the deferred rows, each once
     d = len(deferred)
-    assert sizes == [4] * (d // 4) + ([d % 4] if d % 4 else [])
+    full_batches = [4] * (d // 4) + ([d % 4] if d % 4 else [])
+    assert [len(c) for c in last_calls] == full_batches and sizes == full_batches  # regrouped into full batches
     assert result.stage.tolist() == [int(s < threshold) for s in scores]
     for i, ex in enumerate(examples):  # each row's answer is the answer it gets alone
         alone = cascade.run([ex], threshold)
@@ -412,10 +422,10 @@ def test_three_stage_cascade_rows_answered_by_stage_one_never_reach_stage_two(to
     assert {0, 1, 2} <= set(expected.tolist())
     calls1 = _record_calls(monkeypatch, stages[1])
     calls2 = _record_calls(monkeypatch, stages[2])
-    result = cascade.run(examples, [t0, t1, 0.5])
+    result = cascade.run(examples, np.tile([t0, t1, 0.5], (len(examples), 1)))  # one per row and stage
     assert result.stage.tolist() == expected.tolist()
-    assert calls1 == [[t for t, e in zip(texts, expected) if e >= 1]]
-    assert calls2 == [[t for t, e in zip(texts, expected) if e == 2]]
+    assert sorted(itertools.chain(*calls1)) == sorted(t for t, e in zip(texts, expected) if e >= 1)
+    assert sorted(itertools.chain(*calls2)) == sorted(t for t, e in zip(texts, expected) if e == 2)
     np.testing.assert_allclose(result.logits[expected == 1], _raw(preds.defer, examples)[expected == 1][:, :2],
                                atol=1e-5)
 
@@ -446,8 +456,9 @@ def _flops(predictor, data) -> float:
 def test_calibrate_cascade_with_every_scorer(toy, preds, scorer):
     student = "defer" if scorer == "defer" else "selective"
     cascade = _two_stage(toy, preds, student)
-    section = calibrate_cascade(cascade, toy.cal, scorer=scorer, latency=False)
-    assert cascade.adaptive is section and section["policy"] == scorer
+    calibration = _calibrate(cascade, toy.cal, scorer)
+    section = calibration.to_dict()
+    assert cascade.adaptive == section and section["policy"] == scorer
     temps = section["temperatures"]
     assert len(temps) == 2 and all(t > 0 for t in temps)
     costs = section["costs"]
@@ -460,19 +471,19 @@ def test_calibrate_cascade_with_every_scorer(toy, preds, scorer):
     assert fractions[0] < 1 < fractions[-1]
     fit_rows, test_rows = split_rows(len(toy.cal), 0.3, 0)
     assert section["rows"] == {"temperature": len(fit_rows), "thresholds": len(test_rows), "seed": 0}
-    table = cascade.table
+    table = cascade.calibration.table
     assert table.policy == scorer and table.n == len(test_rows) and len(table.points) >= 2
     assert len(section["calibration"]) == 2
-    gates = section["gates"]
+    gates = section.get("gates")
     if scorer == "gate":
         assert gates[1] is None and len(gates[0]["weight"]) == 6
-        assert isinstance(cascade.gates()[0], Gate) and cascade.gates()[1] is None
+        assert isinstance(cascade.calibration.gates[0], Gate) and cascade.calibration.gates[1] is None
     else:
-        assert gates == [None, None]
+        assert gates is None
     # serving uses the calibrated scorer: a row stops at stage 0 exactly when its score reaches the threshold
     examples = [{"text": ex["text"]} for ex in toy.cal.examples[:50]]
     raw = _raw(getattr(preds, student), examples)
-    scores = _expected_scores(scorer, raw, temps[0], cascade.gates()[0])
+    scores = _expected_scores(scorer, raw, temps[0], (cascade.calibration.gates or [None])[0])
     threshold = median_threshold(scores)
     result = cascade.run(examples, threshold)
     assert result.stage.tolist() == (scores < threshold).astype(int).tolist()
@@ -484,11 +495,17 @@ def test_calibrate_cascade_with_every_scorer(toy, preds, scorer):
 
 def test_calibrate_cascade_rejects_a_defer_scorer_without_defer_output_and_unknown_scorers(toy, preds):
     with pytest.raises(ValueError, match="defer output"):
-        calibrate_cascade(_two_stage(toy, preds), toy.cal, scorer="defer", latency=False)
-    with pytest.raises(ValueError, match="unknown cascade scorer 'patience'"):
-        calibrate_cascade(_two_stage(toy, preds), toy.cal, scorer="patience", latency=False)
-    with pytest.raises(ValueError, match="unknown cascade scorer"):
-        calibrate_cascade(_two_stage(toy, preds), toy.cal, scorer="nonsense", latency=False)
+        _calibrate(_two_stage(toy, preds), toy.cal, "defer")
+    with pytest.raises(ValueError, match="unknown confidence score"):
+        _calibrate(_two_stage(toy, preds), toy.cal, "nonsense")
+
+
+def test_patience_works_for_cascades_too(toy, preds):
+    """One scorer set for every staged kind: a cascade may stop when consecutive stages agree."""
+    cascade = _two_stage(toy, preds)
+    calibration = _calibrate(cascade, toy.cal, "patience")
+    assert calibration.policy == "patience"
+    assert all(p.stage in (0, 1) for p in cascade.predict(TEXTS, threshold=1.5))  # two agreeing stages stop at 1
 
 
 def test_a_calibrated_cascade_saves_loads_and_serves_the_knob(calibrated, toy, preds):
@@ -496,7 +513,7 @@ def test_a_calibrated_cascade_saves_loads_and_serves_the_knob(calibrated, toy, p
     assert isinstance(loaded, CascadePredictor) and loaded.num_stages == 2
     assert loaded.adaptive["table"] == calibrated.section["table"]
     fractions = loaded.stage_fractions()
-    temps = loaded.temperatures()
+    temps = loaded.calibration.temperatures
     assert temps == calibrated.section["temperatures"]
     cheap = loaded.predict(TEXTS, threshold=-INF)
     assert all(p.stage == 0 and p.cost == fractions[0] and p.fallback is False for p in cheap)
@@ -513,7 +530,7 @@ def test_a_calibrated_cascade_saves_loads_and_serves_the_knob(calibrated, toy, p
 
 def test_budget_reproduces_the_table_point_on_the_calibration_rows(calibrated, toy):
     loaded = calibrated.loaded
-    table = loaded.table
+    table = loaded.calibration.table
     costs = sorted({p.cost for p in table.points})
     budget = costs[len(costs) // 2]
     point = table.budget(budget)
@@ -592,7 +609,8 @@ def test_a_cascade_with_a_remote_last_stage_predicts_like_the_local_one(teacher_
     remote = CascadePredictor([local.stages[0], remote_stage], "classification", local.labels,
                               {"adaptive": local.adaptive})
     texts = [ex["text"] for ex in toy.cal.examples[:40]]
-    threshold = median_threshold(_max_prob(_raw(preds.selective, _examples(texts)), temperature=local.temperatures()[0]))
+    threshold = median_threshold(_max_prob(_raw(preds.selective, _examples(texts)),
+                                           temperature=local.calibration.temperatures[0]))
     a, b = local.predict(texts, threshold=threshold), remote.predict(texts, threshold=threshold)
     assert {p.stage for p in a} == {0, 1}
     assert [(p.label, p.stage, p.cost, p.fallback) for p in a] == [(p.label, p.stage, p.cost, p.fallback) for p in b]
@@ -750,8 +768,6 @@ def test_a_cascade_folder_moved_elsewhere_still_loads(toy, preds, tmp_path):
     parent = tmp_path / "project"
     shutil.copytree(toy.selective, parent / "stages" / "student")
     shutil.copytree(toy.teacher, parent / "stages" / "teacher")
-    from summon.adaptive.cascade import build_cascade
-
     cascade = build_cascade([str(parent / "stages" / "student"), str(parent / "stages" / "teacher")])
     cascade.save(parent / "cascade")
     manifest = json.loads((parent / "cascade" / MANIFEST).read_text())
@@ -847,10 +863,14 @@ def test_cli_eval_of_a_calibrated_cascade(calibrated, toy, capsys):
     assert sum(row["answered_by_stage"]) == len(toy.cal)
 
 
-def test_cli_eval_of_an_uncalibrated_cascade_asks_for_calibration(toy, tmp_path, capsys):
+def test_cli_eval_of_an_uncalibrated_cascade_runs_the_last_stage(toy, tmp_path, capsys):
     out = tmp_path / "c"
     assert main(["cascade", str(toy.selective), str(toy.teacher), "--out", str(out)]) == 0
-    assert main(["eval", str(out), "--data", str(toy.cal_path), "--no-latency"]) == 2
+    capsys.readouterr()
+    assert main(["eval", str(out), "--data", str(toy.cal_path), "--no-latency"]) == 0
+    row = json.loads(capsys.readouterr().out.splitlines()[0])
+    assert row["answered_by_stage"] == [0, len(toy.cal)]
+    assert main(["eval", str(out), "--data", str(toy.cal_path), "--no-latency", "--budget", "0.5"]) == 2
     assert "summon calibrate" in capsys.readouterr().err
 
 
@@ -870,17 +890,17 @@ def test_cli_refuses_to_calibrate_a_plain_predictor_and_to_cascade_a_down_server
 def test_evaluate_cascade_reports_stages_fallbacks_and_flops(calibrated, toy):
     cascade = calibrated.loaded
     flops = cascade.costs.flops
-    entry = evaluate_cascade(cascade, toy.cal, name="c")
+    entry = evaluate_staged(cascade, toy.cal, name="c", latency=False)
     metrics, n = entry["metrics"], len(toy.cal)
     assert entry["name"] == "c" and entry["path"] == str(calibrated.dir)
     assert sum(metrics["answered_by_stage"]) == n and len(metrics["answered_by_stage"]) == 2
-    assert metrics["fallbacks"] == 0 and 0 <= metrics["accuracy"] <= 1
+    assert "fallbacks" not in metrics and 0 <= metrics["accuracy"] <= 1
     assert flops[0] <= entry["cost"]["flops_per_example"] <= flops[-1]
     share = metrics["answered_by_stage"][1] / n
     assert entry["cost"]["flops_per_example"] == pytest.approx(flops[0] + share * (flops[1] - flops[0]))
-    low = evaluate_cascade(cascade, toy.cal, name="c", threshold=-INF)
+    low = evaluate_staged(cascade, toy.cal, name="c", knob=Knob(threshold=-INF), latency=False)
     assert low["metrics"]["answered_by_stage"] == [n, 0] and low["cost"]["flops_per_example"] == pytest.approx(flops[0])
-    high = evaluate_cascade(cascade, toy.cal, name="c", threshold=INF)
+    high = evaluate_staged(cascade, toy.cal, name="c", knob=Knob(threshold=INF), latency=False)
     assert high["metrics"]["answered_by_stage"] == [0, n]
     assert high["cost"]["flops_per_example"] == pytest.approx(flops[-1])
     gold = np.array([ex["label"] for ex in toy.cal.examples])

@@ -20,12 +20,12 @@ from typing import Any
 import torch
 
 from summon import recipe as _recipe
-from summon.config import dump_yaml, to_dict
 from summon.adaptive.calibration import Calibration, CalibrationSpec
 from summon.adaptive.cascade import CascadePredictor, build_cascade
 from summon.adaptive.kinds import staged_kind
 from summon.adaptive.knob import Knob
 from summon.adaptive.staged import StagedPredictor
+from summon.config import dump_yaml, to_dict
 from summon.data.spec import DatasetSpec, TaskData
 from summon.evaluate.adaptive import evaluate_adaptive
 from summon.evaluate.report import write_report

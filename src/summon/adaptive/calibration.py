@@ -243,7 +243,8 @@ def fit_thresholds(raws: Sequence[np.ndarray], gold: np.ndarray | None, readout:
 
 
 def fit_calibration(raws: Sequence[np.ndarray] | np.ndarray, gold: np.ndarray, costs: StageCosts,
-                    spec: CalibrationSpec, *, num_labels: int, data: str = "") -> Calibration:
+                    spec: CalibrationSpec, *, num_labels: int, data: str = "",
+                    rows: tuple[np.ndarray, np.ndarray] | None = None) -> Calibration:
     """Temperatures, gates, threshold table and default point from held-out stage logits (a pure function).
 
     Args:
@@ -253,6 +254,8 @@ def fit_calibration(raws: Sequence[np.ndarray] | np.ndarray, gold: np.ndarray, c
         spec: the score, cost unit, temperature share, default rule and seed.
         num_labels: ``K``.
         data: where the rows came from (recorded).
+        rows: ``(temperature rows, threshold rows)`` to use instead of the random split of ``spec`` (for
+            benchmarks that hold a report half out and re-split many times).
     """
     raws = [raws[:, k] for k in range(raws.shape[1])] if isinstance(raws, np.ndarray) and raws.ndim == 3 else list(raws)
     gold = np.asarray(gold)
@@ -260,7 +263,7 @@ def fit_calibration(raws: Sequence[np.ndarray] | np.ndarray, gold: np.ndarray, c
         raise ValueError(f"stage logits have {[len(r) for r in raws]} rows for {len(gold)} labels")
     if len(costs.flops) != len(raws):
         raise ValueError(f"{len(costs.flops)} stage costs for {len(raws)} stages")
-    fit_rows, test_rows = split_rows(len(gold), spec.temperature_fraction, spec.seed)
+    fit_rows, test_rows = rows if rows is not None else split_rows(len(gold), spec.temperature_fraction, spec.seed)
     classes = class_logits(raws, num_labels)
     temps = [fit_temperature(torch.from_numpy(c[fit_rows]).double(), torch.from_numpy(gold[fit_rows]))
              for c in classes]

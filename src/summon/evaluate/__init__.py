@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from summon.evaluate.report import markdown_table, write_report
 from summon.measure.cost import (
     cost_summary,
     count_flops,
@@ -18,7 +19,6 @@ from summon.measure.metrics import (
     reliability_bins,
     span_f1,
 )
-from summon.evaluate.report import markdown_table, write_report
 
 __all__ = [
     "accuracy",

@@ -248,7 +248,7 @@ def evaluate_adaptive(predictor: Any, data: Any, *, out_dir: Path | None = None,
     raw_probs = [_softmax_np(raw[:, :k].astype(np.float64)) for raw in view["raws"]]
     reliability = [{"temperature": t, "before": reliability_bins(raw_probs[s], gold),
                     "after": reliability_bins(probs[:, s], gold)} for s, t in enumerate(calibration.temperatures)]
-    result.update({"kind": getattr(predictor, "kind", "staged"), "policy": calibration.policy,
+    result.update({"kind": getattr(predictor, "kind", "staged"), "scorer": calibration.policy,
                    "cost_unit": calibration.cost_unit, "device": calibration.costs.device,
                    "chosen": chosen.to_dict(), "chosen_rule": calibration.default.to_dict(),
                    "table": table.to_dict(), "reliability": reliability,

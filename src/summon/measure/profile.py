@@ -8,8 +8,8 @@ from typing import Any
 from torch import nn
 
 from summon.data.features import Feature, collate
-from summon.measure.cost import count_flops, count_parameters, machine_info, measure_latency
 from summon.inference import length_sorted_batches, to_device
+from summon.measure.cost import count_flops, count_parameters, machine_info, measure_latency
 from summon.measure.device import device_of
 
 

@@ -1,0 +1,178 @@
+"""The staged-predictor contract: every registered kind goes through the same checks, as timm tests every
+registered model. A new kind registers itself in ``summon.adaptive.kinds.KINDS`` and adds a factory here;
+the first test fails until it does.
+
+Checks: the contract's shape (stages, stage logits, costs), calibration into a typed value, batched equals one
+by one (also with one threshold per row), save/load round trip of weights and calibration, the knob monotone
+in cost, streaming predictions, and the one evaluation (curves with both oracles, report entry).
+Models are tiny and untrained: the checks are about plumbing, not accuracy.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import summon
+from summon.adaptive.calibration import Calibration, CalibrationSpec
+from summon.adaptive.cascade import build_cascade
+from summon.adaptive.kinds import KINDS, staged_kind
+from summon.adaptive.knob import Knob
+from summon.adaptive.staged import StagedPredictor
+from summon.data.spec import TaskData
+from summon.evaluate.adaptive import evaluate_adaptive
+from summon.evaluate.runner import evaluate_staged
+from summon.models import ModelConfig, build_model
+from summon.predictor import Predictor
+from summon.saved import read_json_manifest
+
+LABELS = ["neg", "pos"]
+WORDS = "good bad great awful fine dull fun boring nice poor film plot story acting music".split()
+
+
+def _texts(n: int, seed: int) -> list[str]:
+    gen = np.random.default_rng(seed)
+    return [" ".join(gen.choice(WORDS, size=int(gen.integers(1, 12)))) for _ in range(n)]
+
+
+def _data(n: int = 120, seed: int = 0) -> TaskData:
+    texts = _texts(n, seed)
+    examples = [{"text": t, "label": int(("good" in t) or ("great" in t) or ("fun" in t))} for t in texts]
+    return TaskData("classification", LABELS, examples, f"synthetic:{seed}")
+
+
+def _save_plain(cfg: ModelConfig, directory) -> str:
+    built = build_model(cfg, "classification", len(LABELS))
+    Predictor(built.model, built.featurizer, "classification", LABELS, {"architecture": built.architecture}).save(
+        directory, architecture=built.architecture)
+    return str(directory)
+
+
+def early_exit(root) -> str:
+    cfg = ModelConfig(kind="random", name="tiny-bert", num_layers=3, exits="all", max_length=32, init_seed=1)
+    return _save_plain(cfg, root / "exits")
+
+
+def cascade(root) -> str:
+    ngram = _save_plain(ModelConfig(kind="ngram", num_buckets=256, embed_dim=8, init_seed=2), root / "ngram")
+    bert = _save_plain(ModelConfig(kind="random", name="tiny-bert", num_layers=2, max_length=32, init_seed=3),
+                       root / "bert")
+    build_cascade([ngram, bert]).save(root / "cascade")
+    return str(root / "cascade")
+
+
+FACTORIES = {"early_exit": early_exit, "cascade": cascade}
+
+
+def test_every_registered_kind_has_a_contract_factory():
+    assert sorted(KINDS.names()) == sorted(FACTORIES), "register the new kind's factory in FACTORIES"
+
+
+@pytest.fixture(scope="module", params=sorted(FACTORIES))
+def kind(request, tmp_path_factory):
+    """A saved, calibrated predictor of each kind, and its calibration data."""
+    root = tmp_path_factory.mktemp(request.param)
+    path = FACTORIES[request.param](root)
+    predictor = summon.load(path, device="cpu")
+    data = _data()
+    summon.calibrate(predictor, data, max_drop=0.05, latency=False)
+    return {"name": request.param, "path": path, "predictor": summon.load(path, device="cpu"), "data": data}
+
+
+def _split_threshold(predictor, texts) -> float:
+    """A threshold between stage-0 scores, so some rows stop at once and some go on."""
+    raws = predictor.stage_logits([{"text": t} for t in texts])
+    scores = predictor.readout()(0, torch.from_numpy(raws[0]))[1].numpy()
+    values = np.unique(scores)
+    mids = (values[:-1] + values[1:]) / 2
+    return float(mids[len(mids) // 2])
+
+
+def test_the_contract_and_its_kind(kind):
+    predictor = kind["predictor"]
+    assert isinstance(predictor, StagedPredictor) and predictor.num_stages >= 2
+    assert staged_kind(read_json_manifest(kind["path"])).name == kind["name"] == predictor.kind
+    raws = predictor.stage_logits(kind["data"].examples[:10])
+    assert len(raws) == predictor.num_stages and all(r.shape[0] == 10 for r in raws)
+    costs = predictor.measure_costs(kind["data"].examples[:20], latency=True)
+    assert len(costs.flops) == predictor.num_stages and costs.flops == sorted(costs.flops)
+    assert costs.ms is not None and costs.device == "cpu"
+    assert predictor.num_parameters() > 0 and str(predictor.device) == "cpu"
+
+
+def test_calibration_is_typed_and_read_back_from_the_manifest(kind):
+    predictor = kind["predictor"]
+    calibration = predictor.calibration
+    assert isinstance(calibration, Calibration) and len(calibration.temperatures) == predictor.num_stages
+    assert calibration.default.rule == "max_drop" and calibration.default.value == 0.05
+    assert calibration.spec == CalibrationSpec(rule="max_drop", value=0.05)
+    saved = read_json_manifest(kind["path"])["adaptive"]
+    assert Calibration.from_dict(saved).to_dict() == json.loads(json.dumps(calibration.to_dict()))
+
+
+def test_batched_equals_one_by_one(kind):
+    predictor = kind["predictor"]
+    texts = _texts(24, 5)
+    threshold = _split_threshold(predictor, texts)
+    batched = predictor.predict(texts, threshold=threshold, batch_size=5)
+    assert len({p.stage for p in batched}) >= 2, "the threshold should split the rows"
+    for text, together in zip(texts, batched, strict=True):
+        alone = predictor.predict([text], threshold=threshold, batch_size=1)[0]
+        assert (alone.label, alone.stage, alone.cost) == (together.label, together.stage, together.cost)
+        np.testing.assert_allclose(alone.probs, together.probs, atol=1e-5)
+
+
+def test_one_threshold_per_row_equals_each_row_at_its_own(kind):
+    predictor = kind["predictor"]
+    texts = _texts(12, 6)
+    per_row = np.where(np.arange(12) % 3 == 0, -np.inf, np.inf)
+    out = predictor.predict(texts, threshold=per_row)
+    assert [p.stage for p in out] == [0 if i % 3 == 0 else predictor.num_stages - 1 for i in range(12)]
+
+
+def test_save_and_load_round_trip(kind, tmp_path):
+    predictor = kind["predictor"]
+    texts = _texts(16, 7)
+    before = [p.to_dict() for p in predictor.predict(texts)]
+    again = summon.load(kind["path"], device="cpu")
+    assert again.calibration.to_dict() == predictor.calibration.to_dict()
+    after = [p.to_dict() for p in again.predict(texts)]
+    assert [(a["label"], a["stage"], a["cost"]) for a in after] == [(b["label"], b["stage"], b["cost"]) for b in before]
+    np.testing.assert_allclose([a["probs"] for a in after], [b["probs"] for b in before], atol=1e-6)
+
+
+def test_the_knob_is_monotone_in_cost(kind):
+    predictor = kind["predictor"]
+    texts = [ex["text"] for ex in kind["data"].examples]
+    thresholds = sorted({p.threshold for p in predictor.calibration.table.points})[:: 5]
+    costs = [np.mean([p.cost for p in predictor.predict(texts, threshold=t)]) for t in thresholds]
+    assert all(b >= a - 1e-12 for a, b in itertools.pairwise(costs)), costs
+    budgets = sorted({p.cost for p in predictor.calibration.table.points})
+    chosen = [predictor.operating_point(budget=b).cost for b in budgets]
+    assert all(c <= b + 1e-12 for c, b in zip(chosen, budgets, strict=True))
+    drops = [predictor.operating_point(max_drop=d).cost for d in (0.0, 0.02, 0.1, 0.5)]
+    assert drops == sorted(drops, reverse=True)  # allowing a larger drop never costs more
+
+
+def test_streaming_predictions_equal_predict(kind):
+    predictor = kind["predictor"]
+    texts = _texts(30, 8)
+    knob = Knob(max_drop=0.1)
+    streamed = [p.to_dict() for p in predictor.iter_predict(iter(texts), knob=knob, window=7)]
+    direct = [p.to_dict() for p in predictor.predict(texts, max_drop=0.1)]
+    assert [(s["label"], s["stage"]) for s in streamed] == [(d["label"], d["stage"]) for d in direct]
+
+
+def test_one_evaluation_for_every_kind(kind, tmp_path):
+    predictor, data = kind["predictor"], _data(60, 9)
+    result = evaluate_adaptive(predictor, data, out_dir=tmp_path, title=kind["name"])
+    assert result["kind"] == kind["name"] and len(result["exit_accuracy"]) == predictor.num_stages
+    assert result["oracle_agree_end"]["accuracy"] == pytest.approx(result["full_accuracy"])
+    assert sum(result["chosen"]["exit_counts"]) == 60 and set(result["plots"]) == {"curve", "exits", "reliability"}
+    entry = evaluate_staged(predictor, data, name=kind["name"], latency=True, batch_sizes=(1, 8), max_seconds=0.5)
+    assert sum(entry["metrics"]["answered_by_stage"]) == 60 and entry["cost"]["machine"]["device"] == "cpu"
+    assert set(entry["cost"]["latency"]) == {"1", "8"}
