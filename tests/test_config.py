@@ -1,14 +1,37 @@
-"""Tests for summon.config: dataclass <-> dict <-> YAML with whole-tree validation."""
+"""Tests for summon.config: dataclass <-> dict <-> YAML with whole-tree validation, tagged unions and fields
+typed by a sibling; and the typed run config built on them (model kinds, method_args, dry run, resume)."""
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import pickle
 from dataclasses import dataclass, field
-from typing import Any, Literal, Optional
+from pathlib import Path
+from typing import Annotated, Any, Literal, Optional
 
 import pytest
 
-from summon.config import ConfigError, apply_overrides, dump_yaml, from_dict, load_yaml, to_dict
+from summon import recipe
+from summon.cli.main import main as cli_main
+from summon.config import (
+    ConfigError,
+    Tagged,
+    apply_overrides,
+    chosen_by,
+    dump_yaml,
+    from_dict,
+    load_yaml,
+    tagged_members,
+    to_dict,
+)
+from summon.data.spec import DatasetSpec
+from summon.methods.early_exit import EarlyExitConfig
+from summon.methods.finetune import FinetuneConfig
+from summon.methods.kd import KDConfig
+from summon.models import ModelConfig, NgramModelConfig, PretrainedModelConfig, TruncatedModelConfig
+from summon.train.checkpoint import Checkpointer, fixed_part, without_unused_model_fields
+from summon.train.config import DataConfig, RunConfig, method_config
 
 
 @dataclass
@@ -298,3 +321,198 @@ def test_load_yaml_reads_exponent_as_string(tmp_path) -> None:
     path = tmp_path / "x.yaml"
     path.write_text("lr: 5e-5\n", encoding="utf-8")
     assert load_yaml(path) == {"lr": "5e-5"}  # why float fields accept strings
+
+
+# --------------------------------------------------------------------------------------------- tagged unions
+
+
+@dataclass(kw_only=True)
+class Pet:
+    kind: str = "dog"
+    name: str = "rex"
+
+
+@dataclass(kw_only=True)
+class Dog(Pet):
+    kind: Literal["dog"] = "dog"
+    bark: int = 1
+
+
+@dataclass(kw_only=True)
+class Cat(Pet):
+    kind: Literal["cat"] = "cat"
+    lives: int = 9
+    indoor: bool = True
+
+
+@dataclass
+class Home:
+    pet: Annotated[Dog | Cat, Tagged("kind", default="dog")]
+    pets: list[Annotated[Dog | Cat, Tagged("kind")]] = field(default_factory=list)
+
+
+def test_tagged_union_selects_the_member_by_its_kind() -> None:
+    home = from_dict(Home, {"pet": {"kind": "cat", "lives": 3}, "pets": [{"kind": "dog"}, {"kind": "cat"}]})
+    assert home.pet == Cat(lives=3)
+    assert [type(p) for p in home.pets] == [Dog, Cat]
+    assert from_dict(Home, {"pet": {"bark": 2}}).pet == Dog(bark=2)  # the default kind
+    assert from_dict(Home, to_dict(home)) == home
+    assert to_dict(home)["pet"] == {"kind": "cat", "name": "rex", "lives": 3, "indoor": True}
+
+
+def test_tagged_union_key_of_another_kind_is_named() -> None:
+    err = _one_error(Home, {"pet": {"kind": "dog", "lives": 3}})
+    assert err.startswith("pet.lives: unknown key for kind 'dog' ('lives' belongs to 'cat'; fields of 'dog': ")
+    assert "kind, name, bark" in err
+
+
+def test_tagged_union_typo_in_a_key_and_in_the_kind() -> None:
+    assert _one_error(Home, {"pet": {"kind": "cat", "live": 3}}) == (
+        "pet.live: unknown key for kind 'cat' (did you mean 'lives'?)")
+    assert _one_error(Home, {"pet": {"kind": "cta"}}) == "pet.kind: unknown kind 'cta' (did you mean 'cat'?); kinds: dog, cat"
+    assert _one_error(Home, {"pet": {"kind": "fish"}}) == "pet.kind: unknown kind 'fish'; kinds: dog, cat"
+
+
+def test_tagged_union_without_a_default_needs_the_key_and_checks_members() -> None:
+    assert _one_error(Home, {"pet": {}, "pets": [{"lives": 1}]}) == "pets[0].kind: required key missing (one of dog, cat)"
+    assert _one_error(Home, {"pet": "cat"}).startswith("pet: expected a mapping with 'kind' (one of dog, cat)")
+    assert _one_error(Home, {"pet": {"kind": "cat", "lives": "many"}}).startswith("pet.lives: expected an integer")
+
+
+def test_tagged_members_lists_the_kinds() -> None:
+    tag, members = tagged_members(Annotated[Dog | Cat, Tagged("kind")])
+    assert tag.key == "kind" and members == {"dog": Dog, "cat": Cat}
+    with pytest.raises(TypeError, match="Literal"):
+        tagged_members(Annotated[Dog | Train, Tagged("kind")])
+
+
+# --------------------------------------------------------------------------------------------- chosen by a sibling
+
+
+ARGS = {"train": Train, "data": Data}
+
+
+def _args_for(name: str) -> type:
+    if name not in ARGS:
+        raise ValueError(f"unknown thing {name!r}")
+    return ARGS[name]
+
+
+@dataclass
+class Job:
+    thing: str
+    args: Any = field(default=None, metadata=chosen_by("thing", _args_for))
+
+
+def test_field_typed_by_its_sibling() -> None:
+    assert from_dict(Job, {"thing": "train", "args": {"lr": 0.5}}).args == Train(lr=0.5)
+    assert from_dict(Job, {"thing": "train"}).args == Train()  # absent: every default filled in
+    assert _errors(Job, {"thing": "data", "args": {"lr": 1}}) == [
+        "args.lr: unknown key (valid keys: path, eval, max_len)", "args.path: required key missing"]
+    assert _one_error(Job, {"thing": "data"}) == "args.path: required key missing"
+    assert _one_error(Job, {"thing": "nope", "args": {"x": 1}}) == "thing: unknown thing 'nope'"
+    assert _one_error(Job, {"thing": 3}).startswith("thing: expected a string")  # reported once, args skipped
+
+
+# --------------------------------------------------------------------------------------------- run configs
+
+
+def _recipe(tmp_path: Path, name: str, **sections: Any) -> str:
+    raw = {"method": "kd", "output_dir": str(tmp_path / "run"), "teacher": "somewhere",
+           "data": {"train": {"path": "train.jsonl", "task": "classification"}},
+           "model": {"kind": "ngram", "num_buckets": 64}, **sections}
+    dump_yaml(raw, tmp_path / f"{name}.yaml")
+    return str(tmp_path / f"{name}.yaml")
+
+
+def test_run_config_model_is_its_kinds_dataclass() -> None:
+    assert type(recipe.load_run_config("sst2_kd_ngram").model) is NgramModelConfig
+    truncated = recipe.load_run_config("sst2_kd_truncated").model
+    assert type(truncated) is TruncatedModelConfig and truncated.first == 2
+    for path in recipe.shipped().values():  # every shipped recipe validates against the typed kinds
+        cfg = recipe.load_run_config(str(path))
+        assert isinstance(cfg.model, ModelConfig) and cfg.model.kind == load_yaml(path)["model"]["kind"]
+
+
+def test_run_config_rejects_a_key_of_another_model_kind() -> None:
+    with pytest.raises(ConfigError) as info:
+        recipe.load_run_config("sst2_kd_ngram", ["model.first=2", "model.num_bucket=8"])
+    assert info.value.errors[0].startswith("model.first: unknown key for kind 'ngram' ('first' belongs to 'truncated'")
+    assert info.value.errors[1] == "model.num_bucket: unknown key for kind 'ngram' (did you mean 'num_buckets'?)"
+
+
+def test_method_args_are_the_methods_dataclass_parsed_once(tmp_path) -> None:
+    cfg = recipe.load_run_config(_recipe(tmp_path, "kd", method_args={"alpha": 0.9}))
+    assert cfg.method_args == KDConfig(temperature=2.0, alpha=0.9)
+    bare = recipe.load_run_config(_recipe(tmp_path, "bare"), ["method=finetune"])
+    assert bare.method_args == FinetuneConfig()
+    with pytest.raises(ConfigError, match=r"method_args: invalid KDConfig: alpha must be in \[0, 1\]"):
+        recipe.load_run_config(_recipe(tmp_path, "bad", method_args={"alpha": 2.0}))
+    with pytest.raises(ConfigError, match=r"method: unknown method 'kdd'\. Did you mean 'kd'\?"):
+        recipe.load_run_config(_recipe(tmp_path, "typo"), ["method=kdd"])
+
+
+def test_method_args_set_in_python_are_parsed_too() -> None:
+    cfg = RunConfig(method="kd", output_dir="x", data=DataConfig(train=DatasetSpec(name="sst2")),
+                    model=ModelConfig(kind="ngram"), method_args={"temperature": 4})
+    assert cfg.method_args == KDConfig(temperature=4.0)
+    assert method_config("kd", cfg.method_args) is cfg.method_args
+    with pytest.raises(ConfigError, match=r"method_args\.temprature: unknown key"):
+        method_config("kd", {"temprature": 1})
+    with pytest.raises(TypeError, match="takes a KDConfig"):
+        method_config("kd", FinetuneConfig())
+
+
+def test_dry_run_shows_every_method_and_model_field_with_its_default(capsys) -> None:
+    assert cli_main(["train", "sst2_early_exit", "--dry-run"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["method_args"] == to_dict(EarlyExitConfig())  # temperature is not in the recipe
+    assert set(shown["model"]) == {f.name for f in dataclasses.fields(PretrainedModelConfig)}
+    assert "num_buckets" not in shown["model"]
+
+
+class FakeAccelerator:
+    """What :class:`Checkpointer` asks of accelerate, without training anything."""
+
+    is_main_process = True
+
+    def __init__(self) -> None:
+        self.loaded: str | None = None
+
+    def wait_for_everyone(self) -> None:
+        return None
+
+    def save_state(self, path: str, safe_serialization: bool = True) -> None:
+        Path(path).mkdir(parents=True, exist_ok=True)
+
+    def load_state(self, path: str) -> None:
+        self.loaded = path
+
+
+def _checkpointer(tmp_path: Path, cfg: RunConfig) -> Checkpointer:
+    return Checkpointer(tmp_path / "run" / "checkpoint", config=fixed_part(to_dict(cfg)))
+
+
+def test_resume_compares_typed_configs_so_an_explicit_default_is_no_change(tmp_path) -> None:
+    implicit = recipe.load_run_config(_recipe(tmp_path, "implicit"))
+    _checkpointer(tmp_path, implicit).save(FakeAccelerator())
+    explicit = recipe.load_run_config(_recipe(tmp_path, "explicit", method_args={"temperature": 2.0, "alpha": 0.5}),
+                                      ["model.embed_dim=64", "model.kind=ngram"])
+    accelerator = FakeAccelerator()
+    assert _checkpointer(tmp_path, explicit).load(accelerator) and accelerator.loaded
+    changed = recipe.load_run_config(_recipe(tmp_path, "changed", method_args={"alpha": 0.9}))
+    with pytest.raises(ValueError, match=r"another configuration \(method_args.alpha: 0.5 -> 0.9\)"):
+        _checkpointer(tmp_path, changed).load(FakeAccelerator())
+
+
+def test_resume_from_a_checkpoint_that_predates_typed_configs(tmp_path, caplog) -> None:
+    cfg = recipe.load_run_config(_recipe(tmp_path, "now"))
+    old = fixed_part(to_dict(cfg))
+    old["method_args"] = {}  # the raw recipe dict was saved
+    old["model"] = {**old["model"], "first": None, "pooling": "mean", "crf": False, "exits": None}  # every kind's
+    checkpoint = tmp_path / "run" / "checkpoint"
+    Checkpointer(checkpoint, config=old).save(FakeAccelerator())
+    with caplog.at_level("WARNING"):
+        assert _checkpointer(tmp_path, cfg).load(FakeAccelerator())
+    assert "method_args.temperature" in caplog.text
+    assert without_unused_model_fields(old, fixed_part(to_dict(cfg)))["model"] == fixed_part(to_dict(cfg))["model"]

@@ -18,7 +18,7 @@ RANKS = {
     "summon._version": 0, "summon.registry": 0, "summon.config": 0,
     "summon.data": 1,
     "summon.inference": 2, "summon.measure": 2,
-    "summon.models": 3, "summon.saved": 3, "summon.predictor": 3,
+    "summon.models": 3, "summon.saved": 3, "summon.predictor": 3, "summon.hf": 3,
     "summon.losses": 4,
     "summon.methods": 5,
     "summon.train": 6, "summon.recipe": 6,

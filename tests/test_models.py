@@ -500,7 +500,12 @@ def test_model_from_architecture_rejects_unknown_types():
     ({"kind": "ngram", "dropout": 1.0}, "dropout"),
     ({"kind": "ngram", "dropout": -0.1}, "dropout"),
     ({"kind": "ngram", "max_length": 1}, "max_length"),
-    ({"kind": "ngram", "encoder_dropout": 1.0}, "encoder_dropout"),
+    ({"kind": "pretrained", "name": "tiny-bert", "encoder_dropout": 1.0}, "encoder_dropout"),
+    ({"kind": "ngram", "encoder_dropout": 0.1}, "encoder_dropout: unknown key for kind 'ngram'"),
+    ({"kind": "ngram", "first": 1}, "'first' belongs to 'truncated'"),
+    ({"kind": "copy", "name": "tiny-bert"}, "name: unknown key for kind 'copy'"),
+    ({"kind": "ngrm"}, "did you mean 'ngram'"),
+    ({"kind": "hf"}, "needs 'name'"),
 ])
 def test_model_config_validation(kwargs, message):
     with pytest.raises(ValueError, match=message):

@@ -17,8 +17,8 @@ import pytest
 import torch
 
 import summon
-from summon.models import ModelConfig, build_model
 from summon.data.words import entity_spans
+from summon.models import ModelConfig, build_model
 from summon.predictor import MANIFEST, WEIGHTS, Predictor
 from summon.saved import update_manifest
 

@@ -30,22 +30,25 @@ from summon.data.spec import DatasetSpec, TaskData
 from summon.evaluate.adaptive import evaluate_adaptive
 from summon.evaluate.report import write_report
 from summon.evaluate.runner import evaluate_entry, load_for, spec_for
-from summon.predictor import Predictor, load_predictor
+from summon.hf import load_plain
+from summon.predictor import Predictor
 from summon.saved import read_json_manifest, safe_name
 from summon.train.loop import train as _train
 
 
 def load(path: str | os.PathLike, *, device: str | torch.device | None = "auto") -> Any:
-    """Load any saved summon predictor: plain, early exit, cascade, ... onto ``device``.
+    """Load any saved summon predictor (plain, early exit, cascade, ...), a fine-tuned Hugging Face classifier
+    folder (``AutoModelForSequenceClassification``/``...TokenClassification``) or ``hf:HUB_ID``, onto ``device``.
 
     ``device``: ``"auto"`` (CUDA when present, else the CPU), ``"cpu"``, ``"cuda"``, ``"cuda:1"``. Nothing is
     unpickled: weights are safetensors, everything else JSON.
     """
     directory = Path(path)
-    kind = staged_kind(read_json_manifest(directory))
+    manifest = read_json_manifest(directory) if directory.is_dir() else None
+    kind = staged_kind(manifest)
     if kind is None:
-        return load_predictor(directory, device=device)
-    return kind.load(directory, read_json_manifest(directory), device=device)
+        return load_plain(path, device=device)  # a summon predictor, a Hugging Face folder or hf:ID
+    return kind.load(directory, manifest, device=device)
 
 
 def _data(predictor: Any, data: str | DatasetSpec | TaskData, data_dir: str | None, limit: int | None) -> TaskData:

@@ -4,6 +4,15 @@ A recipe is read with :func:`load_yaml`, patched with :func:`apply_overrides` (`
 command line) and turned into a typed dataclass tree by :func:`from_dict`, which validates everything in
 one pass and raises a single :class:`ConfigError` listing every problem by the key path the user wrote,
 e.g. ``train.lr: expected a number, got 'abc' (str)``. :func:`to_dict` and :func:`dump_yaml` go back.
+
+Two kinds of field choose their dataclass from the data:
+
+* a **tagged union**, ``Annotated[A | B | C, Tagged("kind")]``: the member is the one whose ``kind`` field is
+  ``Literal`` of the value given (``model: {kind: ngram, ...}``); a key of another member is reported as
+  ``model.first: unknown key for kind 'ngram' (...)``;
+* a field **chosen by a sibling**, ``field(metadata=chosen_by("method", lookup))``: its dataclass is
+  ``lookup(value of the sibling)``, e.g. ``method_args`` typed by ``method``; absent, it is built from ``{}``
+  so every default is filled in.
 """
 
 from __future__ import annotations
@@ -13,9 +22,9 @@ import dataclasses
 import difflib
 import os
 import types
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
+from typing import Annotated, Any, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
@@ -23,6 +32,67 @@ T = TypeVar("T")
 
 _FAIL = object()  # returned by converters after they have recorded an error
 _NONE_TYPE = type(None)
+_CHOSEN_BY = "summon.config.chosen_by"
+
+
+@dataclasses.dataclass(frozen=True)
+class Tagged:
+    """Marks a union of dataclasses as discriminated by one key: ``Annotated[A | B, Tagged("kind")]``.
+
+    Each member declares the key as a ``Literal`` of its own tag value(s), with that value as the default.
+
+    Attributes:
+        key: The key whose value selects the member.
+        default: The tag used when the data leaves the key out (None: the key is required).
+    """
+
+    key: str = "kind"
+    default: str | None = None
+
+
+def chosen_by(key: str, lookup: Callable[[Any], type]) -> dict[str, Any]:
+    """Field metadata: the field's dataclass is ``lookup(<value of sibling field key>)``.
+
+    Use as ``field(default=None, metadata=chosen_by("method", lambda name: METHODS.get(name).config_cls))``.
+    ``lookup`` raises ``ValueError`` for a value it does not know; the message is reported at ``key``.
+    """
+    return {_CHOSEN_BY: (key, lookup)}
+
+
+def tagged_members(union: Any) -> tuple[Tagged, dict[str, type]]:
+    """The :class:`Tagged` marker of ``Annotated[A | B, Tagged(...)]`` and its members by tag value.
+
+    Raises:
+        TypeError: If ``union`` is not such an annotation (a programming error).
+    """
+    if get_origin(union) is not Annotated:
+        raise TypeError(f"expected Annotated[A | B, Tagged(...)], got {union!r}")
+    inner, *extras = get_args(union)
+    tags = [e for e in extras if isinstance(e, Tagged)]
+    if not tags:
+        raise TypeError(f"{union!r} has no Tagged(...) marker")
+    tag = tags[0]
+    members: dict[str, type] = {}
+    for member in get_args(inner) or (inner,):
+        hint = get_type_hints(member).get(tag.key)
+        if not (dataclasses.is_dataclass(member) and get_origin(hint) is Literal):
+            raise TypeError(f"{member!r}: a member of a tagged union needs a field {tag.key}: Literal[...]")
+        for value in get_args(hint):
+            members[value] = member
+    return tag, members
+
+
+def unknown_member_key(key: str, tag_value: str, member: type, members: dict[str, type],
+                       tag_key: str = "kind") -> str:
+    """The message for a key that member ``tag_value`` does not take (naming the members that do)."""
+    fields = [f.name for f in dataclasses.fields(member) if f.init]
+    owners = [t for t, m in members.items() if key in {f.name for f in dataclasses.fields(m) if f.init}]
+    if owners:
+        hint = f"'{key}' belongs to {' and '.join(repr(o) for o in owners)}; fields of {tag_value!r}: {', '.join(fields)}"
+    else:
+        close = difflib.get_close_matches(key, fields, n=1)
+        hint = f"did you mean '{close[0]}'?" if close else f"fields: {', '.join(fields)}"
+    return f"unknown key for {tag_key} {tag_value!r} ({hint})"
 
 
 class ConfigError(ValueError):
@@ -87,6 +157,9 @@ def _describe(value: Any) -> str:
 
 
 def _type_name(tp: Any) -> str:
+    if get_origin(tp) is Annotated:
+        inner = get_args(tp)[0]
+        return " or ".join(_type_name(m) for m in get_args(inner)) if get_args(inner) else _type_name(inner)
     if tp is _NONE_TYPE:
         return "null"
     if isinstance(tp, type):
@@ -99,22 +172,40 @@ def _bad(errors: list[str], path: str, expected: str, value: Any) -> object:
     return _FAIL
 
 
-def _build(cls: type, data: Any, path: str, errors: list[str]) -> Any:
-    """Convert a mapping into ``cls``; construct it (running ``__post_init__``) only if all went well."""
+def _build(cls: type, data: Any, path: str, errors: list[str],
+           unknown: Callable[[str], str] | None = None) -> Any:
+    """Convert a mapping into ``cls``; construct it (running ``__post_init__``) only if all went well.
+
+    ``unknown(key)`` words the error for a key ``cls`` does not have (default: "unknown key (did you mean ...)").
+    """
     if not isinstance(data, Mapping):
         return _bad(errors, path, f"a mapping for {cls.__name__}", data)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
-    hints = get_type_hints(cls)
+    hints = get_type_hints(cls, include_extras=True)
     n_before = len(errors)
     for key in data:
         if key not in fields:
-            errors.append(f"{_where(_join(path, key))}: unknown key{_suggest(str(key), fields)}")
+            message = unknown(str(key)) if unknown else f"unknown key{_suggest(str(key), fields)}"
+            errors.append(f"{_where(_join(path, key))}: {message}")
     kwargs = {}
+    chosen = {name: f.metadata[_CHOSEN_BY] for name, f in fields.items() if _CHOSEN_BY in f.metadata}
     for name, field in fields.items():
+        if name in chosen:
+            continue
         if name in data:
             kwargs[name] = _convert(hints[name], data[name], _join(path, name), errors)
         elif field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING:
             errors.append(f"{_where(_join(path, name))}: required key missing")
+    for name, (key, lookup) in chosen.items():
+        if key not in kwargs or kwargs[key] is _FAIL:
+            continue  # the sibling's own error is already reported
+        try:
+            tp = lookup(kwargs[key])
+        except ValueError as exc:
+            errors.append(f"{_where(_join(path, key))}: {exc}")
+            continue
+        value = data.get(name)
+        kwargs[name] = _convert(tp, {} if value is None else value, _join(path, name), errors)
     if len(errors) > n_before:
         return _FAIL
     try:
@@ -132,6 +223,8 @@ def _suggest(key: str, names: Sequence[str]) -> str:
 
 
 def _allows_none(tp: Any) -> bool:
+    if get_origin(tp) is Annotated:
+        return _allows_none(get_args(tp)[0])
     if get_origin(tp) not in (Union, types.UnionType, Literal):
         return tp is _NONE_TYPE
     return any(a is _NONE_TYPE or a is None for a in get_args(tp))
@@ -147,6 +240,10 @@ def _convert(tp: Any, value: Any, path: str, errors: list[str]) -> Any:
             return None
         errors.append(f"{_where(path)}: null is not allowed here (expected {_type_name(tp)})")
         return _FAIL
+    if origin is Annotated:
+        if any(isinstance(extra, Tagged) for extra in get_args(tp)[1:]):
+            return _convert_tagged(tp, value, path, errors)
+        return _convert(get_args(tp)[0], value, path, errors)
     if origin in (Union, types.UnionType):
         return _convert_union(tp, value, path, errors)
     if origin is Literal:
@@ -174,6 +271,26 @@ def _convert_union(tp: Any, value: Any, path: str, errors: list[str]) -> Any:
         if not trial:
             return out
     return _bad(errors, path, " or ".join(_type_name(m) for m in members), value)
+
+
+def _convert_tagged(tp: Any, value: Any, path: str, errors: list[str]) -> Any:
+    """Pick the member of a tagged union by its tag key, then build it (keys of other members named as such)."""
+    tag, members = tagged_members(tp)
+    kinds = ", ".join(members)
+    if not isinstance(value, Mapping):
+        return _bad(errors, path, f"a mapping with '{tag.key}' (one of {kinds})", value)
+    chosen = value.get(tag.key, tag.default)
+    if chosen is None:
+        errors.append(f"{_where(_join(path, tag.key))}: required key missing (one of {kinds})")
+        return _FAIL
+    if not isinstance(chosen, str) or chosen not in members:
+        close = difflib.get_close_matches(str(chosen), list(members), n=1)
+        guess = f" (did you mean '{close[0]}'?)" if close else ""
+        errors.append(f"{_where(_join(path, tag.key))}: unknown {tag.key} {chosen!r}{guess}; {tag.key}s: {kinds}")
+        return _FAIL
+    member = members[chosen]
+    return _build(member, value, path, errors,
+                  unknown=lambda key: unknown_member_key(key, chosen, member, members, tag.key))
 
 
 def _convert_literal(tp: Any, value: Any, path: str, errors: list[str]) -> Any:

@@ -83,7 +83,13 @@ class Predictor:
 
     @property
     def fingerprint(self) -> str:
-        """Hash of the weights (from the manifest) identifying this predictor in caches."""
+        """Hash of the weights (from the manifest) identifying this predictor in caches.
+
+        A loaded Hugging Face model's manifest carries its own (over its config and weight files); otherwise
+        the saved weights' sha256, else a hash of the weights in memory.
+        """
+        if self.manifest.get("fingerprint"):
+            return str(self.manifest["fingerprint"])
         files = self.manifest.get("files", {})
         if WEIGHTS in files:
             return files[WEIGHTS]["sha256"]

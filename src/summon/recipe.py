@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
-from summon.config import ConfigError, apply_overrides, from_dict, load_yaml
-from summon.methods import METHODS
+from summon.config import apply_overrides, from_dict, load_yaml
 from summon.registry import suggest
 from summon.train.config import RunConfig
 
 RECIPES_DIR = Path(__file__).parent / "recipes"
+_LABEL = re.compile(r"^[A-Za-z][\w -]{0,40}:\s")  # "Run: ...", "Then: ...", "Stage one is ...: ..."
 
 
 def shipped() -> dict[str, Path]:
@@ -20,11 +21,23 @@ def shipped() -> dict[str, Path]:
 
 
 def describe(path: Path) -> str:
-    """A recipe's first comment line (what it does)."""
+    """What a recipe does, whole: its leading comment up to the first ``Label: ...`` line (``Run:``,
+    ``Then:``, ``Stage one: ...``: how to run it), joined into one paragraph; without a leading comment, its
+    ``description:`` value."""
+    lines = []
     for line in path.read_text(encoding="utf-8").splitlines():
-        if line.startswith("#"):
-            return line.lstrip("# ").strip()
-    return ""
+        if not line.startswith("#"):
+            break
+        text = line.lstrip("#").strip()
+        if lines and _LABEL.match(text):
+            break
+        if text:
+            lines.append(text)
+    if lines:
+        return " ".join(lines)
+    data = load_yaml(path)
+    value = data.get("description") if isinstance(data, dict) else None
+    return " ".join(str(value).split()) if value else ""
 
 
 def find(name_or_path: str) -> Path:
@@ -41,18 +54,17 @@ def find(name_or_path: str) -> Path:
 
 
 def load_run_config(name_or_path: str, overrides: Sequence[str] = ()) -> RunConfig:
-    """Read a recipe, apply ``key=value`` overrides and validate it all, including the method's own args."""
+    """Read a recipe, apply ``key=value`` overrides and validate it all in one pass.
+
+    The result is typed throughout: ``model`` is its kind's dataclass and ``method_args`` the method's
+    config dataclass, defaults filled in.
+
+    Raises:
+        ConfigError: Listing every problem by the key the user wrote (``method_args.alpha: ...``).
+    """
     path = find(name_or_path)
     data = apply_overrides(load_yaml(path), overrides)
-    cfg = from_dict(RunConfig, data, source=str(path))
-    if cfg.method not in METHODS:
-        raise ConfigError([f"method: unknown method '{cfg.method}'.{suggest(cfg.method, METHODS.names())} "
-                           f"Known: {', '.join(METHODS.names())}"], source=str(path))
-    try:
-        from_dict(METHODS.get(cfg.method).config_cls, cfg.method_args, source=f"{path} method_args")
-    except ConfigError as err:
-        raise ConfigError([f"method_args.{e}" for e in err.errors], source=str(path)) from None
-    return cfg
+    return from_dict(RunConfig, data, source=str(path))
 
 
 def copy_recipe(name: str, dest: str | Path) -> Path:

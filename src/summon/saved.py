@@ -38,7 +38,7 @@ WEIGHTS = "model.safetensors"
 FORMAT = "summon-predictor"
 FORMAT_VERSION = 1
 MANAGED = {"format", "format_version", "summon_version", "task", "labels", "architecture", "featurizer",
-           "files", "created"}
+           "files", "created", "fingerprint"}
 
 
 def read_json_manifest(directory: Path) -> dict[str, Any] | None:

@@ -34,9 +34,10 @@ from summon.adaptive.costs import StageCosts
 from summon.adaptive.remote import RemoteStage
 from summon.adaptive.staged import StagedBase
 from summon.adaptive.stages import LocalStage, split_defer
+from summon.hf import HF_PREFIX, load_plain
 from summon.measure.cost import count_parameters
 from summon.measure.profile import measure_costs
-from summon.predictor import MANIFEST, load_predictor
+from summon.predictor import MANIFEST
 from summon.saved import read_json_manifest
 
 logger = logging.getLogger(__name__)
@@ -164,6 +165,8 @@ def _stage_entry(stage: Any, directory: Path) -> dict[str, Any]:
         if not entry.get("path"):
             raise ValueError(f"stage '{stage.name}' was built in memory: save it (Predictor.save) and build the "
                              "cascade from its directory")
+        if entry["path"].startswith(HF_PREFIX):
+            return entry  # a hub id stays as given
         path = Path(entry["path"]).resolve()
         entry["path"] = os.path.relpath(path, directory.resolve())
     return entry
@@ -174,8 +177,11 @@ def load_cascade(directory: Path, manifest: dict[str, Any], *, device: Any = Non
     stages = []
     for i, entry in enumerate(manifest.get("stages", [])):
         if entry.get("type") == "local":
-            path = (directory / entry["path"]).resolve()
-            stages.append(LocalStage(entry.get("name") or f"stage{i}", load_predictor(path, device=device), str(path)))
+            source = entry["path"] if entry["path"].startswith(HF_PREFIX) else (directory / entry["path"]).resolve()
+            stages.append(LocalStage(entry.get("name") or f"stage{i}", load_plain(source, device=device,
+                                                                                 task=manifest["task"],
+                                                                                 labels=manifest["labels"]),
+                                     str(source)))
         elif entry.get("type") == "remote":
             stages.append(RemoteStage.from_dict(entry))
         else:
@@ -192,10 +198,13 @@ def build_cascade(stage_specs: Sequence[str], *, timeout: float = 10.0, device: 
             stages.append(RemoteStage.connect(spec, name=name, timeout=timeout))
             continue
         manifest = read_json_manifest(Path(spec)) or {}
-        if manifest.get("format") != "summon-predictor" or manifest.get("architecture", {}).get("type") == "exits":
-            what = "has exits" if manifest.get("format") == "summon-predictor" else "is not a plain saved predictor"
-            raise ValueError(f"{spec} {what}; a cascade stage is a plain predictor directory or a logits-server URL")
-        stages.append(LocalStage(name, load_predictor(spec, device=device), str(Path(spec).resolve())))
+        if manifest.get("architecture", {}).get("type") == "exits":
+            raise ValueError(f"{spec} has exits; a cascade stage is a plain predictor (a summon predictor folder, a "
+                             "Hugging Face classifier folder or hf:ID) or a logits-server URL")
+        labels = stages[0].labels if stages else None
+        predictor = load_plain(spec, device=device, labels=labels)
+        where = spec if spec.startswith(HF_PREFIX) else str(Path(spec).resolve())
+        stages.append(LocalStage(name, predictor, where))
     first = stages[0]
     task = first.predictor.task if isinstance(first, LocalStage) else first.task
     return CascadePredictor(stages, task, first.labels)

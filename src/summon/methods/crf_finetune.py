@@ -14,8 +14,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from summon.models.tagger import CRFTagger
 from summon.measure.timing import clock, seconds
+from summon.models.tagger import CRFTagger
 
 
 @dataclass

@@ -31,8 +31,8 @@ import torch
 from torch import nn
 
 from summon.losses.structured import marginal_kl, substructure_mse, topk_nll
-from summon.methods.crf_finetune import crf_model
 from summon.measure.timing import clock, seconds
+from summon.methods.crf_finetune import crf_model
 
 VARIANTS = ("substructure", "substructure_emissions_only", "marginal_kl", "topk")
 

@@ -1,89 +1,247 @@
-"""Build models from a typed :class:`ModelConfig` and rebuild them from a saved architecture dict.
+"""Build models from a typed model config and rebuild them from a saved architecture dict.
 
-Kinds of model:
-    ``pretrained``: a named encoder (see :mod:`summon.models.pretrained`) with a new task head.
-    ``truncated``: a copy of an encoder keeping its first k layers, every k-th layer or chosen layers
-        (DistilBERT / PKD-style students). The source is ``name`` or, by default, the teacher's encoder.
-    ``random``: a freshly initialised encoder shaped like the source with smaller sizes.
-    ``copy``: a copy of the source model itself, encoder and head (to attach exits to a fine-tuned teacher).
-    ``ngram``: a fastText-like bag of hashed word n-grams (:class:`NgramClassifier`).
+``model`` in a recipe is a union keyed on ``kind``; each kind is a dataclass with only the fields it uses
+(:data:`AnyModelConfig`; ``ModelConfig(kind=..., **fields)`` builds the right one in Python):
 
-Any encoder kind takes ``crf`` (token classification: a :class:`~summon.models.tagger.CRFTagger`, a
-linear-chain CRF over the words, or over sub-tokens with ``crf_over: subtokens``), ``exits`` (classifier heads after chosen layers, :mod:`summon.models.exits`) and
-``freeze`` (parameter-name prefixes that do not train, e.g. ``[backbone]`` for DeeBERT's second stage).
+    ``pretrained`` (:class:`PretrainedModelConfig`): a named encoder (see :mod:`summon.models.pretrained`)
+        with a new task head.
+    ``truncated`` (:class:`TruncatedModelConfig`): a copy of an encoder keeping its first k layers, every
+        k-th layer or chosen layers (DistilBERT / PKD-style students). The source is ``name`` or, by
+        default, the teacher's encoder.
+    ``random`` (:class:`RandomModelConfig`): a freshly initialised encoder shaped like the source with
+        smaller sizes.
+    ``copy`` (:class:`CopyModelConfig`): a copy of the source model itself, encoder and head (to attach
+        exits to a fine-tuned teacher, summon's or a Hugging Face one).
+    ``hf`` (:class:`HFModelConfig`): a fine-tuned Hugging Face sequence or token classifier (``name``: a
+        folder or hub id) used as it is, or, with ``exits``, as the start of an early-exit model whose last
+        exit is its own classifier.
+    ``ngram`` (:class:`NgramModelConfig`): a fastText-like bag of hashed word n-grams (:class:`NgramClassifier`).
+
+Every encoder kind takes ``crf`` (token classification: a :class:`~summon.models.tagger.CRFTagger`, a
+linear-chain CRF over the words, or over sub-tokens with ``crf_over: subtokens``), ``exits`` (classifier
+heads after chosen layers, :mod:`summon.models.exits`); every kind takes ``freeze`` (parameter-name prefixes
+that do not train, e.g. ``[backbone]`` for DeeBERT's second stage).
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
+import difflib
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import torch
 from torch import nn
 from transformers import AutoConfig, AutoModel
 
+from summon.config import Tagged, tagged_members, unknown_member_key
 from summon.data.features import NgramFeaturizer, TokenizerFeaturizer
 from summon.models.backbone import Backbone, keep_layers, layer_selection
 from summon.models.exits import MultiExitClassifier, resolve_exits
 from summon.models.heads import EncoderClassifier, SequenceHead, TokenHead
+from summon.models.hf import (
+    HFTaskModel,
+    hf_architecture,
+    hf_model_from_architecture,
+    load_hf_task_model,
+    resolve_labels,
+    to_summon_parts,
+)
 from summon.models.ngram import NgramClassifier
 from summon.models.pretrained import load_encoder
 from summon.models.tagger import CRFTagger
 
+Exits = list[int] | Literal["all"] | None
 
-@dataclass
+
+@dataclass(kw_only=True)
 class ModelConfig:
-    """What model to train. Fields apply to the kinds named in their comments."""
+    """What model to train: the fields every kind takes. Each kind is a subclass (see the module docstring).
 
-    kind: Literal["pretrained", "truncated", "random", "copy", "ngram"] = "pretrained"
-    name: str | None = None  # pretrained: required; truncated/random: source encoder (default: the teacher's)
-    first: int | None = None  # truncated: keep the first k layers
-    every: int | None = None  # truncated: keep every k-th layer
-    layers: list[int] | None = None  # truncated: keep these 0-based layers
-    num_layers: int | None = None  # random: sizes that replace the source's
-    hidden_size: int | None = None
-    num_heads: int | None = None
-    intermediate_size: int | None = None
-    pooling: Literal["mean", "cls", "pooler"] = "mean"  # encoders: how a sequence head pools tokens
+    ``ModelConfig(kind="ngram", num_buckets=4096)`` returns the kind's own class (:class:`NgramModelConfig`),
+    as ``pathlib.Path(...)`` returns a ``PosixPath``; a key the kind does not take raises a ``ValueError``.
+    """
+
+    kind: str = "pretrained"
     dropout: float = 0.1  # the head's dropout
-    encoder_dropout: float | None = None  # replaces every dropout rate inside the encoder (default: its config's)
     max_length: int = 128  # sub-tokens per input (encoders) / n-grams per input x 16 (ngram)
-    num_buckets: int = 1 << 20  # ngram: hash buckets
-    embed_dim: int = 64  # ngram: embedding width
-    hidden_dim: int = 0  # ngram: optional hidden layer
-    ngram_max: int = 2  # ngram: longest n-gram
     init_seed: int = 0  # random init of new weights (heads, random encoders, n-gram embeddings)
-    exits: list[int] | Literal["all"] | None = None  # encoders: exit heads after these layers (1-based) or all
     freeze: list[str] = field(default_factory=list)  # parameter-name prefixes to freeze, e.g. [backbone]
+
+    KIND: ClassVar[str | None] = None
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> ModelConfig:
+        if cls is ModelConfig:
+            kind = kwargs.get("kind", "pretrained")
+            members = model_kinds()
+            if kind not in members:
+                close = difflib.get_close_matches(str(kind), list(members), n=1)
+                guess = f" (did you mean '{close[0]}'?)" if close else ""
+                raise ValueError(f"kind: unknown kind {kind!r}{guess}; kinds: {', '.join(members)}")
+            cls = members[kind]
+            fields = [f for f in dataclasses.fields(cls) if f.init]
+            bad = [f"{key}: {unknown_member_key(key, kind, cls, members)}" for key in kwargs
+                   if key not in {f.name for f in fields}]
+            missing = [f"'{f.name}'" for f in fields if f.name not in kwargs
+                       and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+            if missing:
+                bad.append(f"kind {kind!r} needs {' and '.join(missing)}")
+            if bad:
+                raise ValueError("; ".join(bad))
+        return super().__new__(cls)
+
+    def __post_init__(self) -> None:
+        if self.KIND is None:
+            raise TypeError("ModelConfig is the base of the model kinds; build one with ModelConfig(kind=...)")
+        if self.kind != self.KIND:
+            raise ValueError(f"kind {self.kind!r} given to {type(self).__name__} (kind {self.KIND!r}); build "
+                             f"ModelConfig(kind={self.kind!r}, ...) instead")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"'dropout' must be in [0, 1), got {self.dropout}")
+        if self.max_length < 2:
+            raise ValueError(f"'max_length' must be at least 2, got {self.max_length}")
+
+
+@dataclass(kw_only=True)
+class EncoderModelConfig(ModelConfig):
+    """Fields of every transformer-encoder kind: pooling, encoder dropout, exits, defer output and CRF."""
+
+    pooling: Literal["mean", "cls", "pooler"] = "mean"  # how a sequence head pools tokens
+    encoder_dropout: float | None = None  # replaces every dropout rate inside the encoder (default: its config's)
+    exits: Exits = None  # exit heads after these layers (1-based) or all
     defer_output: bool = False  # one extra "defer" logit after the classes (learning-to-defer students)
     crf: bool = False  # token classification: a linear-chain CRF on the emissions (see summon.models.tagger)
     crf_over: Literal["words", "subtokens"] = "words"  # crf: chain the words, or sub-tokens with an X label
 
     def __post_init__(self) -> None:
-        if self.kind == "pretrained" and not self.name:
-            raise ValueError("kind 'pretrained' needs 'name' (e.g. minilm-l6, mpnet-base, a folder or a hub id)")
-        if self.kind == "truncated" and sum(x is not None for x in (self.first, self.every, self.layers)) != 1:
+        super().__post_init__()
+        _check_rate("encoder_dropout", self.encoder_dropout)
+
+
+@dataclass(kw_only=True)
+class PretrainedModelConfig(EncoderModelConfig):
+    """A named encoder (``minilm-l6``, ``mpnet-base``, ``tiny-bert``, a folder or a hub id) with a new head."""
+
+    KIND: ClassVar[str] = "pretrained"
+    kind: Literal["pretrained"] = "pretrained"
+    name: str
+
+
+@dataclass(kw_only=True)
+class TruncatedModelConfig(EncoderModelConfig):
+    """Some layers of ``name``'s encoder or, by default, the teacher's: exactly one of first, every, layers."""
+
+    KIND: ClassVar[str] = "truncated"
+    kind: Literal["truncated"] = "truncated"
+    name: str | None = None  # source encoder (default: the teacher's)
+    first: int | None = None  # keep the first k layers
+    every: int | None = None  # keep every k-th layer
+    layers: list[int] | None = None  # keep these 0-based layers
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if sum(x is not None for x in (self.first, self.every, self.layers)) != 1:
             raise ValueError("kind 'truncated' needs exactly one of 'first', 'every' or 'layers'")
-        for key in ("dropout", "encoder_dropout"):
-            value = getattr(self, key)
-            if value is not None and not 0.0 <= value < 1.0:
-                raise ValueError(f"'{key}' must be in [0, 1), got {value}")
-        if self.max_length < 2:
-            raise ValueError(f"'max_length' must be at least 2, got {self.max_length}")
+
+
+@dataclass(kw_only=True)
+class RandomModelConfig(EncoderModelConfig):
+    """A fresh encoder shaped like ``name``'s or the teacher's, with the sizes given replacing its own."""
+
+    KIND: ClassVar[str] = "random"
+    kind: Literal["random"] = "random"
+    name: str | None = None  # source encoder (default: the teacher's)
+    num_layers: int | None = None
+    hidden_size: int | None = None
+    num_heads: int | None = None
+    intermediate_size: int | None = None
+
+
+@dataclass(kw_only=True)
+class CopyModelConfig(EncoderModelConfig):
+    """A copy of the teacher, encoder and head (its pooling must match the teacher's head)."""
+
+    KIND: ClassVar[str] = "copy"
+    kind: Literal["copy"] = "copy"
+
+
+@dataclass(kw_only=True)
+class HFModelConfig(ModelConfig):
+    """A fine-tuned Hugging Face sequence or token classifier, as it is or as the last exit of exits.
+
+    With ``exits`` the exits' heads pool with the encoder's pooler (the last one is the model's own
+    classifier, see :mod:`summon.models.hf`), as in *The Right Tool for the Job*.
+    """
+
+    KIND: ClassVar[str] = "hf"
+    kind: Literal["hf"] = "hf"
+    name: str  # a folder written by save_pretrained, or a hub id
+    exits: Exits = None
+    encoder_dropout: float | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check_rate("encoder_dropout", self.encoder_dropout)
+
+
+@dataclass(kw_only=True)
+class NgramModelConfig(ModelConfig):
+    """A fastText-like bag of hashed word n-grams (sequence tasks only)."""
+
+    KIND: ClassVar[str] = "ngram"
+    kind: Literal["ngram"] = "ngram"
+    num_buckets: int = 1 << 20  # hash buckets
+    embed_dim: int = 64  # embedding width
+    hidden_dim: int = 0  # optional hidden layer
+    ngram_max: int = 2  # longest n-gram
+    defer_output: bool = False  # one extra "defer" logit after the classes (learning-to-defer students)
+
+
+AnyModelConfig = Annotated[
+    PretrainedModelConfig | TruncatedModelConfig | RandomModelConfig | CopyModelConfig | HFModelConfig
+    | NgramModelConfig,
+    Tagged("kind", default="pretrained"),
+]
+"""The ``model`` section of a recipe: one of the kinds, chosen by ``kind`` (default ``pretrained``)."""
+
+
+def model_kinds() -> dict[str, type[ModelConfig]]:
+    """Kind name -> its config class."""
+    return tagged_members(AnyModelConfig)[1]
+
+
+def _check_rate(key: str, value: float | None) -> None:
+    if value is not None and not 0.0 <= value < 1.0:
+        raise ValueError(f"'{key}' must be in [0, 1), got {value}")
+
+
+def needs_source(cfg: ModelConfig) -> bool:
+    """Whether building ``cfg`` takes the teacher as its source (truncated, random or copy without ``name``)."""
+    return isinstance(cfg, TruncatedModelConfig | RandomModelConfig | CopyModelConfig) and not getattr(
+        cfg, "name", None)
 
 
 @dataclass
 class Source:
-    """The model students are made from (usually the teacher): its encoder, tokenizer and head."""
+    """The model students are made from (usually the teacher): its encoder, tokenizer and head.
+
+    ``head`` is None when the source's classifier cannot be reused (``why_no_head`` says why).
+    """
 
     encoder: nn.Module
     tokenizer: Any
     head: nn.Module | None = None
     crf: nn.Module | None = None  # a CRF tagger's transitions, start and end (copied by kind 'copy')
+    why_no_head: str | None = None
 
     @classmethod
     def of(cls, model: nn.Module, tokenizer: Any) -> Source | None:
+        """The parts of a summon model or of a Hugging Face classifier (:class:`HFTaskModel`, converted by
+        :func:`~summon.models.hf.to_summon_parts`); None for a model without an encoder (n-grams)."""
+        if isinstance(model, HFTaskModel):
+            encoder, head, why = to_summon_parts(model.hf_model, model.task)
+            return cls(encoder, tokenizer, head, why_no_head=why)
         backbone = getattr(model, "backbone", None)
         if backbone is None:
             return None  # an n-gram model has no encoder to copy
@@ -102,32 +260,37 @@ class Built:
     architecture: dict[str, Any]
 
 
-def build_model(cfg: ModelConfig, task: str, num_labels: int, *, source: Source | None = None) -> Built:
+def build_model(cfg: ModelConfig, task: str, num_labels: int, *, source: Source | None = None,
+                labels: list[str] | None = None) -> Built:
     """Build a fresh model for ``task``.
 
     Args:
-        cfg: the model config.
+        cfg: the model config (one of the kinds, see :data:`AnyModelConfig`).
         task: classification, pair_classification or token_classification.
         num_labels: size of the label set.
         source: the model to truncate, copy or shape a random model after when ``cfg.name`` is unset
             (the teacher, for distillation).
+        labels: the label names in id order; kind ``hf`` checks its model's ``id2label`` against them.
     """
-    if cfg.defer_output and (cfg.exits is not None or task == "token_classification"):
-        raise ValueError("defer_output is for single-exit sequence classifiers (cascade students)")
-    _check_crf(cfg, task)
+    if not isinstance(cfg, ModelConfig):
+        raise TypeError(f"build_model needs a model config (ModelConfig(kind=...)), got {type(cfg).__name__}")
+    if isinstance(cfg, EncoderModelConfig):
+        _check_encoder_options(cfg, task)
     with torch.random.fork_rng():
         torch.manual_seed(cfg.init_seed)
-        if cfg.kind == "ngram":
-            if cfg.exits:
-                raise ValueError("exits attach to encoder layers; a bag of n-grams has none")
+        if isinstance(cfg, NgramModelConfig):
             built = _build_ngram(cfg, task, num_labels)
+        elif isinstance(cfg, HFModelConfig):
+            built = _build_hf(cfg, task, num_labels, labels)
         else:
             built = _build_encoder_model(cfg, task, num_labels, source)
     freeze(built.model, cfg.freeze)
     return built
 
 
-def _check_crf(cfg: ModelConfig, task: str) -> None:
+def _check_encoder_options(cfg: EncoderModelConfig, task: str) -> None:
+    if cfg.defer_output and (cfg.exits is not None or task == "token_classification"):
+        raise ValueError("defer_output is for single-exit sequence classifiers (cascade students)")
     if not cfg.crf:
         if cfg.crf_over != "words":
             raise ValueError(f"model.crf_over={cfg.crf_over!r} needs model.crf: true")
@@ -135,12 +298,11 @@ def _check_crf(cfg: ModelConfig, task: str) -> None:
     if task != "token_classification":
         raise ValueError(f"model.crf: a CRF tags sequences, but this task is {task!r}; set model.crf: false "
                          "or train on a token_classification data set")
-    if cfg.kind == "ngram" or cfg.exits is not None:
-        what = "kind 'ngram'" if cfg.kind == "ngram" else "model.exits"
-        raise ValueError(f"model.crf: not available with {what}; use an encoder kind without exits")
+    if cfg.exits is not None:
+        raise ValueError("model.crf: not available with model.exits; use an encoder kind without exits")
 
 
-def _build_encoder_model(cfg: ModelConfig, task: str, num_labels: int, source: Source | None) -> Built:
+def _build_encoder_model(cfg: EncoderModelConfig, task: str, num_labels: int, source: Source | None) -> Built:
     encoder, tokenizer, head = _encoder_for(cfg, source)
     if cfg.encoder_dropout is not None:
         set_encoder_dropout(encoder, cfg.encoder_dropout)
@@ -150,14 +312,42 @@ def _build_encoder_model(cfg: ModelConfig, task: str, num_labels: int, source: S
     if cfg.defer_output:
         arch["defer_output"] = True
     if cfg.exits is not None:
-        if task == "token_classification":
-            raise ValueError("exits are implemented for sequence tasks; token classification has none yet")
-        arch = {**arch, "type": "exits", "exit_layers": resolve_exits(cfg.exits, Backbone(encoder).num_layers)}
+        arch = _exits_architecture(arch, encoder, cfg.exits)
     model = model_for(arch, encoder)
     if head is not None:
         _reuse_head(model, head, arch)
         _reuse_crf(model, source)
     return Built(model=model, featurizer=featurizer_for(arch, tokenizer, cfg.max_length), architecture=arch)
+
+
+def _exits_architecture(arch: dict[str, Any], encoder: nn.Module, exits: Exits) -> dict[str, Any]:
+    if arch["task"] == "token_classification":
+        raise ValueError("exits are implemented for sequence tasks; token classification has none yet")
+    return {**arch, "type": "exits", "exit_layers": resolve_exits(exits, Backbone(encoder).num_layers)}
+
+
+def _build_hf(cfg: HFModelConfig, task: str, num_labels: int, labels: list[str] | None) -> Built:
+    """A Hugging Face classifier as it is, or (with exits) exits on its encoder, its classifier the last one."""
+    model, tokenizer = load_hf_task_model(cfg.name, task=task)
+    resolve_labels(model.config, labels, cfg.name)
+    if model.config.num_labels != num_labels:
+        raise ValueError(f"model.name {cfg.name} has {model.config.num_labels} labels; the data has {num_labels}")
+    featurizer = TokenizerFeaturizer(tokenizer, max_length=cfg.max_length)
+    if cfg.exits is None:
+        if cfg.encoder_dropout is not None:
+            set_encoder_dropout(model.hf_model, cfg.encoder_dropout)
+        model.train()
+        return Built(model=model, featurizer=featurizer, architecture=hf_architecture(model))
+    encoder, head, why = to_summon_parts(model.hf_model, task, dropout=cfg.dropout)
+    if head is None:
+        raise ValueError(f"model.exits on {cfg.name}: {why}")
+    if cfg.encoder_dropout is not None:
+        set_encoder_dropout(encoder, cfg.encoder_dropout)
+    arch = _exits_architecture(encoder_architecture(encoder, task, num_labels, "pooler", cfg.dropout), encoder,
+                               cfg.exits)
+    exits_model = model_for(arch, encoder)
+    _reuse_head(exits_model, head, arch)
+    return Built(model=exits_model, featurizer=featurizer, architecture=arch)
 
 
 def featurizer_for(arch: dict[str, Any], tokenizer: Any, max_length: int) -> TokenizerFeaturizer:
@@ -168,37 +358,49 @@ def featurizer_for(arch: dict[str, Any], tokenizer: Any, max_length: int) -> Tok
     return TokenizerFeaturizer(tokenizer, max_length=max_length)
 
 
-def _encoder_for(cfg: ModelConfig, source: Source | None) -> tuple[nn.Module, Any, nn.Module | None]:
+def _encoder_for(cfg: EncoderModelConfig, source: Source | None) -> tuple[nn.Module, Any, nn.Module | None]:
     """The encoder to build on, its tokenizer, and a trained head to reuse (``copy`` only)."""
-    if cfg.kind == "pretrained" or cfg.name:
-        encoder, tokenizer, _ = load_encoder(cfg.name, seed=cfg.init_seed)
-        if cfg.kind == "copy":
-            raise ValueError("kind 'copy' copies the teacher; leave 'name' unset")
+    name = getattr(cfg, "name", None)
+    if name:
+        encoder, tokenizer, _ = load_encoder(name, seed=cfg.init_seed)
         source = Source(encoder, tokenizer)
     elif source is None:
         raise ValueError(f"kind '{cfg.kind}' needs 'name' or a teacher to copy its encoder from")
-    if cfg.kind == "truncated":
+    if isinstance(cfg, TruncatedModelConfig):
         keep = layer_selection(Backbone(source.encoder).num_layers, first=cfg.first, every=cfg.every,
                                indices=cfg.layers)
         return keep_layers(source.encoder, keep), source.tokenizer, None
-    if cfg.kind == "random":
+    if isinstance(cfg, RandomModelConfig):
         return _random_like(source.encoder, cfg), source.tokenizer, None
-    if cfg.kind == "copy":
+    if isinstance(cfg, CopyModelConfig):
+        if source.head is None:
+            raise ValueError(f"kind 'copy' copies the teacher's encoder and classifier, but "
+                             f"{source.why_no_head or 'the teacher has no classifier to copy'}. Use kind "
+                             "'truncated' or 'random' (a new head) instead")
         return copy.deepcopy(source.encoder), source.tokenizer, source.head
     return source.encoder, source.tokenizer, None
 
 
 def _reuse_head(model: nn.Module, head: nn.Module, arch: dict[str, Any]) -> None:
-    """Put the source's trained head on the last layer: the model's own head, or its last exit there."""
+    """Put the source's trained head on the last layer: the model's own head, or its last exit there.
+
+    Raises:
+        ValueError: If the source's head pools differently from ``arch`` (the copy would not be one).
+    """
     target = getattr(model, "head", None)
     if hasattr(model, "heads"):
         layers = Backbone(model.backbone.model).num_layers
         target = model.heads[-1] if model.exit_layers[-1] == layers else None
-    same_shape = all(a.shape == b.shape for a, b in zip(head.state_dict().values(), target.state_dict().values(),
-                                                         strict=False)) if target is not None else False
-    if target is None or getattr(head, "pooling", arch["pooling"]) != arch["pooling"] or not same_shape:
+    if target is None:
         return
-    target.load_state_dict(head.state_dict())
+    pooling = getattr(head, "pooling", arch["pooling"])
+    if pooling != arch["pooling"]:
+        raise ValueError(f"model.pooling: the teacher's classifier pools with {pooling!r} but this model with "
+                         f"{arch['pooling']!r}; set model.pooling: {pooling} so the copy keeps the classifier")
+    same_shape = all(a.shape == b.shape for a, b in zip(head.state_dict().values(), target.state_dict().values(),
+                                                         strict=False))
+    if same_shape:
+        target.load_state_dict(head.state_dict())
 
 
 def _reuse_crf(model: nn.Module, source: Source | None) -> None:
@@ -234,7 +436,7 @@ def set_encoder_dropout(encoder: nn.Module, rate: float) -> None:
             setattr(encoder.config, key, rate)
 
 
-def _random_like(encoder: nn.Module, cfg: ModelConfig) -> nn.Module:
+def _random_like(encoder: nn.Module, cfg: RandomModelConfig) -> nn.Module:
     config = copy.deepcopy(encoder.config)
     ffn_key = "hidden_dim" if config.model_type == "distilbert" else "intermediate_size"  # DistilBERT's FFN width
     sizes = {"num_hidden_layers": cfg.num_layers, "hidden_size": cfg.hidden_size,
@@ -247,7 +449,7 @@ def _random_like(encoder: nn.Module, cfg: ModelConfig) -> nn.Module:
     return AutoModel.from_config(config)
 
 
-def _build_ngram(cfg: ModelConfig, task: str, num_labels: int) -> Built:
+def _build_ngram(cfg: NgramModelConfig, task: str, num_labels: int) -> Built:
     if task == "token_classification":
         raise ValueError("kind 'ngram' classifies whole texts; use an encoder for token classification")
     arch = {"type": "ngram", "task": task, "num_labels": num_labels, "num_buckets": cfg.num_buckets,
@@ -296,4 +498,6 @@ def model_from_architecture(arch: dict[str, Any]) -> nn.Module:
         hf = dict(arch["hf_config"])
         config = AutoConfig.for_model(hf.pop("model_type"), **hf)
         return model_for(arch, AutoModel.from_config(config))
+    if arch.get("type") == "hf":
+        return hf_model_from_architecture(arch)
     raise ValueError(f"unknown architecture type {arch.get('type')!r}; this predictor needs a newer summon?")

@@ -73,11 +73,26 @@ def changed_keys(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> 
     return keys
 
 
+def without_unused_model_fields(saved: dict[str, Any], now: dict[str, Any]) -> dict[str, Any]:
+    """``saved`` without the ``model`` keys that the current model kind does not have, when the kind is the same.
+
+    Checkpoints written before each model kind got its own config class hold every kind's fields (``first``
+    of a truncated model in an n-gram run, ...); those were unused by that kind, so they are no change.
+    """
+    old_model, new_model = saved.get("model"), now.get("model")
+    if not (isinstance(old_model, dict) and isinstance(new_model, dict)):
+        return saved
+    if old_model.get("kind", "pretrained") != new_model.get("kind"):
+        return saved
+    return {**saved, "model": {k: v for k, v in old_model.items() if k in new_model}}
+
+
 class Checkpointer:
     """Saves to ``<dir>`` via ``<dir>.staging``; falls back to ``<dir>.previous`` if a swap was interrupted.
 
     ``config`` (the run's settings that must not change between a run and its resumption) is written
-    beside each checkpoint and compared before anything is loaded.
+    beside each checkpoint and compared before anything is loaded. It is the typed config as plain data
+    (every default filled in), so writing a default explicitly on resumption is no change.
     """
 
     def __init__(self, directory: str | Path, config: dict[str, Any] | None = None):
@@ -114,7 +129,8 @@ class Checkpointer:
         if path is None:
             return False
         saved = json.loads((path / "run_config.json").read_text()) if (path / "run_config.json").is_file() else {}
-        changed = changed_keys(saved, json.loads(json.dumps(self.config, default=str)))
+        now = json.loads(json.dumps(self.config, default=str))
+        changed = changed_keys(without_unused_model_fields(saved, now), now)
         if changed:
             raise ValueError(f"{self.directory.parent} holds a run with another configuration "
                              f"({'; '.join(changed[:6])}). Use a new output_dir, or delete that folder to start over.")

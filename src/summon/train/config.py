@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass, field, is_dataclass
 from typing import Any, Literal
 
+from summon.config import ConfigError, chosen_by, from_dict
 from summon.data.spec import DatasetSpec
-from summon.models.build import ModelConfig
+from summon.methods import METHODS
+from summon.models.build import AnyModelConfig, ModelConfig
 
 
 @dataclass
@@ -71,17 +74,51 @@ class CostConfig:
     flop_examples: int = 512  # eval examples whose FLOPs are counted
 
 
+def method_config_class(method: str) -> type:
+    """The config dataclass of ``method`` (a ValueError with "did you mean" for an unknown name)."""
+    return METHODS.get(method).config_cls
+
+
+def method_config(method: str, args: Any) -> Any:
+    """``args`` as ``method``'s config dataclass: an instance passes through, a mapping (or None) is parsed.
+
+    Raises:
+        ConfigError: Listing every problem in a mapping, each under ``method_args.``.
+        TypeError: If ``args`` is another method's config or neither a mapping nor a dataclass.
+    """
+    cls = method_config_class(method)
+    if isinstance(args, cls):
+        return args
+    if args is None or isinstance(args, Mapping):
+        try:
+            return from_dict(cls, dict(args or {}), source="method_args")
+        except ConfigError as err:
+            raise ConfigError([f"method_args.{e}" for e in err.errors], source="method_args") from None
+    what = type(args).__name__ if is_dataclass(args) else f"a {type(args).__name__}"
+    raise TypeError(f"method_args: method '{method}' takes a {cls.__name__} or a mapping, got {what}")
+
+
 @dataclass
 class RunConfig:
-    """A whole training run: ``summon train RECIPE.yaml`` builds one of these from the recipe."""
+    """A whole training run: ``summon train RECIPE.yaml`` builds one of these from the recipe.
+
+    ``model`` is one of the model kinds (chosen by its ``kind``) and ``method_args`` the method's own config
+    dataclass (chosen by ``method``, e.g. :class:`~summon.methods.kd.KDConfig`), both with every default
+    filled in, so the dry run, the saved config and the resume check see the complete settings.
+    """
 
     method: str
     output_dir: str
     data: DataConfig
-    model: ModelConfig
+    model: AnyModelConfig
     train: TrainConfig = field(default_factory=TrainConfig)
-    teacher: str | None = None  # a saved predictor directory (methods that distil)
-    method_args: dict[str, Any] = field(default_factory=dict)  # the method's own config (see summon.methods)
+    teacher: str | None = None  # a saved predictor directory, a Hugging Face classifier folder, or hf:HUB_ID
+    method_args: Any = field(default=None, metadata=chosen_by("method", method_config_class))
     cost: CostConfig = field(default_factory=CostConfig)
     cache_dir: str | None = None  # teacher-output cache (default: $SUMMON_CACHE or ~/.cache/summon)
     description: str = ""
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.model, ModelConfig):
+            raise TypeError(f"model: expected a model config (ModelConfig(kind=...)), got {type(self.model).__name__}")
+        self.method_args = method_config(self.method, self.method_args)

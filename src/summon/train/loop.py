@@ -12,6 +12,7 @@ Batches are global: ``train.batch_size`` rows are split across processes (``spli
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -29,21 +30,22 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
-from summon.config import from_dict, to_dict
+from summon.config import to_dict
 from summon.data.features import FeatureDataset, collate
 from summon.data.loading import load_split
 from summon.data.spec import TaskData
+from summon.hf import load_plain
+from summon.inference import predict_logits
 from summon.measure.profile import measure_costs
 from summon.measure.task import MAIN_METRIC, higher_is_better, score
-from summon.inference import predict_logits
+from summon.measure.timing import SECONDS_SUFFIX, clock
 from summon.methods import METHODS, Method
-from summon.models.build import Built, Source, build_model
+from summon.models.build import Built, Source, build_model, needs_source
 from summon.predictor import Predictor, load_predictor
 from summon.saved import save_predictor, update_manifest
 from summon.train.checkpoint import Checkpointer, TrainerState, fixed_part
-from summon.train.config import RunConfig
+from summon.train.config import RunConfig, method_config
 from summon.train.teacher_cache import teacher_logits
-from summon.measure.timing import SECONDS_SUFFIX, clock
 
 logger = logging.getLogger(__name__)
 
@@ -105,9 +107,16 @@ class Run:
 # --- building -------------------------------------------------------------------------------------
 
 
+def typed_config(cfg: RunConfig) -> RunConfig:
+    """``cfg`` with ``method_args`` as the method's config dataclass (a copy when it was set as a mapping
+    after the config was built), so the loop, the checkpoint check and the saved config see typed settings."""
+    typed = method_config(cfg.method, cfg.method_args)
+    return cfg if typed is cfg.method_args else dataclasses.replace(cfg, method_args=typed)
+
+
 def build_method(cfg: RunConfig) -> tuple[Method, Any]:
-    method = METHODS.get(cfg.method)
-    return method, from_dict(method.config_cls, cfg.method_args, source="method_args")
+    """The method and its typed config (``cfg.method_args``, parsed when the run config was built)."""
+    return METHODS.get(cfg.method), method_config(cfg.method, cfg.method_args)
 
 
 def build_data(cfg: RunConfig) -> tuple[TaskData, TaskData | None]:
@@ -124,12 +133,17 @@ def build_data(cfg: RunConfig) -> tuple[TaskData, TaskData | None]:
 
 
 def build_teacher(cfg: RunConfig, method: Method, task: TaskData) -> Predictor | None:
-    """The teacher predictor: needed by distilling methods, and as the source of truncated/random students."""
+    """The teacher predictor: needed by distilling methods, and as the source of truncated/random/copy students.
+
+    ``teacher:`` is a saved summon predictor, a Hugging Face classifier folder (``save_pretrained``) or
+    ``hf:HUB_ID``; a Hugging Face model's generic label names (``LABEL_0``...) take the data's.
+    """
     if not cfg.teacher:
         if method.needs_teacher:
-            raise ValueError(f"method '{method.name}' needs 'teacher:' (a saved predictor directory)")
+            raise ValueError(f"method '{method.name}' needs 'teacher:' (a saved predictor directory, a Hugging Face "
+                             "classifier folder or hf:HUB_ID)")
         return None
-    teacher = load_predictor(cfg.teacher)
+    teacher = load_plain(cfg.teacher, task=task.task, labels=task.labels)
     if teacher.task != task.task or teacher.labels != task.labels:
         raise ValueError(f"teacher {cfg.teacher} was trained for {teacher.task} with labels {teacher.labels}; "
                          f"the data is {task.task} with labels {task.labels}")
@@ -156,8 +170,10 @@ def build_run(cfg: RunConfig) -> Run:
     method, method_cfg = build_method(cfg)
     train_data, eval_data = build_data(cfg)
     teacher = build_teacher(cfg, method, train_data)
-    source = Source.of(teacher.model, getattr(teacher.featurizer, "tokenizer", None)) if teacher else None
-    built = build_model(cfg.model, train_data.task, len(train_data.labels), source=source)
+    source = None
+    if teacher is not None and needs_source(cfg.model):
+        source = Source.of(teacher.model, getattr(teacher.featurizer, "tokenizer", None))
+    built = build_model(cfg.model, train_data.task, len(train_data.labels), source=source, labels=train_data.labels)
     rows = None
     if method.online_teacher:
         check_same_tokenizer(teacher, built)
@@ -243,6 +259,7 @@ def train(cfg: RunConfig) -> Path:
 
     Running the same command again after an interruption resumes from the last checkpoint.
     """
+    cfg = typed_config(cfg)
     accelerator = build_accelerator(cfg)
     set_seed(cfg.train.seed)
     with accelerator.main_process_first():  # the main process fills the teacher cache first
