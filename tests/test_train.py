@@ -17,8 +17,8 @@ import torch
 from safetensors.torch import load_file
 from toy import run_config, sentiment_files, tagging_files
 
-from summon.config import dump_yaml, to_dict
 from summon import load
+from summon.config import dump_yaml, to_dict
 from summon.predictor import Predictor
 from summon.saved import read_manifest
 from summon.train.loop import train
@@ -140,6 +140,7 @@ def _write_recipe(cfg, path: Path) -> Path:
     return path
 
 
+@pytest.mark.integration
 def test_resume_after_kill_9_loses_only_steps_since_the_checkpoint(data, tmp_path):
     cfg = _quiet_config(tmp_path, data, "killed", batch_size=8, epochs=8, save_every=20, log_every=1)
     cfg.model.dropout = 0.1  # dropout on: the restored RNG state must reproduce the masks
@@ -172,13 +173,14 @@ def test_resume_after_kill_9_loses_only_steps_since_the_checkpoint(data, tmp_pat
     assert max_diff(weights(tmp_path / "killed" / "model"), weights(tmp_path / "reference" / "model")) < 1e-6
 
 
-def test_two_processes_train_like_one_with_the_same_global_batch(data, tmp_path):
+@pytest.mark.integration
+def test_two_processes_train_like_one_with_the_same_global_batch(data, tmp_path, free_port):
     one = train(_quiet_config(tmp_path, data, "one", batch_size=16, epochs=1))
     cfg = _quiet_config(tmp_path, data, "two", batch_size=16, epochs=1)
     recipe = _write_recipe(cfg, tmp_path / "two.yaml")
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port",
-              "29517", "-m", "summon.cli.main", "train", str(recipe)]
+              str(free_port), "-m", "summon.cli.main", "train", str(recipe)]
     result = subprocess.run(launch, env=_cli_env(), capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     start = events(Path(cfg.output_dir))[0]

@@ -12,6 +12,8 @@ import numpy as np
 from summon.config import from_dict
 from summon.train.config import RunConfig
 
+FIXTURE_DATA = Path(__file__).resolve().parent / "fixtures" / "data"  # tiny synthetic catalog (fixtures/make_data.py)
+
 POSITIVE = "good great fun love best fine".split()
 NEGATIVE = "bad terrible boring hate worst awful".split()
 FILLER = "the movie was a film story plot acting and very really so".split()

@@ -1,25 +1,33 @@
-"""The ``summon`` command line: train, eval, calibrate, predict, cascade, serve-logits, recipes, quickstart.
+"""The ``summon`` command line: train, eval, calibrate, predict, cascade, serve-logits, recipes, quickstart,
+export.
 
 User mistakes print one clear ``summon: error: ...`` message and exit with status 2; set
 ``SUMMON_DEBUG=1`` to see the traceback instead. Every command that runs a model takes ``--device``;
-``predict``, ``eval`` and ``calibrate`` take the same knob flags (:mod:`summon.cli.knob`).
+``predict``, ``eval`` and ``calibrate`` take the same knob flags (:mod:`summon.cli.knob`). A sub-command's
+options and positionals may come in any order, and every ``--help`` shows the defaults.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import logging
 import os
+import shutil
 import sys
-from collections.abc import Sequence
+import textwrap
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
+from typing import Any, TextIO
 
 import summon
 from summon import recipe
 from summon.adaptive.calibration import Calibration
+from summon.adaptive.knob import Knob
 from summon.adaptive.staged import StagedPredictor
-from summon.cli.inputs import read_inputs
+from summon.cli.export import add_export_parser
+from summon.cli.inputs import FORMATS, check_inputs, read_inputs
 from summon.cli.knob import add_knob_arguments, knob_from_args
 from summon.cli.quickstart import run_quickstart
 from summon.config import dump_yaml, to_dict
@@ -29,6 +37,7 @@ from summon.serve.logits_server import serve
 from summon.train.loop import train
 
 EXIT_USAGE = 2
+PREDICT_WINDOW = 1024  # rows read, predicted and written together by summon predict
 
 
 def _setup_logging(verbose: bool) -> None:
@@ -87,7 +96,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def _print_adaptive(result: dict) -> None:
     chosen = result["chosen"]
-    print(f"  {result['kind']} ({result['policy']}, device {result.get('device') or 'cpu'}): full model accuracy "
+    print(f"  {result['kind']} ({result['scorer']}, device {result.get('device') or 'cpu'}): full model accuracy "
           f"{result['full_accuracy']:.4f}; at threshold {float(chosen['threshold']):.4g}: accuracy "
           f"{chosen['accuracy']:.4f}, cost {chosen['cost']:.3f}, stages {chosen['exit_counts']}")
     drop = result["cost_at_drop_1pt"]
@@ -137,47 +146,82 @@ def cmd_serve_logits(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    predictor = summon.load(args.predictor, device=args.device)
+    check_inputs(args.texts, args.file, args.format)  # before loading a model: fail fast
     knob = knob_from_args(args)
-    inputs = read_inputs(args.texts, args.file, task=predictor.task)
-    if isinstance(predictor, StagedPredictor):
-        predictions = predictor.iter_predict(inputs, knob=knob, batch_size=args.batch_size)
-    else:
-        if not knob.empty:
-            raise ValueError(f"{args.predictor} is not a staged predictor: it has no knob "
-                             f"({knob.describe()}); give the knob to an early-exit model or a cascade")
-        predictions = _plain_stream(predictor, inputs, args.batch_size)
+    predictor = summon.load(args.predictor, device=args.device)
+    inputs = read_inputs(args.texts, args.file, task=predictor.task, fmt=args.format)
+    rows = (pred.to_dict() for pred in predict_stream(predictor, inputs, knob=knob, batch_size=args.batch_size))
+    first = next(rows, None)  # the first window is read and predicted before --out is created
     out = open(args.out, "w", encoding="utf-8") if args.out else sys.stdout  # noqa: SIM115
     try:
-        for pred in predictions:
-            out.write(json.dumps(pred.to_dict(), ensure_ascii=False) + "\n")
+        write_jsonl(itertools.chain([first] if first is not None else [], rows), out)
     finally:
         if args.out:
             out.close()
     return 0
 
 
-def _plain_stream(predictor, inputs, batch_size: int, window: int = 1024):
-    chunk: list = []
-    for item in inputs:
-        chunk.append(item)
-        if len(chunk) >= window:
-            yield from predictor.predict(chunk, batch_size=batch_size)
-            chunk = []
-    if chunk:
+def predict_stream(predictor: Any, inputs: Iterable[Any], *, knob: Knob | None = None, batch_size: int = 64,
+                   window: int = PREDICT_WINDOW) -> Iterator[Any]:
+    """Predictions for a stream of inputs, ``window`` rows at a time: at most one window is held, so an input
+    larger than memory streams through. Staged predictors take the knob; a plain predictor refuses it."""
+    knob = knob or Knob()
+    if isinstance(predictor, StagedPredictor):
+        return predictor.iter_predict(inputs, knob=knob, batch_size=batch_size, window=window)
+    if not knob.empty or knob.unit is not None:
+        given = knob.describe() if not knob.empty else f"unit {knob.unit}"
+        raise ValueError(f"{predictor.path or 'this predictor'} is not a staged predictor, so it has no knob "
+                         f"(got {given}); give the knob to an early-exit model or a cascade, or drop it")
+    return _plain_stream(predictor, inputs, batch_size, window)
+
+
+def _plain_stream(predictor: Any, inputs: Iterable[Any], batch_size: int, window: int) -> Iterator[Any]:
+    iterator = iter(inputs)
+    while chunk := list(itertools.islice(iterator, window)):
         yield from predictor.predict(chunk, batch_size=batch_size)
+
+
+def write_jsonl(rows: Iterable[dict[str, Any]], out: TextIO, flush_every: int = PREDICT_WINDOW) -> int:
+    """Write one JSON object per line, flushing every ``flush_every`` rows so a pipe sees results as they come."""
+    count = 0
+    for count, row in enumerate(rows, start=1):
+        out.write(json.dumps(row, ensure_ascii=False) + "\n")
+        if count % flush_every == 0:
+            out.flush()
+    out.flush()
+    return count
 
 
 def cmd_recipes(args: argparse.Namespace) -> int:
     if args.action == "ls":
-        for name, path in recipe.shipped().items():
-            print(f"{name:28s} {recipe.describe(path)}")
+        rows = [(name, recipe.describe(path)) for name, path in recipe.shipped().items()]
+        print("\n".join(format_columns(rows, shutil.get_terminal_size().columns - 1)))
     elif args.action == "show":
         print(recipe.find(_need(args.name, "show")).read_text(encoding="utf-8"), end="")
     else:
         target = recipe.copy_recipe(_need(args.name, "cp"), args.dest or ".")
         print(f"copied to {target}; run it with: summon train {target}")
     return 0
+
+
+def format_columns(rows: Sequence[tuple[str, str]], width: int, *, min_text: int = 30) -> list[str]:
+    """Names in a column and their text wrapped beside them, no line wider than ``width``; when the
+    terminal is too narrow for two columns, each text goes under its name, indented."""
+    if not rows:
+        return []
+    name_width = max(len(name) for name, _ in rows) + 2
+    lines = []
+    if width - name_width >= min_text:
+        for name, text in rows:
+            wrapped = textwrap.wrap(text, width - name_width, break_on_hyphens=False) or [""]
+            lines.append(f"{name:<{name_width}}{wrapped[0]}".rstrip())
+            lines.extend(" " * name_width + line for line in wrapped[1:])
+    else:
+        for name, text in rows:
+            lines.append(name)
+            lines.extend(textwrap.wrap(text, max(width, 8), initial_indent="    ", subsequent_indent="    ",
+                                       break_on_hyphens=False))
+    return lines
 
 
 def _need(value: str | None, action: str) -> str:
@@ -193,7 +237,50 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
 
 # --- parser ---------------------------------------------------------------------------------------
 
-_FORMATTER = argparse.ArgumentDefaultsHelpFormatter
+
+class _Formatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows ``(default: X)`` after every option that has a default worth showing (not None, not a bare flag)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None or action.default == [] or action.nargs == 0:
+            return action.help
+        return super()._get_help_string(action)
+
+
+_FORMATTER = _Formatter
+_KNOB_FLAGS = ("--budget", "--max-drop", "--threshold", "--guaranteed")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with a plainer message for two knob flags at once."""
+
+    def error(self, message: str):
+        if "not allowed with argument" in message and any(flag in message for flag in _KNOB_FLAGS):
+            message += (f"; the knob flags {', '.join(_KNOB_FLAGS)} are mutually exclusive: give at most one "
+                        "(--delta goes with --guaranteed; --unit only sets the cost unit)")
+        super().error(message)
+
+
+class _SubParser(_Parser):
+    """A sub-command whose options and positionals may come in any order
+    (``summon train RECIPE a=1 --data-dir D b=2``, ``summon predict MODEL --budget 0.4 "text"``)."""
+
+    _intermixing = False
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", _FORMATTER)  # defaults shown on every sub-command's --help
+        super().__init__(*args, **kwargs)
+
+    def parse_known_args(self, args=None, namespace=None):
+        if self._intermixing:  # parse_known_intermixed_args calls back in: plain parsing from there
+            return super().parse_known_args(args, namespace)
+        self._intermixing = True
+        try:
+            return self.parse_known_intermixed_args(args, namespace)
+        finally:
+            self._intermixing = False
+
+
 DATA_HELP = "split to use: sst2:dev, a .jsonl/.csv/.tsv file, or hub:ID[@CONFIG]:SPLIT (a split must be named)"
 
 
@@ -204,14 +291,17 @@ def _add_device(p: argparse.ArgumentParser) -> None:
 def _add_data(p: argparse.ArgumentParser, what: str) -> None:
     p.add_argument("--data", required=True, help=DATA_HELP)
     p.add_argument("--data-dir", help="local data catalog folder (default $SUMMON_DATA_DIR)")
-    p.add_argument("--limit", type=int, help=f"{what} the first N rows only")
+    p.add_argument("--limit", type=int, help=f"{what} the first N rows only (default: all)")
 
 
 def _parser_train(sub) -> None:
     p = sub.add_parser("train", help="train from a recipe: summon train RECIPE.yaml [key=value ...]",
+                       description="Train from a recipe. Options and key=value overrides may come in any order: "
+                       "summon train sst2_finetune train.lr=3e-5 --data-dir DATA model.first=2",
                        formatter_class=_FORMATTER)
     p.add_argument("recipe", help="a recipe file, or the name of a shipped recipe (summon recipes ls)")
-    p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.lr=3e-5 model.first=2")
+    p.add_argument("overrides", nargs="*", default=[], metavar="key=value",
+                   help="dotted overrides, e.g. train.lr=3e-5 model.first=2 (applied in order)")
     p.add_argument("--data-dir", help="local data catalog folder (default $SUMMON_DATA_DIR)")
     p.add_argument("--dry-run", action="store_true", help="print the validated config and stop")
     p.set_defaults(func=cmd_train)
@@ -253,12 +343,17 @@ def _parser_calibrate(sub) -> None:
 
 def _parser_predict(sub) -> None:
     p = sub.add_parser("predict", help="predict labels; one JSON object per input (label, probabilities, stage, "
-                       "cost)", formatter_class=_FORMATTER)
+                       "cost)", formatter_class=_FORMATTER,
+                       description="Predict labels and write one JSON object per input (label, probabilities; "
+                       "for staged predictors also the stage that answered and its cost), streaming: a file or "
+                       "pipe larger than memory is read, predicted and written one window of rows at a time.")
     p.add_argument("predictor", help="a predictor directory")
-    p.add_argument("texts", nargs="*", help="texts to classify (or use --file)")
+    p.add_argument("texts", nargs="*", default=[], help="texts to classify (or use --file); pair tasks: TEXT<TAB>TEXT_PAIR")
     p.add_argument("--file", help="inputs: .jsonl ('text', 'text_pair' or 'tokens'), .csv/.tsv (a 'text' column), "
-                   ".txt (one per line), or - for standard input (lines of text)")
-    p.add_argument("--out", help="write JSON lines here instead of standard output")
+                   ".txt (one per line), any of them .gz, or - for standard input (lines of text)")
+    p.add_argument("--format", default="auto", choices=["auto", *FORMATS],
+                   help="format of --file (auto: from the extension; standard input: txt)")
+    p.add_argument("--out", help="write JSON lines to this file (default: standard output)")
     p.add_argument("--batch-size", type=int, default=64, help="rows per batch")
     add_knob_arguments(p)
     _add_device(p)
@@ -276,17 +371,18 @@ def _parser_other(sub) -> None:
 
     p = sub.add_parser("serve-logits", help="serve a predictor's logits over HTTP (a remote cascade stage)",
                        formatter_class=_FORMATTER)
-    p.add_argument("predictor")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8080)
-    p.add_argument("--name", default="teacher")
+    p.add_argument("predictor", help="a predictor directory")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
+    p.add_argument("--port", type=int, default=8080, help="TCP port to listen on (0: any free port)")
+    p.add_argument("--name", default="teacher", help="the stage name the server reports in /v1/info")
     _add_device(p)
     p.set_defaults(func=cmd_serve_logits)
 
     p = sub.add_parser("recipes", help="list, show or copy the shipped recipes", formatter_class=_FORMATTER)
-    p.add_argument("action", choices=["ls", "show", "cp"])
-    p.add_argument("name", nargs="?")
-    p.add_argument("dest", nargs="?")
+    p.add_argument("action", choices=["ls", "show", "cp"],
+                   help="ls: list them with what they do; show NAME: print one; cp NAME [DEST]: copy one to edit")
+    p.add_argument("name", nargs="?", help="recipe name (show, cp)")
+    p.add_argument("dest", nargs="?", help="cp: file or folder to copy to (default: the current folder)")
     p.set_defaults(func=cmd_recipes)
 
     p = sub.add_parser("quickstart", help="offline end-to-end demo: fine-tune, distil, evaluate, report",
@@ -297,19 +393,22 @@ def _parser_other(sub) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="summon", description="Distil, exit early and cascade expensive models.",
-                                     formatter_class=_FORMATTER)
+    parser = _Parser(prog="summon", description="Distil, exit early and cascade expensive models.",
+                     formatter_class=_FORMATTER)
     parser.add_argument("-v", "--verbose", action="store_true", help="log more (accelerate, transformers)")
     parser.add_argument("--version", action="store_true", help="print the version and exit")
-    sub = parser.add_subparsers(dest="command")
-    for add in (_parser_train, _parser_eval, _parser_calibrate, _parser_predict, _parser_other):
+    sub = parser.add_subparsers(dest="command", parser_class=_SubParser)
+    for add in (_parser_train, _parser_eval, _parser_calibrate, _parser_predict, _parser_other, add_export_parser):
         add(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as done:  # --help, or a usage error argparse has printed
+        return done.code if isinstance(done.code, int) else EXIT_USAGE
     if args.version:
         print(summon.__version__)
         return 0
