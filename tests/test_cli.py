@@ -462,3 +462,8 @@ def test_quickstart_end_to_end_offline(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads((tmp_path / "report" / "report.json").read_text())
     assert len(report["entries"]) == 4 and (tmp_path / "report" / "report.png").is_file()
+
+
+def test_delta_without_guaranteed_is_refused(tmp_path, capsys):
+    assert main(["predict", str(tmp_path), "x", "--delta", "0.2"]) == 2
+    assert "--delta 0.2 is the failure probability of --guaranteed" in capsys.readouterr().err

@@ -20,13 +20,16 @@ def add_knob_arguments(parser: argparse.ArgumentParser, *, threshold: bool = Tru
         knob.add_argument("--threshold", type=float, metavar="T", help="this confidence threshold itself")
     knob.add_argument("--guaranteed", type=float, metavar="E",
                       help="cheapest point certified (Learn-then-Test) to lose at most E with probability 1 - delta")
-    group.add_argument("--delta", type=float, default=0.1, metavar="D",
-                       help="--guaranteed: failure probability")
+    group.add_argument("--delta", type=float, default=None, metavar="D",
+                       help="--guaranteed: failure probability (default 0.1)")
     group.add_argument("--unit", choices=["flops", "ms"], default=None,
                        help="cost unit of --budget (default: the calibration's)")
 
 
 def knob_from_args(args: argparse.Namespace) -> Knob:
-    """The :class:`Knob` the flags describe (validated: ranges, at most one)."""
+    """The :class:`Knob` the flags describe (validated: ranges, at most one, --delta only with --guaranteed)."""
+    if args.delta is not None and args.guaranteed is None:
+        raise ValueError(f"--delta {args.delta} is the failure probability of --guaranteed; give --guaranteed E "
+                         "with it (or drop --delta)")
     return Knob.of(budget=args.budget, max_drop=args.max_drop, threshold=getattr(args, "threshold", None),
                    guaranteed=args.guaranteed, delta=args.delta, unit=args.unit)

@@ -108,9 +108,10 @@ def _print_adaptive(result: dict) -> None:
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
+    knob = knob_from_args(args)  # validated before the model loads
     predictor = summon.load(args.predictor, device=args.device)
-    calibration = summon.calibrate(predictor, args.data, budget=args.budget, max_drop=args.max_drop,
-                                   guaranteed=args.guaranteed, delta=args.delta, against=args.against,
+    calibration = summon.calibrate(predictor, args.data, budget=knob.budget, max_drop=knob.max_drop,
+                                   guaranteed=knob.guaranteed, delta=knob.delta, against=args.against,
                                    policy=args.policy, unit=args.unit or "flops",
                                    temperature_fraction=args.temperature_fraction, seed=args.seed,
                                    latency=not args.no_latency, data_dir=args.data_dir, limit=args.limit)
