@@ -20,8 +20,10 @@ from toy import FIXTURE_DATA, sentiment_files, sentiment_rows, write_jsonl
 
 import summon
 from summon import recipe
+from summon.cli.commands import predict_stream
 from summon.cli.inputs import parse_lines, read_inputs
-from summon.cli.main import build_parser, format_columns, main, predict_stream
+from summon.cli.main import build_parser, main
+from summon.cli.recipes import format_columns
 from summon.data.catalog import CATALOG
 from summon.data.loading import load_split
 from summon.data.spec import DatasetSpec

@@ -30,6 +30,7 @@ from transformers import (
 import summon
 from summon.adaptive.cascade import CascadePredictor
 from summon.cli.export import add_export_parser
+from summon.cli.main import command
 from summon.data.features import collate
 from summon.hf import export_hf, is_hf_model_dir, load_hf_predictor, load_plain
 from summon.models import ModelConfig, build_model
@@ -362,7 +363,7 @@ def test_export_command(tmp_path, capsys):
     parser = argparse.ArgumentParser(prog="summon")
     add_export_parser(parser.add_subparsers(dest="command"))
     args = parser.parse_args(["export", str(tmp_path / "model"), "--format", "hf", str(tmp_path / "out")])
-    assert args.func(args) == 0
+    assert command(args)(args) == 0
     assert "from_pretrained" in capsys.readouterr().out
     assert AutoModelForSequenceClassification.from_pretrained(tmp_path / "out").config.id2label[1] == "pos"
     with pytest.raises(SystemExit):

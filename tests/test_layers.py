@@ -8,9 +8,12 @@ format and base predictor beside the models. ``python tests/test_layers.py`` pri
 from __future__ import annotations
 
 import ast
+import subprocess
 import sys
 from collections import defaultdict
 from pathlib import Path
+
+import pytest
 
 PACKAGE = Path(__file__).resolve().parent.parent / "src" / "summon"
 
@@ -21,7 +24,7 @@ RANKS = {
     "summon.models": 3, "summon.saved": 3, "summon.predictor": 3, "summon.hf": 3,
     "summon.losses": 4,
     "summon.methods": 5,
-    "summon.train": 6, "summon.recipe": 6,
+    "summon.train": 6, "summon.recipe": 6, "summon.recipe_files": 0,
     "summon.adaptive": 7,
     "summon.evaluate": 8,
     "summon.serve": 9,
@@ -102,6 +105,17 @@ def test_the_checker_sees_an_upward_and_a_nested_import(tmp_path):
     assert RANKS[layer("summon.cli.main")] > RANKS[layer("summon.data.spec")]
 
 
+@pytest.mark.integration
+def test_the_command_line_parser_imports_no_model_code():
+    """`summon --help`, `--version` and `summon recipes` start at once: the parser and the recipes command import
+    neither torch nor transformers (the commands that run models import them when they run)."""
+    code = ("import sys, summon, summon.cli.main, summon.cli.recipes; "
+            "print(sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'transformers', 'accelerate', "
+            "'datasets', 'matplotlib'}))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert done.stdout.strip() == "[]", done.stdout
+
+
 def package_graph() -> dict[str, set[str]]:
     graph: dict[str, set[str]] = defaultdict(set)
     for src, target, *_ in edges():
@@ -118,3 +132,13 @@ if __name__ == "__main__":
     for src, target, file, line, nested in bad:
         print(f"VIOLATION {file}:{line} {src} -> {target}{' (inside a function)' if nested else ''}", file=sys.stderr)
     sys.exit(1 if bad else 0)
+
+
+def test_the_facade_verbs_win_over_same_named_subpackages_in_any_import_order():
+    import summon
+    import summon.evaluate.report
+    import summon.train.loop
+
+    assert callable(summon.evaluate) and callable(summon.train) and callable(summon.load)
+    assert summon.evaluate.__module__ == summon.train.__module__ == "summon.api"
+    assert "calibrate" in dir(summon)

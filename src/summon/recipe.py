@@ -1,56 +1,16 @@
-"""Shipped YAML recipes: find them, list them, and turn one (plus overrides) into a validated RunConfig."""
+"""A recipe (a shipped name or a file) plus ``key=value`` overrides, turned into a validated, typed RunConfig.
+
+Finding, listing and copying recipes is :mod:`summon.recipe_files` (re-exported here)."""
 
 from __future__ import annotations
 
-import re
-import shutil
 from collections.abc import Sequence
-from pathlib import Path
 
 from summon.config import apply_overrides, from_dict, load_yaml
-from summon.registry import suggest
+from summon.recipe_files import RECIPES_DIR, copy_recipe, describe, find, shipped
 from summon.train.config import RunConfig
 
-RECIPES_DIR = Path(__file__).parent / "recipes"
-_LABEL = re.compile(r"^[A-Za-z][\w -]{0,40}:\s")  # "Run: ...", "Then: ...", "Stage one is ...: ..."
-
-
-def shipped() -> dict[str, Path]:
-    """Recipe name (file stem) -> path, for every recipe shipped with summon."""
-    return {p.stem: p for p in sorted(RECIPES_DIR.glob("*.yaml"))}
-
-
-def describe(path: Path) -> str:
-    """What a recipe does, whole: its leading comment up to the first ``Label: ...`` line (``Run:``,
-    ``Then:``, ``Stage one: ...``: how to run it), joined into one paragraph; without a leading comment, its
-    ``description:`` value."""
-    lines = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        if not line.startswith("#"):
-            break
-        text = line.lstrip("#").strip()
-        if lines and _LABEL.match(text):
-            break
-        if text:
-            lines.append(text)
-    if lines:
-        return " ".join(lines)
-    data = load_yaml(path)
-    value = data.get("description") if isinstance(data, dict) else None
-    return " ".join(str(value).split()) if value else ""
-
-
-def find(name_or_path: str) -> Path:
-    """A recipe file: an existing path, or the name of a shipped recipe (with or without ``.yaml``)."""
-    path = Path(name_or_path)
-    if path.is_file():
-        return path
-    recipes = shipped()
-    stem = path.name.removesuffix(".yaml").removesuffix(".yml")
-    if stem in recipes and len(path.parts) == 1:
-        return recipes[stem]
-    raise ValueError(f"no recipe file '{name_or_path}' and no shipped recipe '{stem}'.{suggest(stem, list(recipes))} "
-                     f"List them with `summon recipes ls`.")
+__all__ = ["RECIPES_DIR", "copy_recipe", "describe", "find", "load_run_config", "shipped"]
 
 
 def load_run_config(name_or_path: str, overrides: Sequence[str] = ()) -> RunConfig:
@@ -65,16 +25,3 @@ def load_run_config(name_or_path: str, overrides: Sequence[str] = ()) -> RunConf
     path = find(name_or_path)
     data = apply_overrides(load_yaml(path), overrides)
     return from_dict(RunConfig, data, source=str(path))
-
-
-def copy_recipe(name: str, dest: str | Path) -> Path:
-    """Copy a shipped recipe to ``dest`` (a file or a folder) for editing; never overwrites."""
-    src = find(name)
-    target = Path(dest)
-    if target.is_dir():
-        target = target / src.name
-    if target.exists():
-        raise ValueError(f"{target} exists; choose another destination or delete it first")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(src, target)
-    return target

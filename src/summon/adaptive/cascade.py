@@ -79,6 +79,7 @@ class CascadePredictor(StagedBase):
     """A chain of stages with one run-time knob; build it from stages or load it from a cascade directory."""
 
     kind = "cascade"
+    reports_fallback = True  # a remote stage may time out: say which answers came from an earlier stage
 
     def __init__(self, stages: Sequence[Any], task: str, labels: Sequence[str], manifest: dict | None = None,
                  path: Path | None = None):

@@ -162,6 +162,7 @@ def collect_stage_logits(runner: StageRunner, items: Sequence[Any], readout: Rea
     collect: list[list[np.ndarray | None]] = [[None] * len(items) for _ in range(runner.num_stages)]
     result = execute(runner, items, readout, np.inf, batch_size=batch_size, collect=collect)
     if result.fallback.any():
-        raise StageUnavailable(f"{int(result.fallback.sum())} rows could not reach every stage; the calibration "
-                               "and evaluation passes need every stage to answer")
+        raise ValueError(f"{int(result.fallback.sum())} rows could not reach every stage (a stage was unavailable: "
+                         "see the warning above); calibration and evaluation need every stage to answer. Start or "
+                         "reach the missing stage and run again")
     return [np.stack(rows) if rows else np.zeros((0, readout.num_labels), np.float32) for rows in collect]

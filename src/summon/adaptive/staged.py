@@ -77,6 +77,7 @@ class StagedBase:
     manifest: dict[str, Any]
     path: Path | None
     kind = "staged"
+    reports_fallback = False  # predictions carry ``fallback`` (kinds whose later stages may fail to answer)
     calibrate_hint = "summon calibrate {where} --data SPLIT"
 
     # --- calibration state ------------------------------------------------------------------------
@@ -198,7 +199,7 @@ class StagedBase:
             j = int(p.argmax())
             out.append(Prediction(label=self.labels[j], label_id=j, probs=[float(x) for x in p], stage=int(k),
                                   cost=None if fractions is None else fractions[int(k)],
-                                  fallback=bool(fell) if self.kind == "cascade" else None))
+                                  fallback=bool(fell) if self.reports_fallback else None))
         return out
 
     def iter_predict(self, inputs: Iterable[Any], *, knob: Knob | None = None, batch_size: int = 64,

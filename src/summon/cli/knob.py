@@ -1,11 +1,10 @@
-"""The knob flags, the same on ``summon predict``, ``eval`` and ``calibrate`` as the Python keywords:
+"""The knob flags, the same on ``summon predict``, ``eval`` and ``calibrate`` as the Python keywords
+(argparse only: :func:`summon.cli.commands.knob_from_args` turns them into a :class:`~summon.adaptive.knob.Knob`):
 ``--budget B | --max-drop E | --threshold T | --guaranteed E [--delta D]``, and ``--unit flops|ms``."""
 
 from __future__ import annotations
 
 import argparse
-
-from summon.adaptive.knob import Knob
 
 
 def add_knob_arguments(parser: argparse.ArgumentParser, *, threshold: bool = True) -> None:
@@ -24,12 +23,3 @@ def add_knob_arguments(parser: argparse.ArgumentParser, *, threshold: bool = Tru
                        help="--guaranteed: failure probability (default 0.1)")
     group.add_argument("--unit", choices=["flops", "ms"], default=None,
                        help="cost unit of --budget (default: the calibration's)")
-
-
-def knob_from_args(args: argparse.Namespace) -> Knob:
-    """The :class:`Knob` the flags describe (validated: ranges, at most one, --delta only with --guaranteed)."""
-    if args.delta is not None and args.guaranteed is None:
-        raise ValueError(f"--delta {args.delta} is the failure probability of --guaranteed; give --guaranteed E "
-                         "with it (or drop --delta)")
-    return Knob.of(budget=args.budget, max_drop=args.max_drop, threshold=getattr(args, "threshold", None),
-                   guaranteed=args.guaranteed, delta=args.delta, unit=args.unit)

@@ -19,7 +19,6 @@ import time
 from pathlib import Path
 
 import summon
-from summon.data.spec import DatasetSpec
 
 
 def check_assets() -> None:
@@ -45,7 +44,7 @@ def run_quickstart(out: Path, *, max_seconds: float = 6.0) -> dict:
     print("[3/5] training and calibrating exits on the frozen teacher ...", flush=True)
     exits_dir = summon.train("quickstart_early_exit", output_dir=str(out / "early_exit"), teacher=str(teacher_dir),
                              cache_dir=cache)
-    dev = DatasetSpec(name="bbc_news", split="dev")
+    dev = "bbc_news:dev"
     summon.calibrate(exits_dir, dev, max_drop=0.01)
     print("[4/5] building and calibrating the cascade student -> teacher ...", flush=True)
     cascade = summon.cascade([str(student_dir), str(teacher_dir)], out=out / "cascade")
@@ -53,7 +52,7 @@ def run_quickstart(out: Path, *, max_seconds: float = 6.0) -> dict:
     print("[5/5] evaluating all four on the held-out test split, with cost ...", flush=True)
     names = ["teacher (MiniLM-L6)", "student (bag of n-grams, KD)", "early exit (calibrated, ≤1 pt drop)",
              "cascade n-grams → teacher (≤1 pt drop)"]
-    test = DatasetSpec(name="bbc_news", split="test")
+    test = "bbc_news:test"
     report = out / "report"
     entries = summon.evaluate([teacher_dir, student_dir, exits_dir, out / "cascade"], test, names=names,
                               max_seconds=max_seconds, out=report, title="summon quickstart: BBC News topics")

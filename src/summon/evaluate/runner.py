@@ -58,7 +58,7 @@ def evaluate_staged(predictor: Any, data: TaskData, *, name: str, knob: Knob | N
 
     Metrics come from one adaptive run over the split. FLOPs per example are the mean over rows of the
     cumulative FLOPs of the stage each row reached; latency is the measured wall-clock time of adaptive
-    runs over up to 256 rows at each batch size, per row. An uncalibrated predictor runs every row to its
+    runs at each batch size, per row (see :func:`_staged_latency`). An uncalibrated predictor runs every row to its
     last stage.
     """
     threshold = predictor.threshold_for(knob or Knob())
@@ -81,11 +81,12 @@ def evaluate_staged(predictor: Any, data: TaskData, *, name: str, knob: Knob | N
 
 def _staged_latency(predictor: Any, items: Sequence[Any], threshold: float, batch_sizes: Sequence[int],
                     max_seconds: float) -> dict[str, dict[str, float]]:
-    """Median milliseconds per row of adaptive runs over up to 256 rows (cycled), at each batch size."""
-    rows = [items[i % len(items)] for i in range(min(256, max(len(items), max(batch_sizes))))]
+    """Median milliseconds per row of adaptive runs at each batch size, over ``max(64, 4 * batch size)`` rows
+    (at most 512, the split's rows in order, cycled when it is smaller), so each run sees a mix of stages."""
     out = {}
     budget = max_seconds / max(1, len(batch_sizes))
     for bs in batch_sizes:
+        rows = [items[i % len(items)] for i in range(min(512, max(64, 4 * bs)))]
         predictor.run(rows[:bs], threshold, batch_size=bs)  # warm-up
         times, started = [], time.perf_counter()
         while len(times) < 3 or (time.perf_counter() - started < budget and len(times) < 50):

@@ -1,0 +1,204 @@
+"""The ``summon`` commands that load models: train, eval, calibrate, predict, cascade, serve-logits, export,
+quickstart. :mod:`summon.cli.main` builds the parser without importing this module, so ``summon --help``,
+``--version`` and ``summon recipes`` start in a fraction of a second; a command's first run imports what it needs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import sys
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any, TextIO
+
+import summon
+from summon.adaptive.calibration import Calibration
+from summon.adaptive.knob import Knob
+from summon.adaptive.staged import StagedPredictor
+from summon.cli.inputs import check_inputs, read_inputs
+from summon.cli.quickstart import run_quickstart
+from summon.config import dump_yaml, to_dict
+from summon.hf import export_hf, load_plain
+from summon.recipe import load_run_config
+from summon.saved import read_manifest
+from summon.serve.logits_server import serve
+from summon.train.loop import train
+
+PREDICT_WINDOW = 1024  # rows read, predicted and written together by summon predict
+
+
+def knob_from_args(args: argparse.Namespace) -> Knob:
+    """The :class:`Knob` the flags describe (validated: ranges, at most one, --delta only with --guaranteed)."""
+    if args.delta is not None and args.guaranteed is None:
+        raise ValueError(f"--delta {args.delta} is the failure probability of --guaranteed; give --guaranteed E "
+                         "with it (or drop --delta)")
+    return Knob.of(budget=args.budget, max_drop=args.max_drop, threshold=getattr(args, "threshold", None),
+                   guaranteed=args.guaranteed, delta=args.delta, unit=args.unit)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    overrides = list(args.overrides)
+    if args.data_dir:
+        overrides.append(f"data.data_dir={args.data_dir}")
+    cfg = load_run_config(args.recipe, overrides)
+    if args.dry_run:
+        print(json.dumps(to_dict(cfg), indent=2))
+        return 0
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    dump_yaml(to_dict(cfg), out / "config.yaml")
+    model_dir = train(cfg)
+    _print_summary(model_dir)
+    return 0
+
+
+def _print_summary(model_dir: Path) -> None:
+    manifest = read_manifest(model_dir)
+    metrics = manifest.get("metrics", {}).get("eval") or {}
+    costs = manifest.get("costs", {})
+    shown = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if k != "n" and isinstance(v, float))
+    print(f"saved predictor: {model_dir}")
+    if shown:
+        print(f"eval ({manifest['metrics'].get('eval_data')}): {shown}")
+    if costs:
+        print(f"cost: {costs['params'] / 1e6:.2f}M params, {costs['flops_per_example']:.4g} FLOPs/example")
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    entries = summon.evaluate(args.predictors, args.data, out=args.out, knob=knob_from_args(args),
+                              latency=not args.no_latency, speedup=args.speedup, data_dir=args.data_dir,
+                              limit=args.limit, max_seconds=args.max_seconds, device=args.device, progress=True)
+    for entry in entries:
+        print(json.dumps({"name": entry["name"], "data": entry["data"], **entry["metrics"],
+                          "flops_per_example": entry["cost"]["flops_per_example"]}))
+        if "adaptive" in entry:
+            _print_adaptive(entry["adaptive"])
+    if args.out:
+        print(f"report: {Path(args.out) / 'report.md'}, {Path(args.out) / 'report.json'}, "
+              f"{Path(args.out) / 'report.png'}")
+    return 0
+
+
+def _print_adaptive(result: dict) -> None:
+    chosen = result["chosen"]
+    print(f"  {result['kind']} ({result['scorer']}, device {result.get('device') or 'cpu'}): full model accuracy "
+          f"{result['full_accuracy']:.4f}; at threshold {float(chosen['threshold']):.4g}: accuracy "
+          f"{chosen['accuracy']:.4f}, cost {chosen['cost']:.3f}, stages {chosen['exit_counts']}")
+    drop = result["cost_at_drop_1pt"]
+    print(f"  cost within 1 point of the full model: policy {drop['policy']}, oracle (earliest agreeing) "
+          f"{drop['oracle_agree']}, oracle (earliest correct) {drop['oracle_correct']}")
+    for bs, s in result.get("speedup", {}).items():
+        print(f"  batch {bs}: speed-up {s['realised']:.2f}x measured vs {s['theoretical']:.2f}x from FLOPs "
+              f"({s['realised_over_theoretical']:.2f})")
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    knob = knob_from_args(args)  # validated before the model loads
+    predictor = summon.load(args.predictor, device=args.device)
+    calibration = summon.calibrate(predictor, args.data, budget=knob.budget, max_drop=knob.max_drop,
+                                   guaranteed=knob.guaranteed, delta=knob.delta, against=args.against,
+                                   policy=args.policy, unit=args.unit or "flops",
+                                   temperature_fraction=args.temperature_fraction, seed=args.seed,
+                                   latency=not args.no_latency, data_dir=args.data_dir, limit=args.limit)
+    _print_calibration(calibration, args.table_rows)
+    return 0
+
+
+def _print_calibration(c: Calibration, table_rows: int) -> None:
+    print(f"calibrated on {c.data}: temperatures from {c.rows['temperature']} rows, "
+          f"thresholds from {c.rows['thresholds']} rows; costs measured on {c.costs.device or 'cpu'}")
+    print(f"{'stage':>5s} {'T':>7s} {'ECE before':>11s} {'ECE after':>10s} {'NLL before':>11s} {'NLL after':>10s}")
+    for row in c.report:
+        print(f"{row['stage'] + 1:5d} {row['temperature']:7.3f} {row['ece_before']:11.4f} {row['ece_after']:10.4f} "
+              f"{row['nll_before']:11.4f} {row['nll_after']:10.4f}")
+    chosen = next((p for p in c.table.points if p.threshold == c.default.threshold), None)
+    print(f"\n{c.table.format(chosen, max_rows=table_rows or len(c.table.points))}")
+    d = c.default
+    print(f"\ndefault operating point ({d.rule} {d.value}): threshold {d.threshold:.6g}, cost {d.point.cost:.3f} of "
+          f"the full model ({c.cost_unit}), accuracy {d.point.accuracy:.4f}, disagreement with the full model "
+          f"{d.point.disagreement:.4f}")
+
+
+def cmd_cascade(args: argparse.Namespace) -> int:
+    cascade = summon.cascade(args.stages, out=args.out, timeout=args.timeout, device=args.device)
+    print(f"cascade of {cascade.num_stages} stages written to {args.out}; next: summon calibrate {args.out} "
+          "--data SPLIT")
+    return 0
+
+
+def cmd_serve_logits(args: argparse.Namespace) -> int:
+    predictor = summon.load(args.predictor, device=args.device)
+    if isinstance(predictor, StagedPredictor):
+        raise ValueError(f"{args.predictor} is a staged predictor ({predictor.kind}); serve-logits serves one plain "
+                         "model's logits (a remote cascade stage). Give it a plain predictor or a Hugging Face "
+                         "classifier folder")
+    serve(predictor, host=args.host, port=args.port, name=args.name)
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    check_inputs(args.texts, args.file, args.format)  # before loading a model: fail fast
+    knob = knob_from_args(args)
+    predictor = summon.load(args.predictor, device=args.device)
+    inputs = read_inputs(args.texts, args.file, task=predictor.task, fmt=args.format)
+    rows = (pred.to_dict() for pred in predict_stream(predictor, inputs, knob=knob, batch_size=args.batch_size))
+    first = next(rows, None)  # the first window is read and predicted before --out is created
+    out = open(args.out, "w", encoding="utf-8") if args.out else sys.stdout  # noqa: SIM115
+    try:
+        write_jsonl(itertools.chain([first] if first is not None else [], rows), out)
+    finally:
+        if args.out:
+            out.close()
+    return 0
+
+
+def predict_stream(predictor: Any, inputs: Iterable[Any], *, knob: Knob | None = None, batch_size: int = 64,
+                   window: int = PREDICT_WINDOW) -> Iterator[Any]:
+    """Predictions for a stream of inputs, ``window`` rows at a time: at most one window is held, so an input
+    larger than memory streams through. Staged predictors take the knob; a plain predictor refuses it."""
+    knob = knob or Knob()
+    if isinstance(predictor, StagedPredictor):
+        return predictor.iter_predict(inputs, knob=knob, batch_size=batch_size, window=window)
+    if not knob.empty or knob.unit is not None:
+        given = knob.describe() if not knob.empty else f"unit {knob.unit}"
+        raise ValueError(f"{predictor.path or 'this predictor'} is not a staged predictor, so it has no knob "
+                         f"(got {given}); give the knob to an early-exit model or a cascade, or drop it")
+    return _plain_stream(predictor, inputs, batch_size, window)
+
+
+def _plain_stream(predictor: Any, inputs: Iterable[Any], batch_size: int, window: int) -> Iterator[Any]:
+    iterator = iter(inputs)
+    while chunk := list(itertools.islice(iterator, window)):
+        yield from predictor.predict(chunk, batch_size=batch_size)
+
+
+def write_jsonl(rows: Iterable[dict[str, Any]], out: TextIO, flush_every: int = PREDICT_WINDOW) -> int:
+    """Write one JSON object per line, flushing every ``flush_every`` rows so a pipe sees results as they come."""
+    count = 0
+    for count, row in enumerate(rows, start=1):
+        out.write(json.dumps(row, ensure_ascii=False) + "\n")
+        if count % flush_every == 0:
+            out.flush()
+    out.flush()
+    return count
+
+
+def cmd_quickstart(args: argparse.Namespace) -> int:
+    run_quickstart(Path(args.out), max_seconds=args.max_seconds)
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    """Run ``summon export``: load ``args.model`` on the CPU and write it to ``args.out``; returns 0.
+
+    Raises:
+        ValueError: If the model cannot be loaded or has no equivalent in ``args.format``.
+    """
+    if args.format != "hf":
+        raise ValueError(f"--format {args.format!r}: unknown format; choose hf")
+    out = export_hf(load_plain(args.model, device="cpu"), args.out)
+    print(f"wrote a Hugging Face model to {out}; load it with "
+          f"transformers.AutoModelFor...Classification.from_pretrained('{out}')")
+    return 0
