@@ -18,6 +18,7 @@ what it cost. Evaluation and serving take any ``StagedPredictor``.
 
 from __future__ import annotations
 
+import itertools
 import logging
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
@@ -33,6 +34,7 @@ from summon.adaptive.knob import Knob, operating_point, threshold_for
 from summon.adaptive.scoring import Readout
 from summon.adaptive.thresholds import OperatingPoint
 from summon.data.spec import TaskData
+from summon.inference import softmax
 from summon.predictor import Prediction, as_batch, canonical_inputs
 from summon.saved import MANIFEST, read_json_manifest, update_manifest
 
@@ -193,7 +195,7 @@ class StagedBase:
     def predictions(self, result: Execution, *, unit: str | None = None) -> list[Prediction]:
         """:class:`Prediction` objects of an execution result."""
         fractions = self.stage_fractions(unit)
-        probs = _softmax(result.logits.astype(np.float64))
+        probs = softmax(result.logits.astype(np.float64))
         out = []
         for p, k, fell in zip(probs, result.stage, result.fallback, strict=True):
             j = int(p.argmax())
@@ -205,17 +207,12 @@ class StagedBase:
     def iter_predict(self, inputs: Iterable[Any], *, knob: Knob | None = None, batch_size: int = 64,
                      window: int = 1024) -> Iterator[Prediction]:
         """Predictions for an input stream (a file larger than memory), one window of rows at a time."""
-        limit = self.threshold_for(knob or Knob())
-        chunk: list[Any] = []
-        for item in inputs:
-            chunk.append(item)
-            if len(chunk) >= window:
-                yield from self.predictions(self.run_examples(canonical_inputs(self.task, chunk), limit,
-                                                              batch_size=batch_size), unit=knob.unit if knob else None)
-                chunk = []
-        if chunk:
-            yield from self.predictions(self.run_examples(canonical_inputs(self.task, chunk), limit,
-                                                          batch_size=batch_size), unit=knob.unit if knob else None)
+        knob = knob or Knob()
+        limit = self.threshold_for(knob)
+        iterator = iter(inputs)
+        while chunk := list(itertools.islice(iterator, window)):
+            result = self.run_examples(canonical_inputs(self.task, chunk), limit, batch_size=batch_size)
+            yield from self.predictions(result, unit=knob.unit)
 
     # --- calibration ------------------------------------------------------------------------------
 
@@ -250,9 +247,3 @@ class StagedBase:
 
 def _windows(examples: Sequence[Any]) -> list[Sequence[Any]]:
     return [examples[i:i + WINDOW_ROWS] for i in range(0, len(examples), WINDOW_ROWS)]
-
-
-def _softmax(logits: np.ndarray) -> np.ndarray:
-    shifted = logits - logits.max(axis=-1, keepdims=True)
-    exp = np.exp(shifted)
-    return exp / exp.sum(axis=-1, keepdims=True)

@@ -22,6 +22,7 @@ import numpy as np
 
 from summon.adaptive.scoring import score_all
 from summon.adaptive.thresholds import OperatingPoint, ThresholdTable, sweep
+from summon.inference import softmax
 from summon.measure.metrics import reliability_bins
 
 Curve = list[tuple[float, float]]  # (cost fraction, accuracy), ascending cost
@@ -245,7 +246,7 @@ def evaluate_adaptive(predictor: Any, data: Any, *, out_dir: Path | None = None,
     chosen = sweep(scores, preds, fractions, gold, thresholds=np.array([chosen_t]))[0]
     result = curves(preds, gold, fractions, table.points)
     k = len(predictor.labels)
-    raw_probs = [_softmax_np(raw[:, :k].astype(np.float64)) for raw in view["raws"]]
+    raw_probs = [softmax(raw[:, :k].astype(np.float64)) for raw in view["raws"]]
     reliability = [{"temperature": t, "before": reliability_bins(raw_probs[s], gold),
                     "after": reliability_bins(probs[:, s], gold)} for s, t in enumerate(calibration.temperatures)]
     result.update({"kind": getattr(predictor, "kind", "staged"), "scorer": calibration.policy,
@@ -288,9 +289,3 @@ def plot_speedup(speedup: dict[str, dict[str, float]], path: Path, title: str) -
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     return path
-
-
-def _softmax_np(logits: np.ndarray) -> np.ndarray:
-    shifted = logits - logits.max(axis=-1, keepdims=True)
-    exp = np.exp(shifted)
-    return exp / exp.sum(axis=-1, keepdims=True)
