@@ -104,19 +104,25 @@ class ModelConfig:
 
 
 @dataclass(kw_only=True)
-class EncoderModelConfig(ModelConfig):
-    """Fields of every transformer-encoder kind: pooling, encoder dropout, exits, defer output and CRF."""
+class _EncoderCore(ModelConfig):
+    """Fields of every kind built on a transformer encoder, Hugging Face classifiers included."""
 
-    pooling: Literal["mean", "cls", "pooler"] = "mean"  # how a sequence head pools tokens
     encoder_dropout: float | None = None  # replaces every dropout rate inside the encoder (default: its config's)
     exits: Exits = None  # exit heads after these layers (1-based) or all
-    defer_output: bool = False  # one extra "defer" logit after the classes (learning-to-defer students)
-    crf: bool = False  # token classification: a linear-chain CRF on the emissions (see summon.models.tagger)
-    crf_over: Literal["words", "subtokens"] = "words"  # crf: chain the words, or sub-tokens with an X label
 
     def __post_init__(self) -> None:
         super().__post_init__()
         _check_rate("encoder_dropout", self.encoder_dropout)
+
+
+@dataclass(kw_only=True)
+class EncoderModelConfig(_EncoderCore):
+    """Fields of every transformer-encoder kind with a summon head: pooling, defer output and CRF."""
+
+    pooling: Literal["mean", "cls", "pooler"] = "mean"  # how a sequence head pools tokens
+    defer_output: bool = False  # one extra "defer" logit after the classes (learning-to-defer students)
+    crf: bool = False  # token classification: a linear-chain CRF on the emissions (see summon.models.tagger)
+    crf_over: Literal["words", "subtokens"] = "words"  # crf: chain the words, or sub-tokens with an X label
 
 
 @dataclass(kw_only=True)
@@ -167,7 +173,7 @@ class CopyModelConfig(EncoderModelConfig):
 
 
 @dataclass(kw_only=True)
-class HFModelConfig(ModelConfig):
+class HFModelConfig(_EncoderCore):
     """A fine-tuned Hugging Face sequence or token classifier, as it is or as the last exit of exits.
 
     With ``exits`` the exits' heads pool with the encoder's pooler (the last one is the model's own
@@ -177,12 +183,6 @@ class HFModelConfig(ModelConfig):
     KIND: ClassVar[str] = "hf"
     kind: Literal["hf"] = "hf"
     name: str  # a folder written by save_pretrained, or a hub id
-    exits: Exits = None
-    encoder_dropout: float | None = None
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        _check_rate("encoder_dropout", self.encoder_dropout)
 
 
 @dataclass(kw_only=True)
