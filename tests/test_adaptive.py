@@ -968,6 +968,15 @@ def test_calibrate_rejects_unlabelled_data_and_unknown_rules(trained):
     assert predictor.manifest.get("adaptive") == before  # nothing half-calibrated was stored
 
 
+def test_calibration_refuses_too_few_rows(trained):
+    predictor = load(trained["path"])
+    before = copy.deepcopy(predictor.manifest.get("adaptive"))
+    few = TaskData("classification", predictor.labels, trained["data"].examples[:12], "few")
+    with pytest.raises(ValueError, match="12 calibration rows are too few: 4 would fit the temperatures and 8"):
+        predictor.calibrate(few, latency=False)
+    assert predictor.manifest.get("adaptive") == before  # nothing half-calibrated was stored
+
+
 def test_recalibrating_keeps_the_previous_calibration(trained, tmp_path):
     folder = tmp_path / "copy"
     shutil.copytree(trained["path"], folder)

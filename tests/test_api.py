@@ -11,6 +11,7 @@ from toy import FIXTURE_DATA
 import summon
 from summon.adaptive.cascade import CascadePredictor
 from summon.adaptive.early_exit import EarlyExitPredictor
+from summon.data.spec import TaskData
 
 TINY = {"model__name": "tiny-bert", "model__max_length": 32, "train__epochs": 1, "train__batch_size": 16,
         "train__progress": False, "data__train__limit": 64, "data__eval__limit": 32, "cost__latency": False}
@@ -58,6 +59,14 @@ def test_the_facade_refuses_what_it_cannot_do(runs):
         summon.calibrate(runs["exits"], "sst2:dev", budget=0.5, max_drop=0.01, data_dir=FIXTURE_DATA)
     with pytest.raises(ValueError, match="names no split"):
         summon.calibrate(runs["exits"], "sst2", data_dir=FIXTURE_DATA)
+
+
+def test_data_with_other_labels_than_the_predictor_is_refused(runs):
+    other = TaskData("classification", ["pos", "neg"], [{"text": "x", "label": 0}] * 4, "mine.jsonl")
+    with pytest.raises(ValueError, match=r"mine\.jsonl: the data's labels are \[pos, neg\] but the predictor predicts"):
+        summon.evaluate([runs["teacher"]], other, latency=False)
+    with pytest.raises(ValueError, match=r"the data's labels are \[World, Sports, Business, Sci/Tech\]"):
+        summon.evaluate([runs["teacher"]], "ag_news:test", data_dir=FIXTURE_DATA, latency=False)
 
 
 def test_recipes_lists_every_shipped_recipe_with_its_description():

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 import torch
+from toy import FIXTURE_DATA
 
 from summon.data import (
     CATALOG,
@@ -676,3 +677,58 @@ def test_fingerprint_tracks_the_data(tmp_path):
     path = write_jsonl(tmp_path / "d.jsonl", [{"text": "a", "label": "neg"}, {"text": "b", "label": "pos"}])
     (tmp_path / "d.csv").write_text("label,text\nneg,a\npos,b\n")
     assert load(path).fingerprint() == load(tmp_path / "d.csv").fingerprint() == make(1).fingerprint()
+
+
+# --- label values and label sets (reliability: no silent wrong class set) --------------------------------------
+
+
+def _classification(path: Path, **spec: Any):
+    return load_split(DatasetSpec(path=str(path), task="classification", **spec))
+
+
+def test_integer_and_string_labels_with_spaces_are_one_class(tmp_path):
+    path = tmp_path / "mixed.jsonl"
+    rows = [{"text": "a", "label": 1}, {"text": "b", "label": "1"}, {"text": "c", "label": " 0 "}, {"text": "d", "label": 0}]
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    data = _classification(path)
+    assert data.labels == ["0", "1"] and [ex["label"] for ex in data.examples] == [1, 1, 0, 0]
+    named = tmp_path / "named.jsonl"
+    named.write_text(json.dumps({"text": "a", "label": "pos "}) + "\n" + json.dumps({"text": "b", "label": "neg"}) + "\n")
+    assert _classification(named).labels == ["neg", "pos"]
+
+
+def test_unused_integer_classes_and_a_single_class_are_warned_about(tmp_path, caplog):
+    typo = tmp_path / "typo.jsonl"
+    typo.write_text("".join(json.dumps({"text": str(i), "label": v}) + "\n" for i, v in enumerate([0, 1, 0, 7])))
+    with caplog.at_level("WARNING", logger="summon.data.loading"):
+        assert len(_classification(typo).labels) == 8
+    assert "no row has 2, 3, 4, 5, 6" in caplog.text and "mistyped" in caplog.text
+    caplog.clear()
+    one = tmp_path / "one.jsonl"
+    one.write_text(json.dumps({"text": "a", "label": "pos"}) + "\n")
+    with caplog.at_level("WARNING", logger="summon.data.loading"):
+        _classification(one)
+    assert "at least two classes" in caplog.text
+
+
+def test_a_repeated_header_row_and_duplicate_label_names_are_refused(tmp_path):
+    path = tmp_path / "twice.csv"
+    path.write_text("text,label\ngood film,1\ntext,label\nbad film,0\n")
+    with pytest.raises(ValueError, match=r"twice\.csv:3: this row repeats the header"):
+        _classification(path)
+    with pytest.raises(ValueError, match="'labels' names pos more than once"):
+        DatasetSpec(path="x.jsonl", task="classification", labels=["pos", "neg", "pos "])
+
+
+def test_data_with_other_label_names_than_the_model_is_refused_naming_both(tmp_path):
+    bbc = ["business", "entertainment", "politics", "sport", "tech"]
+    with pytest.raises(ValueError, match=r"the data's labels are \[World, Sports, Business, Sci/Tech\] but "
+                                         r"\[business, entertainment, politics, sport, tech\] are expected"):
+        load_split(DatasetSpec(name="ag_news", split="test", labels=bbc), data_dir=FIXTURE_DATA)
+
+
+def test_data_whose_labels_the_model_has_in_another_order_is_renumbered_by_name():
+    plain = load_split(DatasetSpec(name="sst2", split="dev"), data_dir=FIXTURE_DATA)
+    flipped = load_split(DatasetSpec(name="sst2", split="dev", labels=["positive", "negative"]), data_dir=FIXTURE_DATA)
+    assert flipped.labels == ["positive", "negative"]
+    assert [1 - ex["label"] for ex in plain.examples] == [ex["label"] for ex in flipped.examples]

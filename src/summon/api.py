@@ -54,6 +54,10 @@ def load(path: str | os.PathLike, *, device: str | torch.device | None = "auto")
 def _data(predictor: Any, data: str | DatasetSpec | TaskData, data_dir: str | None, limit: int | None) -> TaskData:
     """Loaded rows in the predictor's label order, from a spec string (``sst2:dev``), a DatasetSpec or as given."""
     if isinstance(data, TaskData):
+        if list(data.labels) != list(predictor.labels):
+            raise ValueError(f"{data.source}: the data's labels are [{', '.join(data.labels)}] but the predictor "
+                             f"predicts [{', '.join(predictor.labels)}]; load the data for this predictor (e.g. "
+                             "summon.evaluate(..., 'sst2:dev') maps label names) or use a matching predictor")
         return data
     spec = data if isinstance(data, DatasetSpec) else spec_for(predictor, data, limit)
     return load_for(predictor, spec, data_dir)

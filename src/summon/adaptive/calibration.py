@@ -29,6 +29,7 @@ from summon.adaptive.thresholds import OperatingPoint, ThresholdTable
 from summon.measure.metrics import expected_calibration_error
 
 RULES = ("budget", "max_drop", "max_drop_gold", "guaranteed")
+MIN_TEMPERATURE_ROWS, MIN_THRESHOLD_ROWS = 5, 10  # below these a calibration is noise, not a measurement
 
 
 # --- temperatures ---------------------------------------------------------------------------------
@@ -195,8 +196,10 @@ def split_rows(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarr
         raise ValueError(f"temperature_fraction must be in (0, 1), got {fraction}")
     order = np.random.default_rng(seed).permutation(n)
     cut = max(1, round(fraction * n))
-    if cut >= n:
-        raise ValueError(f"{n} calibration rows are too few to split; give more held-out data")
+    if cut < MIN_TEMPERATURE_ROWS or n - cut < MIN_THRESHOLD_ROWS:
+        raise ValueError(f"{n} calibration rows are too few: {cut} would fit the temperatures and {n - cut} choose "
+                         f"thresholds; at least {MIN_TEMPERATURE_ROWS} and {MIN_THRESHOLD_ROWS} are needed (hundreds "
+                         "make the table and any guarantee worth having). Give more held-out data")
     return np.sort(order[:cut]), np.sort(order[cut:])
 
 

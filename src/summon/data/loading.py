@@ -36,13 +36,17 @@ def load_split(
     label_key = LABEL_COLUMN[task]
     # The catalog's label set holds only for the catalog's own label column (not e.g. CoNLL chunk tags).
     own_labels = entry is not None and label_key not in spec.columns
-    labels = spec.labels or (list(entry.labels) if own_labels else None) or hub_names
+    declared = (list(entry.labels) if own_labels else None) or hub_names
     examples = [_canonical_row(row, line, task, columns, source, require_labels) for line, row in rows]
-    labels = labels or infer_labels(examples, task)
+    for ex, (line, _) in zip(examples, rows, strict=True):
+        _refuse_repeated_header(ex, columns, f"{source}:{line}")
+    labels = declared or spec.labels or infer_labels(examples, task, source)
     index = {name: i for i, name in enumerate(labels)}
     for ex, (line, _) in zip(examples, rows, strict=True):
         if label_key in ex:
             ex[label_key] = _label_ids(ex[label_key], labels, index, f"{source}:{line}")
+    if declared and spec.labels and list(spec.labels) != list(declared):
+        labels = _into_label_set(examples, label_key, declared, list(spec.labels), source)
     if spec.shuffle_seed is not None:
         random.Random(spec.shuffle_seed).shuffle(examples)
     if spec.limit is not None:
@@ -185,24 +189,70 @@ def _check_types(ex: dict[str, Any], task: str, where: str) -> None:
             raise ValueError(f"{where}: '{key}' is empty. Drop the row or fill in the text.")
 
 
-def infer_labels(examples: Sequence[dict[str, Any]], task: str) -> list[str]:
-    """Label names when none were given: ``0..max`` for integer labels, else sorted names (``O`` first)."""
+def label_value(value: Any) -> Any:
+    """A label as the label set sees it: surrounding whitespace dropped, integers and integer strings one
+    value (``1``, ``"1"`` and ``" 1 "`` are the same class); anything else unchanged (rejected later)."""
+    if isinstance(value, str):
+        value = value.strip()
+        if value.lstrip("-").isdigit():
+            return int(value)
+    return value
+
+
+def infer_labels(examples: Sequence[dict[str, Any]], task: str, source: str = "the data") -> list[str]:
+    """Label names when none were given: ``0..max`` for integer labels, else sorted names (``O`` first).
+
+    Values are normalised first (:func:`label_value`). Integer labels with ids that no row uses, or a single
+    class, are warned about: a typo such as one ``7`` among ``0``/``1`` would otherwise make an 8-class model
+    quietly.
+    """
     key = LABEL_COLUMN[task]
     values: set[Any] = set()
     for ex in examples:
         if key in ex:
-            values.update(ex[key] if task == "token_classification" else [ex[key]])
+            values.update(label_value(v) for v in (ex[key] if task == "token_classification" else [ex[key]]))
     if not values:
         raise ValueError("no labels found to infer a label set from; give 'labels:' in the data spec.")
     if all(isinstance(v, int) and not isinstance(v, bool) for v in values):
-        return [str(i) for i in range(max(values) + 1)]
-    if all(isinstance(v, str) and v.isdigit() for v in values):  # CSV/TSV give integer labels as text
-        return [str(i) for i in range(max(int(v) for v in values) + 1)]
-    names = sorted(str(v) for v in values)
-    if "O" in names:
-        names.remove("O")
-        names.insert(0, "O")
+        if min(values) < 0:
+            raise ValueError(f"{source}: label {min(values)} is negative; integer labels are class ids 0..K-1, "
+                             "or give the names with 'labels: [...]' in the data spec.")
+        names = [str(i) for i in range(max(values) + 1)]
+        unused = [n for i, n in enumerate(names) if i not in values]
+        if unused:
+            logger.warning("%s: integer labels 0-%d, but no row has %s; is a label mistyped? Give 'labels: [...]' "
+                           "in the data spec to fix the set", source, len(names) - 1, ", ".join(unused))
+    else:
+        names = sorted({str(v) for v in values})
+        if "O" in names:
+            names.remove("O")
+            names.insert(0, "O")
+    if len(values) == 1:
+        logger.warning("%s: every row has the label %s: a classifier needs at least two classes", source, names[0])
     return names
+
+
+def _refuse_repeated_header(ex: dict[str, Any], columns: dict[str, str], where: str) -> None:
+    """A row whose every field holds its own column's name is a header written twice (files concatenated)."""
+    if ex and all(isinstance(ex.get(key), str) and ex[key].strip() == column for key, column in columns.items()
+                  if key in ex):
+        raise ValueError(f"{where}: this row repeats the header ({', '.join(columns.values())}); files were "
+                         "probably concatenated. Delete the row.")
+
+
+def _into_label_set(examples: list[dict[str, Any]], key: str, declared: list[str], wanted: list[str],
+                    source: str) -> list[str]:
+    """Re-number label ids from the data's own names to ``wanted`` (e.g. a model's), or refuse a mismatch."""
+    missing = [name for name in declared if name not in wanted]
+    if missing:
+        raise ValueError(f"{source}: the data's labels are [{', '.join(declared)}] but [{', '.join(wanted)}] are "
+                         f"expected (the model's); {', '.join(missing)} has no place there. Use data with the "
+                         "model's labels, or a model trained on this data.")
+    remap = [wanted.index(name) for name in declared]
+    for ex in examples:
+        if key in ex:
+            ex[key] = [remap[i] for i in ex[key]] if isinstance(ex[key], list) else remap[ex[key]]
+    return wanted
 
 
 def _label_ids(value: Any, labels: Sequence[str], index: dict[str, int], where: str) -> Any:
@@ -212,14 +262,13 @@ def _label_ids(value: Any, labels: Sequence[str], index: dict[str, int], where: 
 
 
 def _label_id(value: Any, labels: Sequence[str], index: dict[str, int], where: str) -> int:
+    if isinstance(value, str) and value.strip() in index:
+        return index[value.strip()]
+    value = label_value(value)  # CSV/TSV give every field as text
     if isinstance(value, bool):
         pass
     elif isinstance(value, int) and 0 <= value < len(labels):
         return value
-    elif isinstance(value, str) and value in index:
-        return index[value]
-    elif isinstance(value, str) and value.strip().lstrip("-").isdigit() and 0 <= int(value) < len(labels):
-        return int(value)  # CSV/TSV give every field as text
     raise ValueError(
         f"{where}: label {value!r} is not in the label set ({', '.join(labels)}; ids 0-{len(labels) - 1}). "
         "Fix the row, or give the full set with 'labels: [...]' in the data spec."

@@ -60,6 +60,11 @@ class DatasetSpec:
             )
         if self.limit is not None and self.limit <= 0:
             raise ValueError(f"'limit' must be a positive number of rows, got {self.limit}")
+        if self.labels is not None:
+            names = [str(n).strip() for n in self.labels]
+            repeated = sorted({n for n in names if names.count(n) > 1})
+            if repeated:
+                raise ValueError(f"'labels' names {', '.join(repeated)} more than once; each class needs one name")
         if self.path and self.task is None:
             raise ValueError("a local file needs 'task' (classification, pair_classification, token_classification)")
         if self.hub and self.task is None:
