@@ -469,3 +469,17 @@ def test_quickstart_end_to_end_offline(tmp_path):
 def test_delta_without_guaranteed_is_refused(tmp_path, capsys):
     assert main(["predict", str(tmp_path), "x", "--delta", "0.2"]) == 2
     assert "--delta 0.2 is the failure probability of --guaranteed" in capsys.readouterr().err
+
+
+def test_an_unexpected_error_is_one_line_and_exit_1_with_the_traceback_on_debug(monkeypatch, capsys):
+    import summon.cli.recipes as recipes_cmd
+
+    def broken(args):
+        raise RuntimeError("disk on fire")
+
+    monkeypatch.setattr(recipes_cmd, "cmd_recipes", broken)
+    assert main(["recipes", "ls"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "unexpected error: RuntimeError: disk on fire" in err and "--debug" in err
+    with pytest.raises(RuntimeError, match="disk on fire"):
+        main(["--debug", "recipes", "ls"])

@@ -1,8 +1,8 @@
 """The ``summon`` command line: train, eval, calibrate, predict, cascade, serve-logits, recipes, quickstart,
 export.
 
-User mistakes print one clear ``summon: error: ...`` message and exit with status 2; set
-``SUMMON_DEBUG=1`` to see the traceback instead. Every command that runs a model takes ``--device``;
+User mistakes print one clear ``summon: error: ...`` message and exit with status 2; anything unexpected
+prints one line and exits 1; ``--debug`` (or ``SUMMON_DEBUG=1``) shows the traceback instead. Every command that runs a model takes ``--device``;
 ``predict``, ``eval`` and ``calibrate`` take the same knob flags (:mod:`summon.cli.knob`). A sub-command's
 options and positionals may come in any order, and every ``--help`` shows the defaults.
 """
@@ -217,6 +217,7 @@ def build_parser() -> argparse.ArgumentParser:
                      formatter_class=_FORMATTER)
     parser.add_argument("-v", "--verbose", action="store_true", help="log more (accelerate, transformers)")
     parser.add_argument("--version", action="store_true", help="print the version and exit")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error (or SUMMON_DEBUG=1)")
     sub = parser.add_subparsers(dest="command", parser_class=_SubParser)
     for add in (_parser_train, _parser_eval, _parser_calibrate, _parser_predict, _parser_other, add_export_parser):
         add(sub)
@@ -244,16 +245,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return EXIT_USAGE
     _setup_logging(args.verbose)
+    debug = args.debug or bool(os.environ.get("SUMMON_DEBUG"))
     try:
         return command(args)(args)
     except (ValueError, FileNotFoundError, StageUnavailable) as err:
-        if os.environ.get("SUMMON_DEBUG"):
+        if debug:
             raise
         print(f"summon: error: {err}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("summon: interrupted; run the same command again to resume from the last checkpoint", file=sys.stderr)
         return 130
+    except Exception as err:  # a bug or an environment problem: one line, the traceback on request
+        if debug:
+            raise
+        print(f"summon: unexpected error: {type(err).__name__}: {err}. Rerun with --debug (or SUMMON_DEBUG=1) "
+              "for the traceback, and report it if it looks like a bug in summon", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":
