@@ -26,6 +26,8 @@ from summon.data import (
     infer_labels,
     load_split,
 )
+from summon.data.features import CHARS_PER_TOKEN
+from summon.models.tiny import tiny_tokenizer
 
 SHARED_DATA = Path("/work/shared/data")
 
@@ -732,3 +734,14 @@ def test_data_whose_labels_the_model_has_in_another_order_is_renumbered_by_name(
     flipped = load_split(DatasetSpec(name="sst2", split="dev", labels=["positive", "negative"]), data_dir=FIXTURE_DATA)
     assert flipped.labels == ["positive", "negative"]
     assert [1 - ex["label"] for ex in plain.examples] == [ex["label"] for ex in flipped.examples]
+
+
+def test_a_huge_text_is_cut_before_tokenisation_without_changing_its_features(caplog):
+    featurizer = TokenizerFeaturizer(tiny_tokenizer(), max_length=16)
+    text = "the movie was great fun and " * 20_000  # 560,000 characters
+    with caplog.at_level("WARNING", logger="summon.data.features"):
+        cut = featurizer.encode([{"text": text}, {"text": text}], "classification")
+    assert caplog.text.count("was cut to") == 1  # warned once
+    assert len(text) > 16 * CHARS_PER_TOKEN
+    whole = featurizer.tokenizer(text, truncation=True, max_length=16)["input_ids"]
+    assert cut[0]["input_ids"] == whole and cut[1]["input_ids"] == whole

@@ -18,6 +18,10 @@ import torch
 
 logger = logging.getLogger(__name__)
 
+# Characters kept per sub-token of max_length before tokenising: WordPiece turns any word longer than 100
+# characters into one [UNK], so no sub-token of the encoders summon runs spans more.
+CHARS_PER_TOKEN = 100
+
 IGNORE_INDEX = -100
 Feature = dict[str, Any]
 
@@ -59,12 +63,13 @@ class TokenizerFeaturizer:
         self.subtoken_label = subtoken_label
         self.x_label_id = x_label_id
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        self._warned_long = False
 
     def encode(self, examples: Sequence[dict[str, Any]], task: str) -> list[Feature]:
         if task == "token_classification":
             return self._encode_words(examples)
-        texts = [ex["text"] for ex in examples]
-        pairs = [ex["text_pair"] for ex in examples] if task == "pair_classification" else None
+        texts = [self._bounded(ex["text"]) for ex in examples]
+        pairs = [self._bounded(ex["text_pair"]) for ex in examples] if task == "pair_classification" else None
         enc = self.tokenizer(texts, pairs, truncation=True, max_length=self.max_length)
         feats = []
         for i, ex in enumerate(examples):
@@ -75,8 +80,8 @@ class TokenizerFeaturizer:
         return feats
 
     def _encode_words(self, examples: Sequence[dict[str, Any]]) -> list[Feature]:
-        enc = self.tokenizer([ex["tokens"] for ex in examples], is_split_into_words=True,
-                             truncation=True, max_length=self.max_length)
+        words = [[self._bounded(w) for w in ex["tokens"][: self.max_length]] for ex in examples]
+        enc = self.tokenizer(words, is_split_into_words=True, truncation=True, max_length=self.max_length)
         feats, dropped = [], 0
         for i, ex in enumerate(examples):
             word_ids = enc.word_ids(i)
@@ -95,6 +100,19 @@ class TokenizerFeaturizer:
             logger.warning("truncation at %d sub-tokens dropped %d words; they are predicted as the first label",
                            self.max_length, dropped)
         return feats
+
+    def _bounded(self, text: str) -> str:
+        """``text`` cut to :data:`CHARS_PER_TOKEN` characters per sub-token kept, before tokenisation: the cut
+        never changes what truncation keeps (no sub-token spans more characters), while a 50 MB input no
+        longer costs gigabytes to tokenise only to be truncated. Warned once per featurizer."""
+        bound = CHARS_PER_TOKEN * self.max_length
+        if len(text) <= bound:
+            return text
+        if not self._warned_long:
+            logger.warning("an input of %d characters was cut to %d before tokenisation (max_length %d sub-tokens "
+                           "keeps no more)", len(text), bound, self.max_length)
+            self._warned_long = True
+        return text[:bound]
 
     def _subtoken_labels(self, word_ids: list[int | None], starts: list[int], tags: list[int]) -> list[int]:
         other = self.x_label_id if self.subtoken_label == "x" else IGNORE_INDEX
