@@ -102,9 +102,10 @@ class TokenizerFeaturizer:
         return feats
 
     def _bounded(self, text: str) -> str:
-        """``text`` cut to :data:`CHARS_PER_TOKEN` characters per sub-token kept, before tokenisation: the cut
-        never changes what truncation keeps (no sub-token spans more characters), while a 50 MB input no
-        longer costs gigabytes to tokenise only to be truncated. Warned once per featurizer."""
+        """``text`` cut to :data:`CHARS_PER_TOKEN` characters per sub-token kept, before tokenisation, so a 50 MB
+        input no longer costs gigabytes to tokenise only to be truncated. With WordPiece no sub-token spans more
+        characters, so truncation keeps the same sub-tokens, unless long runs of whitespace or characters the
+        tokenizer drops fill the kept part. Warned once per featurizer."""
         bound = CHARS_PER_TOKEN * self.max_length
         if len(text) <= bound:
             return text
