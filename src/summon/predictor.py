@@ -9,8 +9,9 @@ word and entity spans with character offsets (raw text is split into words by
 from __future__ import annotations
 
 import hashlib
+import itertools
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -131,6 +132,12 @@ class Predictor:
             k = int(probs.argmax())
             out.append(Prediction(label=self.labels[k], label_id=k, probs=[float(p) for p in probs]))
         return out
+
+    def iter_predict(self, inputs: Iterable[Any], *, batch_size: int = 64, window: int = 1024) -> Iterator[Prediction]:
+        """Predictions for an input stream (a file larger than memory), ``window`` rows at a time."""
+        iterator = iter(inputs)
+        while chunk := list(itertools.islice(iterator, window)):
+            yield from self.predict(chunk, batch_size=batch_size)
 
     def _tagging(self, item: Any, ex: dict[str, Any], row: np.ndarray) -> Prediction:
         tags = [self.labels[k] for k in row.argmax(axis=-1)]

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from summon.adaptive.costs import StageCosts
 from summon.adaptive.gate import Gate
 from summon.adaptive.scoring import Readout, check_scorer, score_all
+from summon.adaptive.stages import split_defer
 from summon.adaptive.thresholds import OperatingPoint, ThresholdTable
 from summon.measure.metrics import expected_calibration_error
 
@@ -218,14 +219,7 @@ def choose(table: ThresholdTable, rule: str, value: float, delta: float = 0.1) -
 
 def class_logits(raws: Sequence[np.ndarray], num_labels: int) -> list[np.ndarray]:
     """The class columns of each stage's raw logits (a defer column, if any, dropped)."""
-    out = []
-    for k, raw in enumerate(raws):
-        raw = np.asarray(raw)
-        if raw.ndim != 2 or raw.shape[1] not in (num_labels, num_labels + 1):
-            raise ValueError(f"stage {k}: expected raw logits [N, {num_labels}] (or one defer column more), "
-                             f"got {raw.shape}")
-        out.append(raw[:, :num_labels])
-    return out
+    return [split_defer(np.asarray(raw), num_labels)[0] for raw in raws]
 
 
 def fit_gates(classes: Sequence[np.ndarray], temps: Sequence[float], rows: np.ndarray) -> list[Gate | None]:

@@ -88,22 +88,14 @@ def stage_flops(model: Any, batches: Sequence[dict[str, torch.Tensor]]) -> tuple
     return per_example[:-1], per_example[-1]
 
 
-def _timer(fn: Any, *args: Any) -> tuple[Any, float]:
-    """Run ``fn(*args)``; milliseconds it took, the device's queued work included."""
-    device = _device_of_args(args)
-    start = clock(device)
-    value = fn(*args)
-    return value, (clock(device) - start) * 1000.0
+def _timer(device: torch.device) -> Any:
+    """``run(fn, *args) -> (value, milliseconds)``, the device's queued work included."""
+    def run(fn: Any, *args: Any) -> tuple[Any, float]:
+        start = clock(device)
+        value = fn(*args)
+        return value, (clock(device) - start) * 1000.0
 
-
-def _device_of_args(args: Sequence[Any]) -> torch.device | None:
-    for arg in args:
-        if isinstance(arg, dict):
-            return next((v.device for v in arg.values() if isinstance(v, torch.Tensor)), None)
-        hidden = getattr(arg, "hidden", None)
-        if isinstance(hidden, torch.Tensor):
-            return hidden.device
-    return None
+    return run
 
 
 @torch.inference_mode()
@@ -114,12 +106,13 @@ def stage_latency(model: Any, batch: dict[str, torch.Tensor], *, warmup: int = 2
     Each piece (input stage, each stage's compute, each read-out) is timed within full passes over the
     batch; the median of each piece over the passes is summed into cumulative stage times.
     """
+    timer = _timer(batch["input_ids"].device)
     for _ in range(warmup):
-        _parts(model, batch, _timer)
+        _parts(model, batch, timer)
     runs = []
     started = time.perf_counter()
     while len(runs) < repeats and (len(runs) < 3 or time.perf_counter() - started < max_seconds):
-        runs.append(_parts(model, batch, _timer))
+        runs.append(_parts(model, batch, timer))
     begin = statistics.median(r[0] for r in runs)
     compute = [statistics.median(r[1][k] for r in runs) for k in range(model.num_stages)]
     readout = [statistics.median(r[2][k] for r in runs) for k in range(model.num_stages)]

@@ -165,13 +165,7 @@ def predict_stream(predictor: Any, inputs: Iterable[Any], *, knob: Knob | None =
         given = knob.describe() if not knob.empty else f"unit {knob.unit}"
         raise ValueError(f"{predictor.path or 'this predictor'} is not a staged predictor, so it has no knob "
                          f"(got {given}); give the knob to an early-exit model or a cascade, or drop it")
-    return _plain_stream(predictor, inputs, batch_size, window)
-
-
-def _plain_stream(predictor: Any, inputs: Iterable[Any], batch_size: int, window: int) -> Iterator[Any]:
-    iterator = iter(inputs)
-    while chunk := list(itertools.islice(iterator, window)):
-        yield from predictor.predict(chunk, batch_size=batch_size)
+    return predictor.iter_predict(inputs, batch_size=batch_size, window=window)
 
 
 def write_jsonl(rows: Iterable[dict[str, Any]], out: TextIO, flush_every: int = PREDICT_WINDOW) -> int:
