@@ -26,6 +26,7 @@ from summon.data import (
     infer_labels,
     load_split,
 )
+from summon.data import features as features_module
 from summon.data.features import CHARS_PER_TOKEN
 from summon.models.tiny import tiny_tokenizer
 
@@ -736,12 +737,15 @@ def test_data_whose_labels_the_model_has_in_another_order_is_renumbered_by_name(
     assert [1 - ex["label"] for ex in plain.examples] == [ex["label"] for ex in flipped.examples]
 
 
-def test_a_huge_text_is_cut_before_tokenisation_without_changing_its_features(caplog):
+def test_a_huge_text_is_cut_before_tokenisation_without_changing_its_features(caplog, monkeypatch):
+    monkeypatch.setattr(features_module, "_WARNED_LONG", False)
     featurizer = TokenizerFeaturizer(tiny_tokenizer(), max_length=16)
     text = "the movie was great fun and " * 20_000  # 560,000 characters
     with caplog.at_level("WARNING", logger="summon.data.features"):
         cut = featurizer.encode([{"text": text}, {"text": text}], "classification")
     assert caplog.text.count("was cut to") == 1  # warned once
+    featurizer.encode([{"text": text}], "classification")
+    assert caplog.text.count("was cut to") == 1  # ... per process, not per call or featurizer
     assert len(text) > 16 * CHARS_PER_TOKEN
     whole = featurizer.tokenizer(text, truncation=True, max_length=16)["input_ids"]
     assert cut[0]["input_ids"] == whole and cut[1]["input_ids"] == whole

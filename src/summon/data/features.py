@@ -21,6 +21,7 @@ logger = logging.getLogger(__name__)
 # Characters kept per sub-token of max_length before tokenising: WordPiece turns any word longer than 100
 # characters into one [UNK], so no sub-token of the encoders summon runs spans more.
 CHARS_PER_TOKEN = 100
+_WARNED_LONG = False  # the cut is reported once per process: long documents are ordinary, not an error
 
 IGNORE_INDEX = -100
 Feature = dict[str, Any]
@@ -63,7 +64,6 @@ class TokenizerFeaturizer:
         self.subtoken_label = subtoken_label
         self.x_label_id = x_label_id
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-        self._warned_long = False
 
     def encode(self, examples: Sequence[dict[str, Any]], task: str) -> list[Feature]:
         if task == "token_classification":
@@ -105,14 +105,15 @@ class TokenizerFeaturizer:
         """``text`` cut to :data:`CHARS_PER_TOKEN` characters per sub-token kept, before tokenisation, so a 50 MB
         input no longer costs gigabytes to tokenise only to be truncated. With WordPiece no sub-token spans more
         characters, so truncation keeps the same sub-tokens, unless long runs of whitespace or characters the
-        tokenizer drops fill the kept part. Warned once per featurizer."""
+        tokenizer drops fill the kept part. Warned once per process."""
         bound = CHARS_PER_TOKEN * self.max_length
         if len(text) <= bound:
             return text
-        if not self._warned_long:
+        global _WARNED_LONG
+        if not _WARNED_LONG:
             logger.warning("an input of %d characters was cut to %d before tokenisation (max_length %d sub-tokens "
-                           "keeps no more)", len(text), bound, self.max_length)
-            self._warned_long = True
+                           "keeps no more); later cuts are not reported", len(text), bound, self.max_length)
+            _WARNED_LONG = True
         return text[:bound]
 
     def _subtoken_labels(self, word_ids: list[int | None], starts: list[int], tags: list[int]) -> list[int]:
