@@ -37,6 +37,7 @@ MANIFEST = "manifest.json"
 WEIGHTS = "model.safetensors"
 FORMAT = "summon-predictor"
 FORMAT_VERSION = 1
+ENSEMBLE_FORMAT = "summon-progressive"  # a progressive ensemble: members/<k>/ are saved predictors
 MANAGED = {"format", "format_version", "summon_version", "task", "labels", "architecture", "featurizer",
            "files", "created", "fingerprint"}
 
@@ -85,6 +86,41 @@ def save_predictor(directory: str | Path, model: nn.Module, featurizer: Any, tas
     os.replace(staging, directory)
     shutil.rmtree(old, ignore_errors=True)
     return directory
+
+
+def write_manifest(directory: str | Path, manifest: dict[str, Any]) -> Path:
+    """Write ``manifest.json`` into ``directory`` atomically (a temp file, then a rename)."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    tmp = directory / (MANIFEST + ".tmp")
+    tmp.write_text(json.dumps(jsonable(manifest), indent=2, default=str) + "\n", encoding="utf-8")
+    os.replace(tmp, directory / MANIFEST)
+    return directory
+
+
+def save_ensemble(directory: str | Path, members: Sequence[tuple[str | Path, dict[str, Any]]], task: str,
+                  labels: Sequence[str], *, extra: dict[str, Any] | None = None) -> Path:
+    """Save a progressive ensemble: each member's predictor folder copied to ``members/<k>/``, and a manifest
+    naming them in order with their entries (``alpha``, ``name``...) and weight hashes.
+
+    A member folder already at its place (re-saving in place) is kept as it is.
+    """
+    directory = Path(directory)
+    entries = []
+    for k, (source, entry) in enumerate(members):
+        target = directory / "members" / str(k)
+        if Path(source).resolve() != target.resolve():
+            shutil.rmtree(target, ignore_errors=True)
+            shutil.copytree(source, target)
+        weights = (read_json_manifest(target) or {}).get("files", {}).get(WEIGHTS, {})
+        entries.append({**entry, "path": f"members/{k}", "sha256": weights.get("sha256")})
+    for stale in sorted((directory / "members").glob("*")):
+        if stale.name not in {str(k) for k in range(len(entries))}:
+            shutil.rmtree(stale, ignore_errors=True)
+    manifest = {**(extra or {}), "format": ENSEMBLE_FORMAT, "format_version": 1, "summon_version": __version__,
+                "task": task, "labels": list(labels), "members": entries,
+                "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")}
+    return write_manifest(directory, manifest)
 
 
 def update_manifest(directory: str | Path, **entries: Any) -> dict[str, Any]:

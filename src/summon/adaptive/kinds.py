@@ -13,6 +13,7 @@ from typing import Any
 
 from summon.adaptive.cascade import CASCADE_FORMAT, CascadePredictor, load_cascade
 from summon.adaptive.early_exit import EarlyExitPredictor
+from summon.adaptive.progressive import ProgressivePredictor, is_progressive, load_progressive
 from summon.predictor import load_predictor
 from summon.registry import Registry
 from summon.saved import FORMAT
@@ -37,6 +38,7 @@ KINDS.register("early_exit", StagedKind(
     lambda m: m.get("format") == FORMAT and m.get("architecture", {}).get("type") == "exits", _load_early_exit))
 KINDS.register("cascade", StagedKind(
     "cascade", CascadePredictor, lambda m: m.get("format") == CASCADE_FORMAT, load_cascade))
+KINDS.register("progressive", StagedKind("progressive", ProgressivePredictor, is_progressive, load_progressive))
 
 
 def staged_kind(manifest: dict[str, Any] | None) -> StagedKind | None:

@@ -179,18 +179,38 @@ class StagedBase:
     def predict(self, inputs: Sequence[Any], *, budget: float | None = None, max_drop: float | None = None,
                 threshold: float | Sequence[float] | None = None, guaranteed: float | None = None,
                 delta: float = 0.1, unit: str | None = None, knob: Knob | None = None,
-                batch_size: int = 64) -> list[Prediction]:
+                deadline_ms: float | None = None, batch_size: int = 64) -> list[Prediction]:
         """Predict adaptively; one knob (``budget``, ``max_drop``, ``guaranteed`` with ``delta``, or
         ``threshold``) sets the operating point, else the calibrated default. A sequence of thresholds
-        gives one per input. Each prediction says which stage answered and what it cost."""
+        gives one per input. ``deadline_ms`` caps the call: no row goes past the last stage whose measured
+        latency fits the whole batch in it (:meth:`deadline_stage`). Each prediction says which stage
+        answered and what it cost."""
         inputs = as_batch(inputs)
         if threshold is not None and not np.isscalar(threshold):
             limit: Any = np.asarray(threshold, dtype=np.float64)
         else:
             limit = self.threshold_for(knob or Knob.of(budget=budget, max_drop=max_drop, threshold=threshold,
                                                        guaranteed=guaranteed, delta=delta, unit=unit))
+        if deadline_ms is not None:
+            limit = row_thresholds(limit, len(inputs), self.num_stages).copy()
+            limit[:, self.deadline_stage(deadline_ms, len(inputs)):] = -np.inf  # stop there at the latest
         result = self.run_examples(canonical_inputs(self.task, inputs), limit, batch_size=batch_size)
         return self.predictions(result, unit=unit)
+
+    def deadline_stage(self, deadline_ms: float, rows: int) -> int:
+        """The last stage whose measured latency (per example, at the calibration's batch size) lets ``rows``
+        rows finish within ``deadline_ms``; stage 0 when even that does not fit (it always answers)."""
+        if not deadline_ms > 0:
+            raise ValueError(f"deadline_ms must be a positive number of milliseconds, got {deadline_ms}")
+        costs = self.require_calibration("deadline_ms").costs
+        if costs.ms is None:
+            raise ValueError("deadline_ms needs measured stage latencies; calibrate with latency on (the default)")
+        fits = [k for k, ms in enumerate(costs.ms) if ms * rows <= deadline_ms]
+        if not fits:
+            logger.warning("deadline %.3g ms: even stage 0 needs %.3g ms for %d rows (measured on %s); it answers "
+                           "anyway", deadline_ms, costs.ms[0] * rows, rows, costs.device or "this machine")
+            return 0
+        return fits[-1]
 
     def predictions(self, result: Execution, *, unit: str | None = None) -> list[Prediction]:
         """:class:`Prediction` objects of an execution result."""

@@ -24,6 +24,9 @@ CHARS_PER_TOKEN = 100
 _WARNED_LONG = False  # the cut is reported once per process: long documents are ordinary, not an error
 
 IGNORE_INDEX = -100
+# Float vectors of one fixed width per row that collate stacks as they are: a boosting round's log weights
+# over classes and the previous ensemble member's last hidden layer (summon.methods.progressive).
+ROW_VECTORS = ("log_w_plus", "log_w_minus", "previous_hidden")
 Feature = dict[str, Any]
 
 
@@ -198,7 +201,8 @@ def collate(features: list[Feature], pad_id: int = 0) -> dict[str, torch.Tensor]
     Returns tensors: ``input_ids`` [B, L] (and ``attention_mask``, ``token_type_ids`` when present),
     ``label`` [B] or ``labels`` [B, L] (padding ``IGNORE_INDEX``), ``word_starts``/``word_mask``/
     ``word_tags`` [B, W] for tagging (and ``in_word`` [B, L] with ``subtoken_label='x'``),
-    ``example_index`` [B] and ``teacher_logits`` [B, C] or [B, W, C].
+    ``example_index`` [B], ``teacher_logits`` [B, C] or [B, W, C], and the per-row float vectors of
+    :data:`ROW_VECTORS` (a progressive-ensemble round's weights and the previous member's hidden layer).
     """
     first = features[0]
     batch = {"input_ids": _pad([f["input_ids"] for f in features], pad_id, torch.long)}
@@ -224,6 +228,9 @@ def collate(features: list[Feature], pad_id: int = 0) -> dict[str, torch.Tensor]
         batch["easy"] = torch.tensor([f["easy"] for f in features], dtype=torch.float32)
     if "teacher_logits" in first:
         batch["teacher_logits"] = _pad_logits([f["teacher_logits"] for f in features])
+    for key in ROW_VECTORS:
+        if key in first:
+            batch[key] = torch.stack([torch.as_tensor(f[key], dtype=torch.float32) for f in features])
     return batch
 
 

@@ -1,6 +1,8 @@
 """Pure loss functions over tensors."""
 
+from summon.losses.boosting import adaboost_step, barrier_loss, centre, edge, residual_log_weights, row_edges
 from summon.losses.easy import defer_surrogate, selective_kd, uniform_kl
 from summon.losses.kd import IGNORE_INDEX, cross_entropy, kd_kl, mix
 
-__all__ = ["IGNORE_INDEX", "cross_entropy", "defer_surrogate", "kd_kl", "mix", "selective_kd", "uniform_kl"]
+__all__ = ["IGNORE_INDEX", "adaboost_step", "barrier_loss", "centre", "cross_entropy", "defer_surrogate", "edge",
+           "kd_kl", "mix", "residual_log_weights", "row_edges", "selective_kd", "uniform_kl"]

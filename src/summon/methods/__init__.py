@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from summon.methods import crf_finetune, early_exit, easy_kd, finetune, kd, structured_kd
+from summon.methods import crf_finetune, early_exit, easy_kd, finetune, kd, progressive, structured_kd
 from summon.registry import Registry
 
 
@@ -25,6 +25,7 @@ class Method:
     summary: str
     epoch_start: Callable[[Any], None] | None = None  # called before each epoch with an EpochContext
     online_teacher: bool = False  # step(model, batch, cfg, teacher=frozen teacher model), no logit cache
+    ensemble: bool = False  # trains several models in rounds (summon.train.progressive) instead of ``model``
 
 
 METHODS: Registry[Method] = Registry("method")
@@ -43,5 +44,9 @@ METHODS.register("structured_kd", Method(
     "structured_kd", structured_kd.StructuredKDConfig, structured_kd.step, True,
     "Sub-structured KD for CRF taggers (Lin et al. 2022) and its baselines: marginal KL, top-k paths",
     online_teacher=True))
+METHODS.register("progressive", Method(
+    "progressive", progressive.ProgressiveConfig, progressive.step, True,
+    "B-DISTIL (reconstructed): boosting rounds build an anytime ensemble of small students (method_args.candidates)",
+    epoch_start=progressive.epoch_start, ensemble=True))
 
 __all__ = ["METHODS", "Method"]

@@ -48,6 +48,7 @@ from summon.models.hf import (
     resolve_labels,
     to_summon_parts,
 )
+from summon.models.member import ComposedMember
 from summon.models.ngram import NgramClassifier
 from summon.models.pretrained import load_encoder
 from summon.models.tagger import CRFTagger
@@ -68,6 +69,9 @@ class ModelConfig:
     max_length: int = 128  # sub-tokens per input (encoders) / n-grams per input x 16 (ngram)
     init_seed: int = 0  # random init of new weights (heads, random encoders, n-gram embeddings)
     freeze: list[str] = field(default_factory=list)  # parameter-name prefixes to freeze, e.g. [backbone]
+    # Progressive-ensemble members: width of the previous member's last hidden layer, added to this model's
+    # through a learned projection (summon.models.member); 0 = none. Set by the ensemble's training.
+    compose_from: int = 0
 
     KIND: ClassVar[str | None] = None
 
@@ -101,6 +105,8 @@ class ModelConfig:
             raise ValueError(f"'dropout' must be in [0, 1), got {self.dropout}")
         if self.max_length < 2:
             raise ValueError(f"'max_length' must be at least 2, got {self.max_length}")
+        if self.compose_from < 0:
+            raise ValueError(f"'compose_from' must be 0 (no composition) or a hidden width, got {self.compose_from}")
 
 
 @dataclass(kw_only=True)
@@ -284,8 +290,17 @@ def build_model(cfg: ModelConfig, task: str, num_labels: int, *, source: Source 
             built = _build_hf(cfg, task, num_labels, labels)
         else:
             built = _build_encoder_model(cfg, task, num_labels, source)
+        if cfg.compose_from:
+            built = _composed(built, cfg.compose_from)
     freeze(built.model, cfg.freeze)
     return built
+
+
+def _composed(built: Built, previous_width: int) -> Built:
+    """The model as a progressive-ensemble member reading the previous member's hidden layer."""
+    arch = {"type": "composed", "task": built.architecture["task"], "num_labels": built.architecture["num_labels"],
+            "previous_width": previous_width, "base": built.architecture}
+    return Built(model=ComposedMember(built.model, previous_width), featurizer=built.featurizer, architecture=arch)
 
 
 def _check_encoder_options(cfg: EncoderModelConfig, task: str) -> None:
@@ -500,4 +515,6 @@ def model_from_architecture(arch: dict[str, Any]) -> nn.Module:
         return model_for(arch, AutoModel.from_config(config))
     if arch.get("type") == "hf":
         return hf_model_from_architecture(arch)
+    if arch.get("type") == "composed":
+        return ComposedMember(model_from_architecture(arch["base"]), int(arch["previous_width"]))
     raise ValueError(f"unknown architecture type {arch.get('type')!r}; this predictor needs a newer summon?")

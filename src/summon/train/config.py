@@ -110,7 +110,7 @@ class RunConfig:
     method: str
     output_dir: str
     data: DataConfig
-    model: AnyModelConfig
+    model: AnyModelConfig | None = None  # required, except by methods that build their own (progressive)
     train: TrainConfig = field(default_factory=TrainConfig)
     teacher: str | None = None  # a saved predictor directory, a Hugging Face classifier folder, or hf:HUB_ID
     method_args: Any = field(default=None, metadata=chosen_by("method", method_config_class))
@@ -119,6 +119,16 @@ class RunConfig:
     description: str = ""
 
     def __post_init__(self) -> None:
-        if not isinstance(self.model, ModelConfig):
-            raise TypeError(f"model: expected a model config (ModelConfig(kind=...)), got {type(self.model).__name__}")
         self.method_args = method_config(self.method, self.method_args)
+        if self.model is None:
+            if not METHODS.get(self.method).ensemble:
+                raise ValueError("model: required (the model to train, e.g. {kind: pretrained, name: minilm-l6})")
+            if not self.method_args.candidates:
+                raise ValueError(f"method_args.candidates: method '{self.method}' needs at least one candidate model")
+        elif not isinstance(self.model, ModelConfig):
+            raise TypeError(f"model: expected a model config (ModelConfig(kind=...)), got {type(self.model).__name__}")
+
+    @property
+    def trains_ensemble(self) -> bool:
+        """Whether this run builds an ensemble in rounds (summon.train.progressive) rather than one ``model``."""
+        return self.model is None and METHODS.get(self.method).ensemble

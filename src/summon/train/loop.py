@@ -32,9 +32,7 @@ from transformers import get_linear_schedule_with_warmup
 
 from summon.config import to_dict
 from summon.data.features import FeatureDataset, collate
-from summon.data.loading import load_split
 from summon.data.spec import TaskData
-from summon.hf import load_plain
 from summon.inference import predict_logits
 from summon.measure.profile import measure_costs
 from summon.measure.task import MAIN_METRIC, higher_is_better, score
@@ -45,6 +43,8 @@ from summon.predictor import Predictor, load_predictor
 from summon.saved import save_predictor, update_manifest
 from summon.train.checkpoint import Checkpointer, TrainerState, fixed_part
 from summon.train.config import RunConfig, method_config
+from summon.train.progressive import train_ensemble
+from summon.train.sources import build_data, build_teacher
 from summon.train.teacher_cache import teacher_logits
 
 logger = logging.getLogger(__name__)
@@ -117,37 +117,6 @@ def typed_config(cfg: RunConfig) -> RunConfig:
 def build_method(cfg: RunConfig) -> tuple[Method, Any]:
     """The method and its typed config (``cfg.method_args``, parsed when the run config was built)."""
     return METHODS.get(cfg.method), method_config(cfg.method, cfg.method_args)
-
-
-def build_data(cfg: RunConfig) -> tuple[TaskData, TaskData | None]:
-    train_data = load_split(cfg.data.train, data_dir=cfg.data.data_dir)
-    eval_data = None
-    if cfg.data.eval is not None:
-        spec = cfg.data.eval
-        if spec.labels is None:
-            spec = type(spec)(**{**spec.__dict__, "labels": train_data.labels})
-        eval_data = load_split(spec, data_dir=cfg.data.data_dir)
-        if eval_data.task != train_data.task:
-            raise ValueError(f"data.eval is a {eval_data.task} set but data.train is {train_data.task}")
-    return train_data, eval_data
-
-
-def build_teacher(cfg: RunConfig, method: Method, task: TaskData) -> Predictor | None:
-    """The teacher predictor: needed by distilling methods, and as the source of truncated/random/copy students.
-
-    ``teacher:`` is a saved summon predictor, a Hugging Face classifier folder (``save_pretrained``) or
-    ``hf:HUB_ID``; a Hugging Face model's generic label names (``LABEL_0``...) take the data's.
-    """
-    if not cfg.teacher:
-        if method.needs_teacher:
-            raise ValueError(f"method '{method.name}' needs 'teacher:' (a saved predictor directory, a Hugging Face "
-                             "classifier folder or hf:HUB_ID)")
-        return None
-    teacher = load_plain(cfg.teacher, task=task.task, labels=task.labels)
-    if teacher.task != task.task or teacher.labels != task.labels:
-        raise ValueError(f"teacher {cfg.teacher} was trained for {teacher.task} with labels {teacher.labels}; "
-                         f"the data is {task.task} with labels {task.labels}")
-    return teacher
 
 
 def build_features(built: Built, data: TaskData, teacher_rows: list[np.ndarray] | None = None) -> list[dict]:
@@ -257,9 +226,13 @@ class MetricsLog:
 def train(cfg: RunConfig) -> Path:
     """Train as ``cfg`` says and return the saved predictor directory (``<output_dir>/model``).
 
-    Running the same command again after an interruption resumes from the last checkpoint.
+    Running the same command again after an interruption resumes from the last checkpoint. A ``progressive``
+    run without ``model`` trains its ensemble in rounds (:mod:`summon.train.progressive`), each candidate
+    through this loop, and returns the saved ensemble.
     """
     cfg = typed_config(cfg)
+    if cfg.trains_ensemble:
+        return train_ensemble(cfg, train)
     accelerator = build_accelerator(cfg)
     set_seed(cfg.train.seed)
     with accelerator.main_process_first():  # the main process fills the teacher cache first
