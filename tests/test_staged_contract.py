@@ -27,8 +27,9 @@ from summon.data.spec import TaskData
 from summon.evaluate.adaptive import evaluate_adaptive
 from summon.evaluate.runner import evaluate_staged
 from summon.models import ModelConfig, build_model
+from summon.models.member import hidden_width
 from summon.predictor import Predictor
-from summon.saved import read_json_manifest
+from summon.saved import read_json_manifest, save_ensemble
 
 LABELS = ["neg", "pos"]
 WORDS = "good bad great awful fine dull fun boring nice poor film plot story acting music".split()
@@ -65,7 +66,26 @@ def cascade(root) -> str:
     return str(root / "cascade")
 
 
-FACTORIES = {"early_exit": early_exit, "cascade": cascade}
+def progressive(root) -> str:
+    """Two untrained members: an n-gram model, then a tiny-bert composed with its hidden layer (width 8)."""
+    first = build_model(ModelConfig(kind="ngram", num_buckets=256, embed_dim=8, init_seed=4), "classification",
+                        len(LABELS))
+    width = hidden_width(first.model)
+    second = build_model(ModelConfig(kind="random", name="tiny-bert", num_layers=2, max_length=32, init_seed=5,
+                                     compose_from=width), "classification", len(LABELS))
+    with torch.no_grad():  # a non-zero projection, so the composition is exercised
+        second.model.project.weight.normal_(0.0, 0.5, generator=torch.Generator().manual_seed(6))
+    dirs = []
+    for name, built in (("member0", first), ("member1", second)):
+        Predictor(built.model, built.featurizer, "classification", LABELS, {"architecture": built.architecture}).save(
+            root / name, architecture=built.architecture)
+        dirs.append(root / name)
+    return str(save_ensemble(root / "progressive", [(dirs[0], {"name": "ngram", "alpha": 0.7, "composed": False}),
+                                                    (dirs[1], {"name": "bert", "alpha": 0.5, "composed": True})],
+                             "classification", LABELS))
+
+
+FACTORIES = {"early_exit": early_exit, "cascade": cascade, "progressive": progressive}
 
 
 def test_every_registered_kind_has_a_contract_factory():

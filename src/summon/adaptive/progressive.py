@@ -217,10 +217,15 @@ def load_progressive(directory: Path, manifest: dict[str, Any], *, device: Any =
             raise ValueError(f"{folder}: its weights are not the member {k} this ensemble was saved with (sha256 "
                              "differs from manifest.json); copy the whole ensemble folder again")
         members.append(Member(predictor, float(entry["alpha"]), bool(entry.get("composed")), entry.get("name", "")))
-    for k in range(1, len(members)):
-        arch = members[k].predictor.manifest.get("architecture", {})
+    for k, member in enumerate(members):
+        arch = member.predictor.manifest.get("architecture", {})
+        if (arch.get("type") == "composed") != member.composed:
+            raise ValueError(f"{where}: member {k} is {'' if member.composed else 'not '}marked composed but its "
+                             f"model is {'not ' if member.composed else ''}a composed one; re-save the ensemble")
+        if k == 0 or not member.composed:
+            continue
         width = hidden_width(members[k - 1].predictor.model)
-        if members[k].composed and arch.get("previous_width") != width:
+        if arch.get("previous_width") != width:
             raise ValueError(f"{where}: member {k} reads a hidden layer of width {arch.get('previous_width')} but "
                              f"member {k - 1} hands on {width}")
     return ProgressivePredictor(members, manifest["task"], manifest["labels"], manifest, path=directory)

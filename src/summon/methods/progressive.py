@@ -10,7 +10,8 @@ ensemble can stop after any prefix (anytime inference). Boosting round ``t``
 
 1. weights over (example, class) from the residual between the teacher and the current ensemble,
    two-sided multiplicative weights kept in log space (:func:`summon.losses.residual_log_weights`);
-2. FIND-WL: the candidates listed in ``candidates`` (cheapest first) are trained in turn, each by
+2. FIND-WL: the candidates listed in ``candidates`` (cheapest first; ``search`` says where each round
+   starts) are trained in turn, each by
    :func:`step` on the shifted log-barrier relaxation of the weak-learning condition ``edge ≥ gamma``
    (:func:`summon.losses.barrier_loss`), and the first whose edge on held-out rows meets ``gamma`` is kept;
    when none does, ``on_failure`` says whether to stop or take the best;
@@ -55,6 +56,10 @@ class Candidate:
             raise ValueError(f"lr must be positive, got {self.lr}")
         if self.model.compose_from:
             raise ValueError("model.compose_from is set by the ensemble's training; leave it out of candidates")
+        extra = [key for key in ("defer_output", "exits", "crf") if getattr(self.model, key, None) not in (None, False)]
+        if extra or self.model.kind == "hf":
+            raise ValueError(f"model: a member is a single-head sequence classifier (an encoder kind or ngram); "
+                             f"remove {', '.join(extra) or 'kind hf'}")
         if not self.name:
             self.name = describe_model(self.model)
 
@@ -81,7 +86,10 @@ class ProgressiveConfig:
     barrier: Literal["row", "total"] = "row"  # one log-barrier per row, or one on the batch's edge
     barrier_shift: float = 1.5  # s in −log(edge − γ + s); must exceed 1 + γ
     composition: bool = True  # member t reads member t−1's last hidden layer (Figure 4); false: independent inputs
-    search: Literal["from_cheapest", "from_previous"] = "from_previous"  # where FIND-WL starts each round
+    # Where FIND-WL starts in round t: the cheapest candidate; the previous member's (members never shrink); or
+    # candidate t (or the previous member's, if larger): the list is then a schedule of one size per round,
+    # falling forward to larger candidates when the condition fails.
+    search: Literal["from_cheapest", "from_previous", "from_round"] = "from_previous"
     on_failure: Literal["stop", "best"] = "best"  # no candidate meets γ: stop, or take the best positive edge
     holdout: float = 0.1  # share of the training rows held out for the condition and the step
 

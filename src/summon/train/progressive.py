@@ -119,7 +119,7 @@ def find_weak_learner(cfg: RunConfig, t: int, log_w: tuple[torch.Tensor, torch.T
     is positive).
     """
     pcfg: ProgressiveConfig = cfg.method_args
-    start = ensemble.last_index if pcfg.search == "from_previous" and t > 0 else 0
+    start = search_start(pcfg, t, ensemble.last_index)
     trials = []
     for index in range(start, len(pcfg.candidates)):
         trial = train_candidate(cfg, t, index, log_w, held, ensemble, data, train_model)
@@ -136,6 +136,16 @@ def find_weak_learner(cfg: RunConfig, t: int, log_w: tuple[torch.Tensor, torch.T
     logger.warning("round %d: no candidate met the weak-learning condition (edge >= %.3f); the ensemble stops at "
                    "%d members", t, pcfg.gamma, t)
     return trials, None
+
+
+def search_start(pcfg: ProgressiveConfig, t: int, last_index: int) -> int:
+    """The candidate FIND-WL tries first in round ``t`` (see ``ProgressiveConfig.search``)."""
+    previous = last_index if t > 0 else 0
+    if pcfg.search == "from_cheapest":
+        return 0
+    if pcfg.search == "from_previous":
+        return previous
+    return max(min(t, len(pcfg.candidates) - 1), previous)
 
 
 def train_candidate(cfg: RunConfig, t: int, index: int, log_w: tuple[torch.Tensor, torch.Tensor],
