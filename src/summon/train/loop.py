@@ -30,7 +30,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
-from summon.config import to_dict
+from summon.config import dump_yaml, to_dict
 from summon.data.features import FeatureDataset, collate
 from summon.data.spec import TaskData
 from summon.inference import predict_logits
@@ -41,7 +41,7 @@ from summon.methods import METHODS, Method
 from summon.models.build import Built, Source, build_model, needs_source
 from summon.predictor import Predictor, load_predictor
 from summon.saved import save_predictor, update_manifest
-from summon.train.checkpoint import Checkpointer, TrainerState, fixed_part
+from summon.train.checkpoint import Checkpointer, TrainerState, data_fingerprint, fixed_part
 from summon.train.config import RunConfig, method_config
 from summon.train.progressive import train_ensemble
 from summon.train.sources import build_data, build_teacher
@@ -235,6 +235,8 @@ def train(cfg: RunConfig) -> Path:
         return train_ensemble(cfg, train)
     accelerator = build_accelerator(cfg)
     set_seed(cfg.train.seed)
+    checkpointer = Checkpointer(Path(cfg.output_dir) / "checkpoint", config=fixed_part(to_dict(cfg)))
+    checkpointer.check_config()  # a refused resumption costs no data loading or teacher pass
     with accelerator.main_process_first():  # the main process fills the teacher cache first
         run = build_run(cfg)
     run.output_dir.mkdir(parents=True, exist_ok=True)
@@ -248,9 +250,10 @@ def train(cfg: RunConfig) -> Path:
     optimizer, scheduler = build_optimizer(run.built.model, cfg, steps)
     model, optimizer, loader, scheduler = accelerator.prepare(run.built.model, optimizer, loader, scheduler)
     state = TrainerState()
-    accelerator.register_for_checkpointing(state)
-    checkpointer = Checkpointer(run.output_dir / "checkpoint", config=fixed_part(to_dict(cfg)))
-    resumed = checkpointer.load(accelerator)
+    checkpointer.track(model, optimizer, scheduler, state, data=data_fingerprint(run.train_data))
+    resumed = checkpointer.load(accelerator)  # refuses changed data before anything in output_dir is written
+    if accelerator.is_main_process:
+        dump_yaml(to_dict(cfg), run.output_dir / "config.yaml")
     log = MetricsLog(run.output_dir / "metrics.jsonl", accelerator.is_main_process)
     log.write({"event": "resume" if resumed else "start", "step": state.step, "total_steps": steps,
                "processes": accelerator.num_processes})

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from safetensors.torch import save_file
 
-from summon.config import to_dict
+from summon.config import dump_yaml, to_dict
 from summon.data.spec import TaskData
 from summon.losses import adaboost_step, edge, residual_log_weights
 from summon.methods import METHODS
@@ -82,6 +82,7 @@ def train_ensemble(cfg: RunConfig, train_model: Callable[[RunConfig], Path]) -> 
     pcfg: ProgressiveConfig = cfg.method_args
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
+    dump_yaml(to_dict(cfg), out / "config.yaml")  # each candidate run checks its own resume
     data, eval_data = build_data(cfg)
     if data.task == "token_classification":
         raise ValueError("method 'progressive' builds sequence classifiers; this data is token classification")
