@@ -108,9 +108,11 @@ def test_manifest_describes_the_predictor(saved, key):
     assert manifest["labels"] == CASES[key][2]
     assert manifest["architecture"] == json.loads(json.dumps(original.manifest["architecture"]))
     assert manifest["featurizer"] == original.featurizer.to_config()
-    weights = path / WEIGHTS
-    assert manifest["files"] == {WEIGHTS: {"bytes": weights.stat().st_size,
-                                           "sha256": hashlib.sha256(weights.read_bytes()).hexdigest()}}
+    every = sorted(p for p in path.rglob("*") if p.is_file() and p.name != MANIFEST)  # weights and tokenizer files
+    assert manifest["files"] == {p.relative_to(path).as_posix(): {"bytes": p.stat().st_size,
+                                                                  "sha256": hashlib.sha256(p.read_bytes()).hexdigest()}
+                                 for p in every}
+    assert WEIGHTS in manifest["files"]
     assert (path / "tokenizer").is_dir() == (key != "ngram")
 
 

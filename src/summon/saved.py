@@ -6,9 +6,11 @@ Layout::
     model.safetensors    the weights
     tokenizer/           the Hugging Face tokenizer (encoder models only)
 
-This module knows the format and its integrity checks (sizes and sha256 of every file named in the
-manifest); it builds no predictor. A missing, truncated or mismatched file raises a ``ValueError`` naming
-the file and what to do.
+This module knows the format, its schema (:func:`validate_manifest`) and its integrity checks (sizes and
+sha256 of every file named in the manifest: the weights and every tokenizer file); it builds the model a
+manifest describes but no predictor. A missing, truncated or mismatched file, or a manifest that breaks the
+schema, raises a ``ValueError`` naming the file (and the key) and what to do. Predictors saved before every
+file was listed name only the weights; what is listed is what is checked.
 """
 
 from __future__ import annotations
@@ -32,6 +34,10 @@ from transformers import AutoTokenizer
 
 from summon._version import __version__
 from summon.data.features import NgramFeaturizer, TokenizerFeaturizer
+from summon.data.spec import TASKS
+from summon.models.build import model_from_architecture, outputs
+from summon.models.hf import HFTaskModel
+from summon.models.member import ComposedMember
 
 MANIFEST = "manifest.json"
 WEIGHTS = "model.safetensors"
@@ -40,6 +46,16 @@ FORMAT_VERSION = 1
 ENSEMBLE_FORMAT = "summon-progressive"  # a progressive ensemble: members/<k>/ are saved predictors
 MANAGED = {"format", "format_version", "summon_version", "task", "labels", "architecture", "featurizer",
            "files", "created", "fingerprint"}
+FEATURIZER_KINDS = (NgramFeaturizer.kind, TokenizerFeaturizer.kind)
+# The architecture types summon.models.build.model_from_architecture builds, and the keys each one needs.
+ARCHITECTURE_KEYS: dict[str, tuple[str, ...]] = {
+    "ngram": ("num_labels", "num_buckets", "embed_dim", "hidden_dim", "dropout"),
+    "encoder": ("num_labels", "task", "hf_config", "dropout"),
+    "exits": ("num_labels", "task", "hf_config", "dropout", "exit_layers"),
+    "hf": ("num_labels", "task", "hf_config"),
+    "composed": ("num_labels", "base", "previous_width"),
+}
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 def read_json_manifest(directory: Path) -> dict[str, Any] | None:
@@ -74,7 +90,7 @@ def save_predictor(directory: str | Path, model: nn.Module, featurizer: Any, tas
     manifest = {
         "format": FORMAT, "format_version": FORMAT_VERSION, "summon_version": __version__,
         "task": task, "labels": list(labels), "architecture": architecture, "featurizer": featurizer.to_config(),
-        "files": {WEIGHTS: {"bytes": (staging / WEIGHTS).stat().st_size, "sha256": sha256(staging / WEIGHTS)}},
+        "files": file_entries(staging),
         "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         **(extra or {}),
     }
@@ -86,6 +102,12 @@ def save_predictor(directory: str | Path, model: nn.Module, featurizer: Any, tas
     os.replace(staging, directory)
     shutil.rmtree(old, ignore_errors=True)
     return directory
+
+
+def file_entries(directory: Path) -> dict[str, dict[str, Any]]:
+    """Bytes and sha256 of every file under ``directory`` but its manifest, keyed by POSIX relative path."""
+    return {path.relative_to(directory).as_posix(): {"bytes": path.stat().st_size, "sha256": sha256(path)}
+            for path in sorted(directory.rglob("*")) if path.is_file() and path != directory / MANIFEST}
 
 
 def write_manifest(directory: str | Path, manifest: dict[str, Any]) -> Path:
@@ -153,6 +175,7 @@ def jsonable(value: Any) -> Any:
 
 
 def read_manifest(directory: Path) -> dict[str, Any]:
+    """The manifest of a saved predictor, checked against the schema (:func:`validate_manifest`)."""
     path = directory / MANIFEST
     if not directory.is_dir():
         raise ValueError(f"{directory}: no such predictor directory. Train one with `summon train RECIPE.yaml`.")
@@ -163,13 +186,120 @@ def read_manifest(directory: Path) -> dict[str, Any]:
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ValueError(f"{path}: unreadable manifest ({err}). The save was interrupted or the file edited; "
                          "re-save the predictor.") from None
+    return validate_manifest(manifest, path)
+
+
+def validate_manifest(manifest: Any, path: Path) -> dict[str, Any]:
+    """``manifest`` if it follows the predictor schema, else one ``ValueError`` naming ``path`` and every bad key.
+
+    Required: ``format``, ``format_version`` (an integer this summon reads), ``task`` (a known task),
+    ``labels`` (a non-empty list of distinct strings), ``architecture`` (a dict of a known ``type`` with the
+    keys that type needs), ``featurizer`` (a dict of a known ``kind``) and ``files`` (``{relative path:
+    {"bytes", "sha256"}}``, the weights among them). That ``labels`` match the model's outputs is checked
+    once the model is built (:func:`check_outputs`).
+    """
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         seen = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
         raise ValueError(f"{path}: not a summon predictor manifest (format {seen!r}).")
-    if manifest.get("format_version", 0) > FORMAT_VERSION:
-        raise ValueError(f"{path}: format version {manifest['format_version']} is newer than this summon "
-                         f"({__version__}) reads; upgrade summon.")
+    version = manifest.get("format_version")
+    if _is_int(version) and version > FORMAT_VERSION:
+        raise ValueError(f"{path}: format version {version} is newer than this summon ({__version__}) reads; "
+                         "upgrade summon.")
+    problems = [*version_problems(version), *header_problems(manifest),
+                *architecture_problems(manifest.get("architecture"), "architecture"),
+                *featurizer_problems(manifest.get("featurizer")), *files_problems(manifest.get("files"))]
+    if problems:
+        raise ValueError(f"{path}: {'; '.join(problems)}. The manifest was edited or written by another tool: "
+                         "restore it from the original predictor, or re-save the predictor.")
     return manifest
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def version_problems(version: Any) -> list[str]:
+    if version is None:
+        return ["'format_version' is missing"]
+    if not _is_int(version) or version < 1:
+        return [f"'format_version' must be a positive integer, got {version!r} ({type(version).__name__})"]
+    return []
+
+
+def header_problems(manifest: dict[str, Any]) -> list[str]:
+    """What is wrong with ``task`` and ``labels`` (every saved summon format has both)."""
+    problems = []
+    task = manifest.get("task")
+    if task not in TASKS:
+        seen = "missing" if task is None else f"got {task!r}"
+        problems.append(f"'task' must be one of {', '.join(TASKS)}, {seen}")
+    labels = manifest.get("labels")
+    if labels is None:
+        problems.append("'labels' is missing")
+    elif not isinstance(labels, list) or not labels or not all(isinstance(x, str) and x for x in labels):
+        problems.append(f"'labels' must be a non-empty list of non-empty strings, got {labels!r:.80}")
+    elif len(set(labels)) != len(labels):
+        twice = sorted({x for x in labels if labels.count(x) > 1})
+        problems.append(f"'labels' must be distinct, but {twice} appear more than once")
+    return problems
+
+
+def architecture_problems(arch: Any, key: str) -> list[str]:
+    """What is wrong with an ``architecture`` dict (``key`` is where it sits, for the message)."""
+    if arch is None:
+        return [f"'{key}' is missing"]
+    if not isinstance(arch, dict):
+        return [f"'{key}' must be a dict, got {type(arch).__name__}"]
+    kind = arch.get("type")
+    if kind not in ARCHITECTURE_KEYS:
+        return [f"'{key}.type' must be one of {', '.join(ARCHITECTURE_KEYS)}, got {kind!r} (a predictor saved by "
+                "a newer summon? upgrade summon)"]
+    problems = [f"'{key}.{k}' is missing (type {kind!r} needs it)" for k in ARCHITECTURE_KEYS[kind] if k not in arch]
+    if "num_labels" in arch and not (_is_int(arch["num_labels"]) and arch["num_labels"] >= 1):
+        problems.append(f"'{key}.num_labels' must be a positive integer, got {arch['num_labels']!r}")
+    if "hf_config" in arch and not isinstance(arch["hf_config"], dict):
+        problems.append(f"'{key}.hf_config' must be a dict, got {type(arch['hf_config']).__name__}")
+    if kind == "composed" and "base" in arch:
+        problems += architecture_problems(arch["base"], f"{key}.base")
+    return problems
+
+
+def featurizer_problems(config: Any) -> list[str]:
+    if config is None:
+        return ["'featurizer' is missing"]
+    if not isinstance(config, dict):
+        return [f"'featurizer' must be a dict, got {type(config).__name__}"]
+    if config.get("kind") not in FEATURIZER_KINDS:
+        return [f"'featurizer.kind' must be one of {', '.join(FEATURIZER_KINDS)}, got {config.get('kind')!r}"]
+    return []
+
+
+def files_problems(files: Any) -> list[str]:
+    """What is wrong with ``files``: relative paths inside the folder, each with ``bytes`` and ``sha256``."""
+    if files is None:
+        return ["'files' is missing"]
+    if not isinstance(files, dict):
+        return [f"'files' must be a dict of file entries, got {type(files).__name__}"]
+    problems = [] if WEIGHTS in files else [f"'files' does not list {WEIGHTS}"]
+    for name, entry in files.items():
+        if Path(name).is_absolute() or ".." in Path(name).parts or name in ("", MANIFEST):
+            problems.append(f"'files' names {name!r}, which is not a file inside the predictor folder")
+        elif not (isinstance(entry, dict) and _is_int(entry.get("bytes")) and entry["bytes"] >= 0
+                  and isinstance(entry.get("sha256"), str) and _SHA256.fullmatch(entry["sha256"])):
+            problems.append(f"'files.{name}' must hold 'bytes' (a size) and 'sha256' (64 hex digits), got {entry!r:.80}")
+    return problems
+
+
+def check_files(directory: Path, manifest: dict[str, Any]) -> None:
+    """Every file the manifest lists is present with its size and sha256 (a missing folder is named as such)."""
+    files = manifest["files"]
+    for folder in sorted({Path(name).parts[0] for name in files if len(Path(name).parts) > 1}):
+        if not (directory / folder).is_dir():
+            count = sum(Path(name).parts[0] == folder for name in files)
+            raise ValueError(f"{directory / folder}: missing {folder} folder ({MANIFEST} lists {count} files in "
+                             "it). Copy the whole predictor directory, or re-save it.")
+    for name, expected in files.items():
+        check_file(directory, name, expected)
 
 
 def check_file(directory: Path, name: str, expected: dict[str, Any]) -> Path:
@@ -187,17 +317,57 @@ def check_file(directory: Path, name: str, expected: dict[str, Any]) -> Path:
 
 
 def load_featurizer(directory: Path, config: dict[str, Any]) -> Any:
-    if config.get("kind") == "ngram":
-        params = {k: v for k, v in config.items() if k != "kind"}
-        return NgramFeaturizer(**params)
-    if config.get("kind") == "tokenizer":
-        folder = directory / "tokenizer"
-        if not folder.is_dir():
-            raise ValueError(f"{folder}: missing tokenizer folder. Copy the whole predictor directory.")
-        tokenizer = AutoTokenizer.from_pretrained(str(folder))
-        params = {k: v for k, v in config.items() if k != "kind"}
-        return TokenizerFeaturizer(tokenizer, **params)
+    """The featurizer ``config`` describes (the tokenizer read from ``directory/tokenizer``)."""
+    params = {k: v for k, v in config.items() if k != "kind"}
+    try:
+        if config.get("kind") == "ngram":
+            return NgramFeaturizer(**params)
+        if config.get("kind") == "tokenizer":
+            folder = directory / "tokenizer"
+            if not folder.is_dir():
+                raise ValueError(f"{folder}: missing tokenizer folder. Copy the whole predictor directory.")
+            return TokenizerFeaturizer(AutoTokenizer.from_pretrained(str(folder)), **params)
+    except TypeError as err:
+        raise ValueError(f"{directory / MANIFEST}: 'featurizer' has settings this summon does not take ({err}); "
+                         "re-save the predictor.") from None
     raise ValueError(f"{directory / MANIFEST}: unknown featurizer {config.get('kind')!r}.")
+
+
+def load_model(directory: Path, manifest: dict[str, Any]) -> nn.Module:
+    """The model of a checked manifest: built from ``architecture``, weights loaded and outputs checked."""
+    try:
+        model = model_from_architecture(manifest["architecture"])
+    except (KeyError, TypeError, ValueError) as err:
+        raise ValueError(f"{directory / MANIFEST}: 'architecture' does not describe a model summon can build "
+                         f"({type(err).__name__}: {err}); re-save the predictor.") from None
+    load_weights(model, directory / WEIGHTS)
+    check_outputs(directory, manifest, model)
+    return model
+
+
+def model_outputs(model: nn.Module) -> int | None:
+    """Logits per input (or token) of a built model: its last linear layer's width (the HF config's labels)."""
+    model = unwrap(model)
+    if isinstance(model, HFTaskModel):
+        return int(model.config.num_labels)
+    if isinstance(model, ComposedMember):
+        model = model.base
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    return linears[-1].out_features if linears else None
+
+
+def check_outputs(directory: Path, manifest: dict[str, Any], model: nn.Module) -> None:
+    """``len(labels)`` equals the model's outputs, less a defer or ``X`` output where the architecture has one."""
+    arch = manifest["architecture"]
+    while arch.get("type") == "composed":
+        arch = arch["base"]
+    extra = outputs({**arch, "num_labels": 0})
+    have, labels = model_outputs(model), manifest["labels"]
+    if have is not None and have - extra != len(labels):
+        more = " (besides its defer/X output)" if extra else ""
+        raise ValueError(f"{directory / MANIFEST}: 'labels' names {len(labels)} classes but the model in {WEIGHTS} "
+                         f"has {have - extra} class outputs{more}: the labels and the weights come from different "
+                         "predictors. Restore manifest.json from the original, or re-save the predictor.")
 
 
 def load_weights(model: nn.Module, path: Path) -> None:

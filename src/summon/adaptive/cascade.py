@@ -13,6 +13,12 @@ Deferral scores are those of :mod:`summon.adaptive.scoring` (``max_prob``, ``mar
 held-out data through the one calibration (:mod:`summon.adaptive.calibration`), exactly as for early exit.
 The reference "full model" is the last stage alone: cost fractions are relative to it, and drops are
 measured against its answers.
+
+A saved cascade references its local stages by path and records each one's fingerprint
+(:attr:`~summon.predictor.Predictor.fingerprint`): a stage replaced since (retrained, copied over) is refused on
+load, since the cascade's costs, temperatures and thresholds were measured on the old one. A stage path that
+leads back to the cascade's own folder or to another staged predictor is refused too (it would recurse).
+Cascades saved before fingerprints were recorded load as they are.
 """
 
 from __future__ import annotations
@@ -38,7 +44,7 @@ from summon.hf import HF_PREFIX, load_plain
 from summon.measure.cost import count_parameters
 from summon.measure.profile import measure_costs
 from summon.predictor import MANIFEST
-from summon.saved import read_json_manifest
+from summon.saved import FORMAT, header_problems, read_json_manifest
 
 logger = logging.getLogger(__name__)
 
@@ -141,8 +147,10 @@ class CascadePredictor(StagedBase):
                           device=", ".join(dict.fromkeys(devices)) if ms else None)
 
     def save(self, directory: str | Path) -> Path:
-        """Write the cascade manifest; local stages are referenced by path (relative when inside ``directory``)."""
+        """Write the cascade manifest; local stages are referenced by path (relative when inside ``directory``) with
+        their fingerprints, so a stage replaced later is refused on load."""
         directory = Path(directory)
+        _check_target(directory, self.stages)
         directory.mkdir(parents=True, exist_ok=True)
         stages = [_stage_entry(stage, directory) for stage in self.stages]
         manifest = {**{k: v for k, v in self.manifest.items() if k not in ("stages",)},
@@ -160,34 +168,97 @@ class CascadePredictor(StagedBase):
         return directory
 
 
+def _check_target(directory: Path, stages: Sequence[Any]) -> None:
+    """Refuse to write a cascade manifest over a stage's own folder or over another saved summon model."""
+    target = directory.resolve()
+    for stage in stages:
+        path = stage.path if isinstance(stage, LocalStage) else None
+        if path and not path.startswith(HF_PREFIX) and Path(path).resolve() == target:
+            raise ValueError(f"{directory} is the folder of stage '{stage.name}': a cascade saved there would replace "
+                             "that predictor's manifest and then point at itself. Save the cascade to a folder of "
+                             "its own (summon cascade ... --out NEW_DIR)")
+    fmt = str((read_json_manifest(directory) or {}).get("format", "")) if directory.is_dir() else ""
+    if fmt.startswith("summon-") and fmt != CASCADE_FORMAT:
+        raise ValueError(f"{directory} holds a saved {fmt!r}; a cascade saved there would replace its manifest. "
+                         "Save the cascade to a folder of its own")
+
+
 def _stage_entry(stage: Any, directory: Path) -> dict[str, Any]:
     entry = stage.describe()
-    if entry.get("type") == "local":
-        if not entry.get("path"):
-            raise ValueError(f"stage '{stage.name}' was built in memory: save it (Predictor.save) and build the "
-                             "cascade from its directory")
-        if entry["path"].startswith(HF_PREFIX):
-            return entry  # a hub id stays as given
-        path = Path(entry["path"]).resolve()
-        entry["path"] = os.path.relpath(path, directory.resolve())
+    if entry.get("type") != "local":
+        return entry
+    if not entry.get("path"):
+        raise ValueError(f"stage '{stage.name}' was built in memory: save it (Predictor.save) and build the "
+                         "cascade from its directory")
+    if not entry["path"].startswith(HF_PREFIX):  # a hub id stays as given
+        entry["path"] = os.path.relpath(Path(entry["path"]).resolve(), directory.resolve())
+    entry["fingerprint"] = stage.predictor.fingerprint  # checked on load: a replaced stage is refused
     return entry
 
 
 def load_cascade(directory: Path, manifest: dict[str, Any], *, device: Any = None) -> CascadePredictor:
-    """A cascade from its manifest: local stages loaded from their (relative) paths onto ``device``."""
+    """A cascade from its manifest: local stages loaded from their (relative) paths onto ``device``.
+
+    Raises:
+        ValueError: If the manifest lacks its task, labels or stages; a stage path leads back to this cascade
+            or to another staged predictor; or a local stage's fingerprint differs from the one saved.
+    """
+    problems = header_problems(manifest)
+    entries = manifest.get("stages")
+    if not isinstance(entries, list) or len(entries) < 2 or not all(isinstance(e, dict) for e in entries):
+        problems.append("'stages' must list at least two stage entries")
+    if problems:
+        raise ValueError(f"{directory / MANIFEST}: {'; '.join(problems)}. Rebuild the cascade "
+                         "(summon cascade STAGE... --out DIR)")
     stages = []
-    for i, entry in enumerate(manifest.get("stages", [])):
+    for i, entry in enumerate(entries):
         if entry.get("type") == "local":
-            source = entry["path"] if entry["path"].startswith(HF_PREFIX) else (directory / entry["path"]).resolve()
-            stages.append(LocalStage(entry.get("name") or f"stage{i}", load_plain(source, device=device,
-                                                                                 task=manifest["task"],
-                                                                                 labels=manifest["labels"]),
-                                     str(source)))
+            stages.append(_load_local_stage(directory, i, entry, manifest, device))
         elif entry.get("type") == "remote":
             stages.append(RemoteStage.from_dict(entry))
         else:
             raise ValueError(f"{directory / MANIFEST}: stage {i} has unknown type {entry.get('type')!r}")
     return CascadePredictor(stages, manifest["task"], manifest["labels"], manifest, path=directory)
+
+
+def _load_local_stage(directory: Path, i: int, entry: dict[str, Any], manifest: dict[str, Any],
+                      device: Any) -> LocalStage:
+    """Stage ``i`` loaded from its path, and refused when it is not the model the cascade was saved with."""
+    name = entry.get("name") or f"stage{i}"
+    source = _stage_source(directory, i, name, entry)
+    predictor = load_plain(source, device=device, task=manifest["task"], labels=manifest["labels"])
+    expected = entry.get("fingerprint")
+    if expected and predictor.fingerprint != expected:
+        raise ValueError(f"{directory / MANIFEST}: stage {i} ('{name}', {source}) is not the model this cascade was "
+                         "saved with (its fingerprint differs): the cascade's costs, temperatures and thresholds "
+                         "belong to the old one. Rebuild the cascade from its stages (summon cascade ... --out) and "
+                         "recalibrate it (summon calibrate)")
+    return LocalStage(name, predictor, str(source))
+
+
+def _stage_source(directory: Path, i: int, name: str, entry: dict[str, Any]) -> str | Path:
+    """Where stage ``i`` lives: a hub id, or a folder that is neither this cascade nor another staged predictor."""
+    where = directory / MANIFEST
+    path = entry.get("path")
+    if not isinstance(path, str) or not path:
+        raise ValueError(f"{where}: stage {i} ('{name}') has no 'path'. Rebuild the cascade")
+    if path.startswith(HF_PREFIX):
+        return path
+    try:
+        source = (directory / path).resolve()
+        itself = source == directory.resolve()
+    except (OSError, RuntimeError) as err:  # a symlink loop
+        raise ValueError(f"{where}: stage {i} ('{name}') path {path!r} cannot be resolved ({err})") from None
+    if itself:
+        raise ValueError(f"{where}: stage {i} ('{name}') points to the cascade's own folder: a cascade cannot be its "
+                         "own stage (loading it would recurse). Point the stage at a plain predictor folder, or "
+                         "rebuild the cascade")
+    fmt = str((read_json_manifest(source) or {}).get("format", "")) if source.is_dir() else ""
+    if fmt.startswith("summon-") and fmt != FORMAT:
+        raise ValueError(f"{where}: stage {i} ('{name}') at {source} is a {fmt!r}, not a plain predictor: a cascade "
+                         "inside a cascade would nest or loop back. Point the stage at a plain predictor folder, or "
+                         "rebuild the cascade")
+    return source
 
 
 def build_cascade(stage_specs: Sequence[str], *, timeout: float = 10.0, device: Any = None) -> CascadePredictor:

@@ -35,7 +35,8 @@ def _load_early_exit(directory: Path, manifest: dict[str, Any], *, device: Any =
 KINDS: Registry[StagedKind] = Registry("staged predictor kind")
 KINDS.register("early_exit", StagedKind(
     "early_exit", EarlyExitPredictor,
-    lambda m: m.get("format") == FORMAT and m.get("architecture", {}).get("type") == "exits", _load_early_exit))
+    lambda m: m.get("format") == FORMAT and isinstance(m.get("architecture"), dict)
+    and m["architecture"].get("type") == "exits", _load_early_exit))
 KINDS.register("cascade", StagedKind(
     "cascade", CascadePredictor, lambda m: m.get("format") == CASCADE_FORMAT, load_cascade))
 KINDS.register("progressive", StagedKind("progressive", ProgressivePredictor, is_progressive, load_progressive))
