@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +25,6 @@ from summon.adaptive.cascade import CascadePredictor, build_cascade
 from summon.adaptive.kinds import staged_kind
 from summon.adaptive.knob import Knob
 from summon.adaptive.staged import StagedPredictor
-from summon.config import dump_yaml, to_dict
 from summon.data.spec import DatasetSpec, TaskData
 from summon.evaluate.adaptive import evaluate_adaptive
 from summon.evaluate.report import write_report
@@ -43,12 +42,33 @@ def load(path: str | os.PathLike, *, device: str | torch.device | None = "auto")
     ``device``: ``"auto"`` (CUDA when present, else the CPU), ``"cpu"``, ``"cuda"``, ``"cuda:1"``. Nothing is
     unpickled: weights are safetensors, everything else JSON.
     """
-    directory = Path(path)
+    directory = _predictor_path(path)
     manifest = read_json_manifest(directory) if directory.is_dir() else None
     kind = staged_kind(manifest)
     if kind is None:
         return load_plain(path, device=device)  # a summon predictor, a Hugging Face folder or hf:ID
     return kind.load(directory, manifest, device=device)
+
+
+def _predictor_path(path: Any) -> Path:
+    """``path`` as a Path, refusing what cannot name a predictor folder: not a path at all, or a file."""
+    if not isinstance(path, str | os.PathLike):
+        raise TypeError(f"summon.load: expected a predictor folder (a str or Path) or 'hf:HUB_ID', got "
+                        f"{type(path).__name__}")
+    directory = Path(path)
+    if directory.is_file():
+        raise ValueError(f"{directory} is a file; summon.load takes the predictor's folder, the one holding "
+                         f"manifest.json (here perhaps {directory.parent})")
+    return directory
+
+
+def _paths(value: Any, what: str) -> list[Any]:
+    """A list of predictors or stages, refusing one string (or mapping) that iterating would split into
+    characters (or keys)."""
+    if isinstance(value, str | os.PathLike | bytes | Mapping) or not isinstance(value, Iterable):
+        raise TypeError(f"{what}: expected a list, got {type(value).__name__}; wrap a single one in a list: "
+                        f"[{value!r:.60}]")
+    return list(value)
 
 
 def _data(predictor: Any, data: str | DatasetSpec | TaskData, data_dir: str | None, limit: int | None) -> TaskData:
@@ -105,7 +125,7 @@ def _rule(budget: float | None, max_drop: float | None, guaranteed: float | None
 def cascade(stages: Sequence[str], *, out: str | os.PathLike | None = None, timeout: float = 10.0,
             device: str | torch.device | None = "auto") -> CascadePredictor:
     """A cascade of saved predictor directories and logits-server URLs, cheapest first; saved to ``out``."""
-    built = build_cascade(list(stages), timeout=timeout, device=device)
+    built = build_cascade(_paths(stages, "summon.cascade(stages)"), timeout=timeout, device=device)
     if out is not None:
         built.save(out)
     return built
@@ -120,6 +140,9 @@ def evaluate(predictors: Sequence[Any], data: str | DatasetSpec | TaskData, *, o
     calibrated staged predictor also the accuracy-vs-cost curve with both oracle curves, the stage histogram,
     reliability diagrams and (``speedup``) measured-vs-FLOPs speed-up. Writes ``report.{json,md,png}`` (and a
     folder of plots per staged predictor) to ``out``."""
+    predictors = _paths(predictors, "summon.evaluate(predictors)")
+    if names is not None and len(names) != len(predictors):
+        raise ValueError(f"summon.evaluate: {len(names)} names for {len(predictors)} predictors; give one name each")
     entries = []
     for i, item in enumerate(predictors):
         predictor = _as_predictor(item, device)
@@ -160,9 +183,7 @@ def train(recipe: str | os.PathLike, *, data_dir: str | None = None, **overrides
     if data_dir is not None:
         pairs.append(f"data.data_dir={json.dumps(str(data_dir))}")
     cfg = _recipe.load_run_config(str(recipe), pairs)
-    out = Path(cfg.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    dump_yaml(to_dict(cfg), out / "config.yaml")
+    # train() writes config.yaml once its resume checks pass: a refused resume leaves the old one as it was
     return _train(cfg)
 
 

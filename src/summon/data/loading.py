@@ -12,7 +12,16 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from summon.data.catalog import CATALOG, CatalogEntry, bbc_news_rows, local_file, resolve_data_dir
+from summon.data.catalog import (
+    CATALOG,
+    CatalogEntry,
+    bbc_news_rows,
+    describe_local,
+    hub_libraries_offline,
+    hub_offline,
+    local_file,
+    resolve_data_dir,
+)
 from summon.data.readers import Row, read_rows
 from summon.data.spec import LABEL_COLUMN, TASK_COLUMNS, DatasetSpec, TaskData
 from summon.registry import suggest
@@ -47,6 +56,8 @@ def load_split(
             ex[label_key] = _label_ids(ex[label_key], labels, index, f"{source}:{line}")
     if declared and spec.labels and list(spec.labels) != list(declared):
         labels = _into_label_set(examples, label_key, declared, list(spec.labels), source)
+    if spec.labels and not declared:
+        _warn_unused_classes(examples, label_key, labels, source)
     if spec.shuffle_seed is not None:
         random.Random(spec.shuffle_seed).shuffle(examples)
     if spec.limit is not None:
@@ -63,10 +74,10 @@ def _fetch_rows(
 ) -> tuple[list[Row], str, CatalogEntry | None, list[str] | None]:
     """Rows, a source description, the catalog entry (if any) and hub label names (if from the hub)."""
     if spec.path:
-        return read_rows(spec.path, spec.format), str(spec.path), None, None
+        return read_rows(spec.path, spec.format, spec.quoting), str(spec.path), None, None
     if spec.hub:
         label_column = spec.columns.get(LABEL_COLUMN[spec.task], LABEL_COLUMN[spec.task])
-        rows, names = _hub_rows(spec.hub, spec.config, spec.split, spec.describe(), label_column)
+        rows, names = _hub_rows(spec.hub, spec.config, spec.split, spec.describe(), label_column, data_dir)
         return rows, spec.describe(), None, names
     return _catalog_rows(spec, data_dir)
 
@@ -75,7 +86,8 @@ def _catalog_rows(spec: DatasetSpec, data_dir: Path | None):
     if spec.name not in CATALOG:
         raise ValueError(
             f"unknown data set '{spec.name}'.{suggest(spec.name, list(CATALOG))} "
-            f"Catalog: {', '.join(sorted(CATALOG))}; or give 'path:' for a local file or 'hub:' for a hub id."
+            f"Catalog: {', '.join(sorted(CATALOG))}; or give 'path:' for a local file or 'hub:' for a hub id. "
+            f"{describe_local(data_dir)}"
         )
     entry = CATALOG[spec.name]
     split = entry.split_name(spec.split)
@@ -99,7 +111,7 @@ def _catalog_rows(spec: DatasetSpec, data_dir: Path | None):
         )
     where = f"{spec.name}:{split}"
     try:
-        rows, _ = _hub_rows(entry.hub, entry.hub_config, entry.hub_splits[split], where, None)
+        rows, _ = _hub_rows(entry.hub, entry.hub_config, entry.hub_splits[split], where, None, data_dir)
     except ValueError as err:
         raise ValueError(
             f"{where}: not found locally (data dir: {data_dir or 'not set'}; set --data-dir or "
@@ -108,18 +120,26 @@ def _catalog_rows(spec: DatasetSpec, data_dir: Path | None):
     return rows, f"hub:{entry.hub}:{entry.hub_splits[split]}", entry, None
 
 
-def _hub_rows(hub: str, config: str | None, split: str, where: str,
-              label_column: str | None) -> tuple[list[Row], list[str] | None]:
-    """Rows from ``datasets.load_dataset``; the label column's ClassLabel names become label names."""
+def _hub_rows(hub: str, config: str | None, split: str, where: str, label_column: str | None,
+              data_dir: Path | None = None) -> tuple[list[Row], list[str] | None]:
+    """Rows from ``datasets.load_dataset``; the label column's ClassLabel names become label names.
+
+    Offline (an ``HF_*_OFFLINE`` switch, or no network) only the ``datasets`` cache is tried, so a missing
+    copy fails at once, with the catalog data sets that are available locally listed.
+    """
+    offline = hub_offline()
     try:
         import datasets
 
-        ds = datasets.load_dataset(hub, config, split=split)
+        with hub_libraries_offline(offline is not None):
+            ds = datasets.load_dataset(hub, config, split=split)
     except Exception as err:
+        detail = str(err).splitlines()[0] if str(err) else ""
+        now = f" The hub cannot be reached now ({offline}) and the datasets cache has no copy." if offline else ""
         raise ValueError(
             f"could not load '{hub}'{f' ({config})' if config else ''} split '{split}' from the Hugging Face "
-            f"hub for {where}: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}. "
-            "Offline? Use a local file ('path:') or the local data directory."
+            f"hub for {where}: {type(err).__name__}: {detail}.{now} "
+            f"Offline? Use a local file ('path:') or the local data directory. {describe_local(data_dir)}"
         ) from None
     names = _class_label_names(ds.features, label_column)
     return [(i + 1, dict(row)) for i, row in enumerate(ds)], names
@@ -181,7 +201,11 @@ def _check_types(ex: dict[str, Any], task: str, where: str) -> None:
         if tags is not None and (not isinstance(tags, list) or len(tags) != len(tokens)):
             got = len(tags) if isinstance(tags, list) else type(tags).__name__
             raise ValueError(f"{where}: {len(tokens)} tokens but {got} tags; give one tag per token.")
+        for tag in tags or []:
+            _check_label(tag, where, "tag")
         return
+    if "label" in ex:
+        _check_label(ex["label"], where, "label")
     for key in ("text", "text_pair"):
         if key in ex and not isinstance(ex[key], str):
             raise ValueError(f"{where}: '{key}' must be a string, got {type(ex[key]).__name__}.")
@@ -189,13 +213,26 @@ def _check_types(ex: dict[str, Any], task: str, where: str) -> None:
             raise ValueError(f"{where}: '{key}' is empty. Drop the row or fill in the text.")
 
 
+def _check_label(value: Any, where: str, what: str) -> None:
+    """A label is a class id (an integer; ``1.0`` counts as ``1``) or a non-blank class name."""
+    if isinstance(value, str) and value.strip():
+        return
+    if not isinstance(value, bool) and (isinstance(value, int) or (isinstance(value, float) and value.is_integer())):
+        return
+    raise ValueError(f"{where}: {what} {value!r} is neither a class id (0, 1, ...) nor a class name. Fix the row "
+                     f"(an unlabelled row leaves the {what} out).")
+
+
 def label_value(value: Any) -> Any:
-    """A label as the label set sees it: surrounding whitespace dropped, integers and integer strings one
-    value (``1``, ``"1"`` and ``" 1 "`` are the same class); anything else unchanged (rejected later)."""
+    """A label as the label set sees it: surrounding whitespace dropped, integers, integral floats and integer
+    strings one value (``1``, ``1.0``, ``"1"`` and ``" 1 "`` are the same class); anything else unchanged
+    (rejected later)."""
     if isinstance(value, str):
         value = value.strip()
         if value.lstrip("-").isdigit():
             return int(value)
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
     return value
 
 
@@ -213,6 +250,7 @@ def infer_labels(examples: Sequence[dict[str, Any]], task: str, source: str = "t
             values.update(label_value(v) for v in (ex[key] if task == "token_classification" else [ex[key]]))
     if not values:
         raise ValueError("no labels found to infer a label set from; give 'labels:' in the data spec.")
+    _refuse_mixed_kinds(values, source)
     if all(isinstance(v, int) and not isinstance(v, bool) for v in values):
         if min(values) < 0:
             raise ValueError(f"{source}: label {min(values)} is negative; integer labels are class ids 0..K-1, "
@@ -230,6 +268,28 @@ def infer_labels(examples: Sequence[dict[str, Any]], task: str, source: str = "t
     if len(values) == 1:
         logger.warning("%s: every row has the label %s: a classifier needs at least two classes", source, names[0])
     return names
+
+
+def _warn_unused_classes(examples: Sequence[dict[str, Any]], key: str, labels: Sequence[str], source: str) -> None:
+    """Warn when a declared class has no example: a misspelt name in 'labels:' or a split missing a class."""
+    used: set[int] = set()
+    for ex in examples:
+        if key in ex:
+            used.update(ex[key] if isinstance(ex[key], list) else [ex[key]])
+    unused = [name for i, name in enumerate(labels) if i not in used]
+    if used and unused:
+        logger.warning("%s: no row has the declared label(s) %s; is a name in 'labels:' misspelt, or does the "
+                       "split lack a class?", source, ", ".join(unused))
+
+
+def _refuse_mixed_kinds(values: set[Any], source: str) -> None:
+    """Class ids and class names in one inferred label set would make ``0`` and ``"neg"`` two classes."""
+    ids = sorted(v for v in values if isinstance(v, int))
+    names = sorted(str(v) for v in values if not isinstance(v, int))
+    if ids and names:
+        raise ValueError(f"{source}: the labels mix class ids ({', '.join(map(str, ids[:5]))}) and class names "
+                         f"({', '.join(names[:5])}). Write every label the same way, or give the names in id order "
+                         "with 'labels: [...]' in the data spec.")
 
 
 def _refuse_repeated_header(ex: dict[str, Any], columns: dict[str, str], where: str) -> None:

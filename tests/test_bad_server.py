@@ -1,0 +1,256 @@
+"""Bad requests to the logits server (``summon serve-logits``): real HTTP on 127.0.0.1 against the app run by
+uvicorn in a thread. Every refusal is JSON with the right status (413 for too much, 422 for a bad input, naming
+its index; 404/405 for routing); an unexpected error is a 500 without a traceback; nothing reaches the model
+that it cannot take.
+
+One tiny untrained n-gram predictor, one server per module, with small limits so "too large" stays small.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import json
+import threading
+import time
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from urllib.parse import urlsplit
+
+import numpy as np
+import pytest
+from conftest import find_free_port
+
+import summon
+from summon.adaptive.remote import RemoteStage
+from summon.models import ModelConfig, build_model
+from summon.predictor import Predictor
+
+pytest.importorskip("fastapi")
+uvicorn = pytest.importorskip("uvicorn")
+
+from summon.serve.logits_server import create_app  # noqa: E402  (needs FastAPI)
+
+LABELS = ["neg", "pos"]
+MAX_BODY = 4096
+MAX_ROWS = 8
+
+
+@contextlib.contextmanager
+def serving(app):
+    """Run ``app`` with uvicorn on a free loopback port in a daemon thread; yields its URL."""
+    port = find_free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="critical", lifespan="off"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started and thread.is_alive() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert server.started, "the test server did not start"
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def predictor(tmp_path_factory):
+    built = build_model(ModelConfig(kind="ngram", num_buckets=256, embed_dim=8, init_seed=1), "classification",
+                        len(LABELS))
+    directory = tmp_path_factory.mktemp("server") / "model"
+    Predictor(built.model, built.featurizer, "classification", LABELS, {"architecture": built.architecture}).save(
+        directory, architecture=built.architecture)
+    return summon.load(directory, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def url(predictor):
+    with serving(create_app(predictor, max_body_bytes=MAX_BODY, max_rows=MAX_ROWS)) as address:
+        yield address
+
+
+def _send(url: str, path: str, body: bytes | None, method: str = "POST") -> tuple[int, dict]:
+    """Status and JSON answer of one request (the answer must be JSON, errors included)."""
+    req = urllib.request.Request(url + path, data=body, method=method, headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=20) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as err:
+        assert err.headers.get("content-type", "").startswith("application/json")
+        return err.code, json.loads(err.read())
+
+
+def _post(url: str, payload) -> tuple[int, dict]:
+    return _send(url, "/v1/logits", json.dumps(payload).encode())
+
+
+def _texts(n: int) -> list[dict]:
+    return [{"text": f"a fine film number {i}"} for i in range(n)]
+
+
+# --- good requests ------------------------------------------------------------------------------------------
+
+
+def test_logits_are_the_predictors_own(url, predictor):
+    status, answer = _post(url, {"inputs": _texts(3)})
+    assert status == 200
+    np.testing.assert_allclose(answer["logits"], predictor.logits(_texts(3), raw=True), rtol=1e-6)
+
+
+def test_empty_inputs_answer_an_empty_list(url):
+    assert _post(url, {"inputs": []}) == (200, {"logits": []})
+
+
+def test_exactly_max_rows_are_answered(url):
+    status, answer = _post(url, {"inputs": _texts(MAX_ROWS)})
+    assert status == 200 and len(answer["logits"]) == MAX_ROWS
+
+
+def test_concurrent_requests_are_all_answered(url, predictor):
+    payloads = [{"inputs": [{"text": f"request {i} " + "good " * (i % 5)}]} for i in range(24)]
+    with ThreadPoolExecutor(max_workers=12) as pool:
+        answers = list(pool.map(lambda p: _post(url, p), payloads))
+    assert [status for status, _ in answers] == [200] * len(payloads)
+    for payload, (_, answer) in zip(payloads, answers, strict=True):
+        np.testing.assert_allclose(answer["logits"], predictor.logits(payload["inputs"], raw=True), rtol=1e-6)
+
+
+# --- too much: 413 ------------------------------------------------------------------------------------------
+
+
+def test_a_body_over_the_limit_is_413(url):
+    status, answer = _post(url, {"inputs": [{"text": "x" * (MAX_BODY + 10)}]})
+    assert status == 413 and f"at most {MAX_BODY} bytes" in answer["error"] and "max_body_bytes" in answer["error"]
+
+
+def test_a_chunked_body_over_the_limit_is_413(url):
+    """No Content-Length: the streamed bytes are counted."""
+    parts = urlsplit(url)
+    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=20)
+    chunks = [b'{"inputs": [{"text": "'] + [b"y" * 1000] * 8 + [b'"}]}']
+    conn.request("POST", "/v1/logits", body=iter(chunks), headers={"Content-Type": "application/json"},
+                 encode_chunked=True)
+    resp = conn.getresponse()
+    answer = json.loads(resp.read())
+    conn.close()
+    assert resp.status == 413 and f"more than {MAX_BODY} bytes" in answer["error"]
+
+
+def test_too_many_rows_is_413_naming_the_limit(url):
+    status, answer = _post(url, {"inputs": _texts(MAX_ROWS + 1)})
+    assert status == 413 and f"{MAX_ROWS + 1} inputs" in answer["error"] and f"at most {MAX_ROWS}" in answer["error"]
+
+
+# --- not the protocol: 422 ----------------------------------------------------------------------------------
+
+
+def test_a_body_that_is_not_json_is_422(url):
+    status, answer = _send(url, "/v1/logits", b"inputs=hello")
+    assert status == 422 and answer["error"].startswith("the body is not JSON")
+
+
+def test_a_body_that_is_not_utf8_is_422(url):
+    status, answer = _send(url, "/v1/logits", b'{"inputs": [{"text": "\xff\xfe"}]}')
+    assert status == 422 and answer["error"].startswith("the body is not JSON")
+
+
+def test_inputs_as_a_mapping_is_422(url):
+    status, answer = _post(url, {"inputs": {"text": "a dict, not a list"}})
+    assert status == 422 and "'inputs' as a JSON object" in answer["error"] and "index" not in answer
+
+
+def test_inputs_as_a_string_is_422(url):
+    status, answer = _post(url, {"inputs": "just a string"})
+    assert status == 422 and "'inputs' as a JSON string" in answer["error"]
+
+
+def test_a_body_without_inputs_is_422(url):
+    status, answer = _post(url, [{"text": "a list at the top"}])
+    assert status == 422 and "got a JSON array" in answer["error"]
+
+
+def test_an_input_without_text_is_422_naming_its_index(url):
+    status, answer = _post(url, {"inputs": [{"text": "fine"}, {"txt": "typo"}]})
+    assert status == 422 and answer["index"] == 1 and answer["error"].startswith("input 1: no 'text' (keys: 'txt')")
+
+
+def test_a_number_as_text_is_422_naming_its_index(url):
+    status, answer = _post(url, {"inputs": [{"text": "fine"}, {"text": "ok"}, {"text": 42}]})
+    assert status == 422 and answer["index"] == 2 and answer["error"] == "input 2: expected a string, got int"
+
+
+def test_an_input_that_is_not_an_object_is_422_naming_its_index(url):
+    status, answer = _post(url, {"inputs": [{"text": "fine"}, "bare string"]})
+    assert status == 422 and answer["index"] == 1 and "expected a JSON object" in answer["error"]
+
+
+def test_a_lone_surrogate_is_422_naming_its_index(url):
+    body = b'{"inputs": [{"text": "fine"}, {"text": "bad \\ud800 text"}]}'  # a JSON escape: valid JSON, not Unicode
+    status, answer = _send(url, "/v1/logits", body)
+    assert status == 422 and answer["index"] == 1
+    assert answer["error"].startswith("input 1: invalid Unicode at character 5: a lone surrogate U+D800")
+
+
+def test_a_featurizer_complaint_is_422_naming_its_index(url, predictor, monkeypatch):
+    """A complaint raised by the featurizer (a tokenizer's, say) is found on its input and named."""
+    original = predictor.featurizer.encode
+
+    def picky(examples, task):
+        if any("forbidden" in ex["text"] for ex in examples):
+            raise ValueError("the tokenizer cannot take this")
+        return original(examples, task)
+
+    monkeypatch.setattr(predictor.featurizer, "encode", picky)
+    status, answer = _post(url, {"inputs": [{"text": "fine"}, {"text": "ok"}, {"text": "a forbidden word"}]})
+    assert status == 422 and answer["index"] == 2 and "the tokenizer cannot take this" in answer["error"]
+
+
+# --- routing and the unexpected -----------------------------------------------------------------------------
+
+
+def test_a_wrong_path_is_404_json(url):
+    status, answer = _send(url, "/v2/logits", b'{"inputs": []}')
+    assert status == 404 and "no such path /v2/logits" in answer["error"] and "POST /v1/logits" in answer["error"]
+
+
+def test_get_on_logits_is_405_json(url):
+    status, answer = _send(url, "/v1/logits", None, method="GET")
+    assert status == 405 and "GET is not allowed on /v1/logits" in answer["error"]
+
+
+def test_an_unexpected_model_error_is_500_without_a_traceback(url, predictor, monkeypatch):
+    def broken(examples, raw=False):
+        raise RuntimeError("secret /internal/path exploded")
+
+    monkeypatch.setattr(predictor, "logits", broken)
+    status, answer = _post(url, {"inputs": _texts(2)})
+    assert status == 500 and answer == {"error": "internal error (RuntimeError); see the server's log"}
+
+
+def test_an_error_no_single_input_causes_is_500_not_422(url, predictor, monkeypatch):
+    """A ValueError from the model that no input causes on its own is the server's, not the client's."""
+    def broken(examples, raw=False):
+        raise ValueError("shape mismatch in a layer")
+
+    monkeypatch.setattr(predictor, "logits", broken)
+    status, answer = _post(url, {"inputs": _texts(2)})
+    assert status == 500 and "shape mismatch" not in json.dumps(answer)
+
+
+def test_the_server_still_answers_after_every_refusal(url):
+    assert _send(url, "/v1/info", None, method="GET")[1]["labels"] == LABELS
+    assert _post(url, {"inputs": _texts(1)})[0] == 200
+
+
+@pytest.mark.parametrize("limits", [{"max_rows": 0}, {"max_body_bytes": -1}, {"max_rows": 2.5}])
+def test_limits_that_cannot_be_meant_are_refused(predictor, limits):
+    key = next(iter(limits))
+    with pytest.raises(ValueError, match=f"{key} must be a positive whole number"):
+        create_app(predictor, **limits)
+
+
+def test_the_protocols_client_gets_the_predictors_logits(url, predictor):
+    stage = RemoteStage.connect(url, name="teacher")
+    np.testing.assert_allclose(stage.logits(_texts(5)), predictor.logits(_texts(5), raw=True), rtol=1e-6)
