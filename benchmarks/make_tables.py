@@ -151,9 +151,43 @@ def structured_kd(r: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def progressive(r: dict) -> str:
+    lines = [f"## Progressive ensemble (B-DISTIL, reconstructed): {r['benchmark'].removeprefix('progressive_')} "
+             f"(`{Path(r['command'].split()[1]).name}`)\n", provenance(r),
+             f"- teacher: {r['teacher']}; training rows: {r['train_subset']}; epochs: {json.dumps(r['epochs'])}; "
+             f"evaluation: {r['eval_data']} ({r['eval_rows']} rows), {r['halvings']} random halvings (RESCHED "
+             "weights and early-exit thresholds from one half, every accuracy on the other)\n",
+             f"Teacher accuracy {pct(r['teacher_accuracy'])}%. Full ensemble: {frac(r['full_ensemble_cost_fraction'])} "
+             f"of the teacher's FLOPs, {r['full_ensemble_drop_points']:.2f} points below it. B-DISTIL minus RESCHED, "
+             f"worst prefix: {r['min_margin_vs_resched']:+.2f} points; NO-RESCHED minus B-DISTIL, worst prefix: "
+             f"{r['max_gap_to_no_resched']:+.2f} points. Accuracy never falls from one prefix to the next: "
+             + ", ".join(f"{m} {'yes' if v else ('-' if v is None else 'no')}" for m, v in r["monotone"].items())
+             + ".\n",
+             "| k | member | cost (FLOPs) | ms/example (batch 32) | FLOPs promise kept | B-DISTIL (%) | no composition (%) | "
+             "RESCHED (%) | NO-RESCHED (%) at cost | early exit (%) at cost |", "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for p in r["prefixes"]:
+        a = p["accuracy"]
+        lines.append(f"| {p['k']} | {p['member']} | {p['cost_fraction']:.3g} | {p['measured_ms_per_example']:.2f} | "
+                     f"{p['latency_over_flops_promise']:.2f} | {pct(a['bdistil'])} | {pct(a['bdistil_no_composition'])} | "
+                     f"{pct(a['resched'])} | {pct(a['no_resched'])} at {p['no_resched_cost_fraction']:.3g} | "
+                     f"{pct(a['early_exit'])} at {frac(p['early_exit_cost_fraction'])} |")
+    lines += ["", "Rounds (FIND-WL, candidates in order; the condition is edge ≥ γ on held-out training rows):", ""]
+    for label, key in (("composition", "rounds"), ("no composition", "rounds_no_composition")):
+        steps = []
+        for rd in r[key]:
+            tried = ", ".join(f"{t['candidate']} {t['edge']:.3f}" for t in rd["tried"])
+            steps.append(f"round {rd['round']}: tried {tried}; took {rd['taken']} "
+                         f"({'condition held' if rd['condition_held'] else 'condition not met'})")
+        lines.append(f"- {label}: " + "; ".join(steps))
+    if r.get("plot"):
+        lines += ["", f"![accuracy vs cost]({Path(r['plot']).relative_to('benchmarks')})"]
+    return "\n".join(lines) + "\n"
+
+
 SECTIONS = {"foundation_sst2.json": foundation, "early_exit_sst2.json": early_exit,
             "early_exit_ag_news.json": early_exit, "cascade_sst2.json": cascade, "cascade_ag_news.json": cascade,
-            "structured_kd_ner.json": structured_kd, "structured_kd_chunking.json": structured_kd}
+            "structured_kd_ner.json": structured_kd, "structured_kd_chunking.json": structured_kd,
+            "progressive_ag_news.json": progressive, "progressive_sst2.json": progressive}
 
 
 def main() -> None:
