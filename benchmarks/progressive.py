@@ -85,10 +85,30 @@ def base_overrides(args: argparse.Namespace, work: Path) -> list[str]:
     return base + args.override
 
 
+def finished(run_dir: Path) -> Path | None:
+    """The saved model of a run that already finished (its log says done), else None.
+
+    A finished run is only loaded, not handed to the training loop again: runs finished by an older summon
+    keep a checkpoint format that the loop now refuses to resume from, and they need nothing from it.
+    """
+    model, log = run_dir / "model", run_dir / "metrics.jsonl"
+    if not (model / "manifest.json").is_file() or not log.is_file():
+        return None
+    done = any(json.loads(line).get("event") == "done" for line in log.read_text(encoding="utf-8").splitlines())
+    return model if done else None
+
+
 def timed(cfg: RunConfig) -> tuple[Path, float]:
     """Train (or resume, or only load a finished run); the saved model and the run's training seconds."""
-    path = train(cfg)
+    path = finished(Path(cfg.output_dir)) or train(cfg)
     return path, train_seconds(cfg.output_dir) if (Path(cfg.output_dir) / "metrics.jsonl").is_file() else None
+
+
+def ensemble(cfg: RunConfig) -> tuple[Path, float]:
+    """Train (or resume, or only load) a progressive ensemble; the saved ensemble and its candidates' seconds."""
+    out = Path(cfg.output_dir)
+    done = out / "model" / "manifest.json"
+    return (done.parent if done.is_file() else train(cfg)), ensemble_seconds(out)
 
 
 def ensemble_seconds(run_dir: Path) -> float:
@@ -118,10 +138,10 @@ def train_all(args: argparse.Namespace, work: Path) -> dict:
     teacher_path, teacher_s = timed(load_run_config(f"{ds}_finetune", [*base, f"output_dir={work / 'teacher'}"]))
     prog_over = [*base, f"teacher={teacher_path}"]
     prog = load_run_config(f"{ds}_progressive", [*prog_over, f"output_dir={work / 'bdistil'}"])
-    runs = {"teacher": (teacher_path, teacher_s), "bdistil": (train(prog), ensemble_seconds(work / "bdistil"))}
+    runs = {"teacher": (teacher_path, teacher_s), "bdistil": ensemble(prog)}
     no_comp = load_run_config(f"{ds}_progressive", [*prog_over, "method_args.composition=false",
                                                     f"output_dir={work / 'bdistil_no_composition'}"])
-    runs["bdistil_no_composition"] = (train(no_comp), ensemble_seconds(work / "bdistil_no_composition"))
+    runs["bdistil_no_composition"] = ensemble(no_comp)
     # KD students: every candidate (RESCHED's members) and every cumulative size (NO-RESCHED)
     taken = [r["taken"] for r in json.loads((work / "bdistil" / "rounds.json").read_text()) if r["taken"]]
     by_name = {c.name: c for c in prog.method_args.candidates}
