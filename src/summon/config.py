@@ -211,8 +211,18 @@ def _build(cls: type, data: Any, path: str, errors: list[str],
     try:
         return cls(**kwargs)
     except (ValueError, TypeError) as exc:
-        errors.append(f"{_where(path)}: invalid {cls.__name__}: {exc}")
+        errors.extend(_check_errors(cls, str(exc), path, list(fields)))
         return _FAIL
+
+
+def _check_errors(cls: type, message: str, path: str, fields: list[str]) -> list[str]:
+    """A dataclass check's message as errors: under each field's own key when every part of it (parts joined
+    by "; ") starts with "FIELD: ", else under the section as one."""
+    parts = message.split("; ")
+    keyed = [part.partition(": ") for part in parts]
+    if all(sep and name in fields for name, sep, _ in keyed):
+        return [f"{_where(_join(path, name))}: {rest}" for name, _, rest in keyed]
+    return [f"{_where(path)}: invalid {cls.__name__}: {message}"]
 
 
 def _suggest(key: str, names: Sequence[str]) -> str:
