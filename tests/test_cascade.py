@@ -586,6 +586,18 @@ def test_remote_stage_connects_and_returns_the_local_logits(teacher_server, pred
     assert stage.logits([]).shape == (0, 2)
 
 
+def test_a_remote_stage_splits_requests_the_server_finds_too_large_and_names_refused_inputs(preds):
+    pytest.importorskip("fastapi")
+    from summon.serve.logits_server import create_app
+
+    with serving(create_app(preds.teacher, max_rows=2)) as url:
+        stage = RemoteStage.connect(url)
+        examples = _examples(TEXTS)  # 8 rows in one request: 413, halved until the server takes them
+        np.testing.assert_allclose(stage.logits(examples), _raw(preds.teacher, examples), atol=1e-5)
+        with pytest.raises(ValueError, match=r"refused the inputs: input 1: "):  # a bad input is no outage
+            stage.logits([{"text": "fine"}, {"text": 3}])
+
+
 def test_a_remote_defer_student_reports_its_defer_column(preds):
     pytest.importorskip("fastapi")
     from summon.serve.logits_server import create_app

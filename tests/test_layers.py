@@ -18,7 +18,7 @@ import pytest
 PACKAGE = Path(__file__).resolve().parent.parent / "src" / "summon"
 
 RANKS = {
-    "summon._version": 0, "summon.registry": 0, "summon.config": 0,
+    "summon._version": 0, "summon.registry": 0, "summon.config": 0, "summon.text": 0,
     "summon.data": 1,
     "summon.inference": 2, "summon.measure": 2,
     "summon.models": 3, "summon.saved": 3, "summon.predictor": 3, "summon.hf": 3,

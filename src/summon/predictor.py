@@ -33,6 +33,7 @@ from summon.saved import (
     read_manifest,
     save_predictor,
 )
+from summon.text import check_unicode
 
 __all__ = ["MANIFEST", "WEIGHTS", "Prediction", "Predictor", "as_batch", "as_stream", "canonical_inputs", "check_unicode",
            "load_predictor"]
@@ -172,23 +173,6 @@ def canonical_inputs(task: str, inputs: Sequence[Any]) -> list[dict[str, Any]]:
         else:
             examples.append({"text": _input_text(item, i)})
     return examples
-
-
-def check_unicode(text: str, where: str) -> str:
-    """``text`` if it is valid Unicode (it encodes as UTF-8); else a ``ValueError`` naming ``where`` and the
-    character. A lone surrogate comes from a JSON escape such as ``"\\ud800"``, or from bytes that are not UTF-8
-    read with ``errors="surrogateescape"`` (as Python reads command-line arguments): the tokenizer cannot take it."""
-    if text.isascii():
-        return text
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError as err:
-        code = ord(text[err.start])
-        what = (f"the byte 0x{code - 0xDC00:02x}, which is not UTF-8" if 0xDC80 <= code <= 0xDCFF
-                else f"a lone surrogate U+{code:04X}")
-        raise ValueError(f"{where}: invalid Unicode at character {err.start + 1}: {what}; give UTF-8 text "
-                         "(re-save the file as UTF-8, or decode bytes with .decode('utf-8'))") from None
-    return text
 
 
 def _input_text(item: Any, i: int) -> str:

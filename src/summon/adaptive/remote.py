@@ -30,6 +30,21 @@ from summon.adaptive.stages import StageUnavailable
 PROTOCOL = "summon-logits/1"
 
 
+class RequestTooLarge(StageUnavailable):
+    """The server's body or row limit (HTTP 413): the client splits the request."""
+
+
+def _error_detail(err: urllib.error.HTTPError) -> str:
+    """The server's JSON ``error`` (and the input ``index``) of an HTTP error, or its reason."""
+    try:
+        body = json.loads(err.read() or b"{}")
+    except (ValueError, OSError):
+        return str(err.reason)
+    if not isinstance(body, dict) or "error" not in body:
+        return str(err.reason)
+    return f"input {body['index']}: {body['error']}" if "index" in body else str(body["error"])
+
+
 def _request(url: str, payload: dict | None, timeout: float) -> dict[str, Any]:
     data = None if payload is None else json.dumps(payload).encode("utf-8")
     req = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"},
@@ -38,6 +53,11 @@ def _request(url: str, payload: dict | None, timeout: float) -> dict[str, Any]:
         with urllib.request.urlopen(req, timeout=timeout) as resp:
             body = resp.read()
     except urllib.error.HTTPError as err:
+        detail = _error_detail(err)
+        if err.code == 413:
+            raise RequestTooLarge(f"{url}: HTTP 413 {detail}") from None
+        if err.code == 422:  # the inputs are wrong, not the server: falling back would hide it
+            raise ValueError(f"{url} refused the inputs: {detail}") from None
         raise StageUnavailable(f"{url}: HTTP {err.code} {err.reason}") from None
     except (urllib.error.URLError, TimeoutError, ConnectionError, OSError) as err:
         reason = getattr(err, "reason", err)
@@ -97,10 +117,20 @@ class RemoteStage:
         width = len(self.labels) + int(self.defer_output)
         rows: list[list[float]] = []
         for start in range(0, len(examples), self.max_rows):
-            chunk = list(examples[start:start + self.max_rows])
-            answer = _request(self.url + "/v1/logits", {"inputs": chunk}, self.timeout)
-            rows.extend(_checked_rows(answer, len(chunk), width, self.url))
+            rows.extend(self._ask(list(examples[start:start + self.max_rows]), width))
         return np.asarray(rows, dtype=np.float32).reshape(len(examples), width)
+
+    def _ask(self, chunk: list[dict[str, Any]], width: int) -> list[list[float]]:
+        """The logits of ``chunk``, halving it while the server answers 413 (too large)."""
+        try:
+            answer = _request(self.url + "/v1/logits", {"inputs": chunk}, self.timeout)
+        except RequestTooLarge as err:
+            if len(chunk) == 1:
+                raise ValueError(f"{err}: one input is larger than the server accepts; shorten it or raise the "
+                                 "server's --max-body-bytes") from None
+            half = len(chunk) // 2
+            return self._ask(chunk[:half], width) + self._ask(chunk[half:], width)
+        return _checked_rows(answer, len(chunk), width, self.url)
 
     def measure_ms(self, examples: Sequence[dict[str, Any]]) -> float | None:
         """Milliseconds per example of one round trip over ``examples`` (None if the server is down)."""

@@ -23,6 +23,8 @@ from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from summon.text import check_unicode
+
 FORMATS = ("jsonl", "csv", "tsv", "txt")
 _SUFFIXES = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl", ".csv": "csv", ".tsv": "tsv"}
 STDIN = "-"
@@ -150,27 +152,9 @@ def _table(lines: Iterable[tuple[int, str]], where: str, delimiter: str, task: s
                          "delimiter or line breaks") from None
 
 
-def _unicode(text: str, where: str) -> str:
-    """``text`` if it is valid Unicode. Python reads command-line arguments (and a text-mode standard input) with
-    ``surrogateescape``, so a byte that is not UTF-8 arrives as a lone surrogate, as does a JSON escape such as
-    ``"\\ud800"``; either is refused here, naming the argument or line, not deep in the tokenizer. (The same check
-    as :func:`summon.predictor.check_unicode`, kept here so that building the parser imports no model code.)"""
-    if text.isascii():
-        return text
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError as err:
-        code = ord(text[err.start])
-        what = (f"the byte 0x{code - 0xDC00:02x}, which is not UTF-8" if 0xDC80 <= code <= 0xDCFF
-                else f"a lone surrogate U+{code:04X}")
-        raise ValueError(f"{where}: invalid Unicode at character {err.start + 1}: {what}; give UTF-8 text "
-                         "(re-save the file as UTF-8)") from None
-    return text
-
-
 def _text_input(text: str, task: str, where: str) -> Any:
     """A line of text or a command-line argument; pair tasks split it at a tab."""
-    text = _unicode(text, where)
+    text = check_unicode(text, where)
     if task == "pair_classification":
         first, tab, second = text.partition("\t")
         if not tab:
@@ -190,7 +174,7 @@ def _row_input(row: Any, task: str, where: str) -> Any:
         tokens = row["tokens"]
         if not isinstance(tokens, list) or not tokens or not all(isinstance(t, str) for t in tokens):
             raise ValueError(f"{where}: 'tokens' must be a non-empty list of words, got {tokens!r:.60}")
-        return [_unicode(token, f"{where}: 'tokens'") for token in tokens]
+        return [check_unicode(token, f"{where}: 'tokens'") for token in tokens]
     names = ("text", "text_pair") if task == "pair_classification" else ("text",)
     for name in names:
         if name not in row or row[name] is None:
@@ -198,7 +182,7 @@ def _row_input(row: Any, task: str, where: str) -> Any:
             raise ValueError(f"{where}: needs a {name!r}{hint} value; found {', '.join(map(repr, row)) or 'none'}")
         if not isinstance(row[name], str):
             raise ValueError(f"{where}: {name!r} must be a string, got {type(row[name]).__name__}")
-        _unicode(row[name], f"{where}: {name!r}")
+        check_unicode(row[name], f"{where}: {name!r}")
     if task == "pair_classification":
         return (row["text"], row["text_pair"])
     if task == "token_classification" and not row["text"].split():

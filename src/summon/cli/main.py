@@ -118,10 +118,10 @@ class _SubParser(_Parser):
             self._intermixing = False
 
 
-def _at_least(minimum: float) -> Callable[[str], Any]:
-    """An argparse type: a finite number (whole when ``minimum`` is an int) of at least ``minimum``, so that a
-    value that cannot be meant is refused before anything loads or runs."""
-    return _number(minimum, inclusive=True)
+def _at_least(minimum: float, maximum: float = math.inf) -> Callable[[str], Any]:
+    """An argparse type: a finite number (whole when ``minimum`` is an int) from ``minimum`` to ``maximum``, so
+    that a value that cannot be meant is refused before anything loads or runs."""
+    return _number(minimum, inclusive=True, maximum=maximum)
 
 
 def _above(minimum: float) -> Callable[[str], Any]:
@@ -129,7 +129,7 @@ def _above(minimum: float) -> Callable[[str], Any]:
     return _number(minimum, inclusive=False)
 
 
-def _number(minimum: float, *, inclusive: bool) -> Callable[[str], Any]:
+def _number(minimum: float, *, inclusive: bool, maximum: float = math.inf) -> Callable[[str], Any]:
     kind = int if isinstance(minimum, int) else float
 
     def parse(text: str) -> Any:
@@ -141,6 +141,8 @@ def _number(minimum: float, *, inclusive: bool) -> Callable[[str], Any]:
             raise argparse.ArgumentTypeError(f"expected a finite number, got {text}")
         if value < minimum or (value == minimum and not inclusive):
             raise argparse.ArgumentTypeError(f"must be {'at least' if inclusive else 'more than'} {minimum}, got {text}")
+        if value > maximum:
+            raise argparse.ArgumentTypeError(f"must be at most {maximum}, got {text}")
         return value
 
     return parse
@@ -238,7 +240,7 @@ def _parser_other(sub) -> None:
                        formatter_class=_FORMATTER)
     p.add_argument("predictor", help="a predictor directory")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
-    p.add_argument("--port", type=_at_least(0), default=8080, help="TCP port to listen on (0: any free port)")
+    p.add_argument("--port", type=_at_least(0, 65535), default=8080, help="TCP port to listen on (0: any free port)")
     p.add_argument("--name", default="teacher", help="the stage name the server reports in /v1/info")
     p.add_argument("--max-body-bytes", type=_at_least(1), default=16 * 1024 * 1024,
                    help="largest request body; a larger one is answered 413")
