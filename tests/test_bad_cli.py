@@ -143,6 +143,13 @@ def test_a_folder_given_as_the_input_file_is_named(saved, tmp_path, capsys):
     assert f"{tmp_path} is a folder; --file takes one file" in err
 
 
+def test_a_stray_quote_in_a_tsv_input_file_does_not_merge_rows(saved, tmp_path, capsys):
+    tsv = tmp_path / "in.tsv"
+    tsv.write_text('text\n"a quoted start\nsecond line\n')
+    assert main(["predict", saved["plain"], "--file", str(tsv)]) == 0
+    assert len(capsys.readouterr().out.splitlines()) == 2  # two rows, two predictions
+
+
 def test_invalid_utf8_in_a_file_names_the_line(saved, tmp_path, capsys):
     bad = tmp_path / "bad.txt"
     bad.write_bytes(b"fine\nalso fine\nbroken \xff byte\n")

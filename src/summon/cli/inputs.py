@@ -133,7 +133,9 @@ def _table(lines: Iterable[tuple[int, str]], where: str, delimiter: str, task: s
             current[0] = number
             yield line
 
-    reader = csv.reader(text_lines(), delimiter=delimiter, strict=True)
+    # TSV: no quote processing, as the data readers (summon.data.readers) and the GLUE loaders read it
+    quoting = csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
+    reader = csv.reader(text_lines(), delimiter=delimiter, quoting=quoting, strict=True)
     try:
         header = next(reader, None)
         needed = ["text", "text_pair"] if task == "pair_classification" else ["text"]
