@@ -8,11 +8,8 @@ One tiny untrained n-gram predictor, one server per module, with small limits so
 
 from __future__ import annotations
 
-import contextlib
 import http.client
 import json
-import threading
-import time
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
@@ -20,7 +17,7 @@ from urllib.parse import urlsplit
 
 import numpy as np
 import pytest
-from conftest import find_free_port
+from conftest import serving
 
 import summon
 from summon.adaptive.remote import RemoteStage
@@ -28,31 +25,13 @@ from summon.models import ModelConfig, build_model
 from summon.predictor import Predictor
 
 pytest.importorskip("fastapi")
-uvicorn = pytest.importorskip("uvicorn")
+pytest.importorskip("uvicorn")
 
-from summon.serve.logits_server import create_app  # noqa: E402  (needs FastAPI)
+from summon.serve.logits_server import create_app
 
 LABELS = ["neg", "pos"]
 MAX_BODY = 4096
 MAX_ROWS = 8
-
-
-@contextlib.contextmanager
-def serving(app):
-    """Run ``app`` with uvicorn on a free loopback port in a daemon thread; yields its URL."""
-    port = find_free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="critical", lifespan="off"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started and thread.is_alive() and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert server.started, "the test server did not start"
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
 
 
 @pytest.fixture(scope="module")

@@ -7,12 +7,10 @@ Only tiny models are trained: a tiny-bert teacher (4 epochs) and bag-of-n-gram s
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import json
 import math
 import shutil
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -22,7 +20,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from conftest import find_free_port
+from conftest import find_free_port, serving
 from toy import median_threshold, run_config, sentiment_files, sentiment_rows, write_jsonl
 
 import summon
@@ -85,25 +83,6 @@ def _record_calls(monkeypatch, stage) -> list[list[str]]:
 
     monkeypatch.setattr(stage, "logits", recording)
     return calls
-
-
-@contextlib.contextmanager
-def serving(app):
-    """Run a FastAPI app with uvicorn on a free loopback port in a daemon thread; yields its URL."""
-    uvicorn = pytest.importorskip("uvicorn")
-    port = find_free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error", lifespan="off"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started and thread.is_alive() and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert server.started, "the test server did not start"
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
 
 
 def _post(url: str, payload) -> tuple[int, dict]:

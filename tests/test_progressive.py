@@ -23,7 +23,15 @@ from summon.adaptive.progressive import ProgressivePredictor
 from summon.config import ConfigError, from_dict
 from summon.data.loading import load_split
 from summon.data.spec import DatasetSpec
-from summon.losses.boosting import adaboost_step, barrier_loss, centre, edge, residual_log_weights, row_edges
+from summon.losses.boosting import (
+    adaboost_step,
+    barrier_loss,
+    bounded,
+    centre,
+    edge,
+    residual_log_weights,
+    row_edges,
+)
 from summon.methods.progressive import ROUND_INPUTS, Candidate, ProgressiveConfig, step
 from summon.models import ModelConfig, build_model
 from summon.models.member import ComposedMember, hidden_width, member_batch, member_forward, member_outputs
@@ -69,9 +77,20 @@ def _naive_edge(h: np.ndarray, lp: np.ndarray, lm: np.ndarray) -> float:
     return num / (wp.sum() + wm.sum())
 
 
-def _naive_barrier(logits: np.ndarray, lp: np.ndarray, lm: np.ndarray, gamma: float, shift: float, barrier: str):
+def _naive_bounded(logits: np.ndarray, output: str) -> np.ndarray:
+    if output == "tanh":
+        return np.tanh(logits)
+    rows = []
+    for row in logits:
+        exps = [math.exp(x - max(row)) for x in row]
+        rows.append([2.0 * e / sum(exps) - 1.0 for e in exps])
+    return np.array(rows)
+
+
+def _naive_barrier(logits: np.ndarray, lp: np.ndarray, lm: np.ndarray, gamma: float, shift: float, barrier: str,
+                   output: str = "softmax"):
     keep = [i for i in range(lp.shape[0]) if np.isfinite(np.logaddexp(lp[i], lm[i])).any()]
-    h = np.tanh(logits[keep])
+    h = _naive_bounded(logits[keep], output)
     edges, totals = _naive_row_edges(h, lp[keep], lm[keep])
     weights = totals / totals.sum()
     total_edge = float((weights * edges).sum())
@@ -142,17 +161,18 @@ def test_row_edges_and_edge_match_a_naive_reference():
     assert float(edge(-best, lp, lm)) == pytest.approx(-float(edge(best, lp, lm)))
 
 
+@pytest.mark.parametrize("output", ["softmax", "tanh"])
 @pytest.mark.parametrize("barrier", ["row", "total"])
 @pytest.mark.parametrize(("gamma", "shift"), [(0.1, 1.5), (0.3, 2.0)])
-def test_barrier_loss_matches_a_naive_reference(barrier, gamma, shift):
+def test_barrier_loss_matches_a_naive_reference(barrier, gamma, shift, output):
     teacher, ensemble, logits = _random_case(n=8, c=3, seed=2)
     lp, lm = residual_log_weights(teacher, ensemble, eta=1.5)
-    loss, value = barrier_loss(logits.float(), lp, lm, gamma=gamma, shift=shift, barrier=barrier)
+    loss, value = barrier_loss(logits.float(), lp, lm, gamma=gamma, shift=shift, barrier=barrier, output=output)
     ref_loss, ref_edge = _naive_barrier(logits.float().double().numpy(), lp.numpy(), lm.numpy(), gamma, shift,
-                                        barrier)
+                                        barrier, output)
     assert float(loss) == pytest.approx(ref_loss, abs=1e-5)
     assert float(value) == pytest.approx(ref_edge, abs=1e-5)
-    assert float(value) == pytest.approx(float(edge(torch.tanh(logits.float()).double(), lp, lm)), abs=1e-5)
+    assert float(value) == pytest.approx(float(edge(bounded(logits.float(), output).double(), lp, lm)), abs=1e-5)
     assert not value.requires_grad
 
 
@@ -213,8 +233,21 @@ def test_adaboost_step_matches_the_formula_and_clips(eta):
 # --- b. the barrier as a training signal --------------------------------------------------------------------
 
 
+def test_bounded_outputs_are_in_the_open_interval_and_softmax_keeps_one_argmax():
+    logits = torch.tensor([[30.0, 29.0, -5.0], [0.1, 0.0, -0.1]])
+    for output in ("softmax", "tanh"):
+        h = bounded(logits, output)
+        assert bool(((h >= -1) & (h <= 1)).all())
+    assert torch.equal(bounded(logits, "tanh")[0, :2], torch.ones(2))  # saturated: a tie at +1
+    assert int(bounded(logits, "softmax")[0].argmax()) == 0 and bounded(logits, "softmax")[0, 0] > bounded(
+        logits, "softmax")[0, 1]
+    with pytest.raises(ValueError, match="output must be one of softmax, tanh"):
+        bounded(logits, "sigmoid")
+
+
+@pytest.mark.parametrize("output", ["softmax", "tanh"])
 @pytest.mark.parametrize("barrier", ["row", "total"])
-def test_descending_the_barrier_raises_the_edge(barrier):
+def test_descending_the_barrier_raises_the_edge(barrier, output):
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(128, 6, generator=gen)
     teacher = (x @ torch.randn(6, 3, generator=gen)).double()
@@ -222,17 +255,17 @@ def test_descending_the_barrier_raises_the_edge(barrier):
     torch.manual_seed(1)
     model = torch.nn.Linear(6, 3)
     with torch.no_grad():
-        before = float(edge(torch.tanh(model(x)).double(), lp, lm))
+        before = float(edge(bounded(model(x), output).double(), lp, lm))
     optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
     losses = []
     for _ in range(60):
-        loss, _ = barrier_loss(model(x), lp, lm, gamma=0.1, shift=1.5, barrier=barrier)
+        loss, _ = barrier_loss(model(x), lp, lm, gamma=0.1, shift=1.5, barrier=barrier, output=output)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
         losses.append(float(loss.detach()))
     with torch.no_grad():
-        after = float(edge(torch.tanh(model(x)).double(), lp, lm))
+        after = float(edge(bounded(model(x), output).double(), lp, lm))
     assert losses[-1] < losses[0]
     assert after > before + 0.2 and after > 0.1, (before, after)
 
@@ -497,7 +530,7 @@ def test_batched_predictions_equal_one_by_one(trained):
         alone = predictor.predict([text], threshold=threshold, batch_size=1)[0]
         assert (alone.label, alone.stage) == (together.label, together.stage)
         np.testing.assert_allclose(alone.probs, together.probs, atol=1e-5)
-    # at full depth, the answer is the sum of every member's α·tanh(f)
+    # at full depth, the answer is the sum of every member's α·h
     full = predictor.predict(texts, threshold=math.inf)
     np.testing.assert_allclose([p.probs for p in full], torch.from_numpy(raws[-1]).double().softmax(-1).numpy(),
                                atol=1e-5)
@@ -591,14 +624,15 @@ def test_a_trained_composed_encoder_member_runs_in_its_ensemble(trained):
     arch = predictor.members[1].predictor.manifest["architecture"]
     assert arch["type"] == "composed" and arch["base"]["type"] == "encoder"
     assert arch["previous_width"] == hidden_width(predictor.members[0].predictor.model)
-    # the staged runner's answer at each stage is the running sum of α·tanh(f), member 1 reading member 0
+    # the staged runner's answer at each stage is the running sum of α·h, member 1 reading member 0
     examples = _examples()
     first, second = (m.predictor for m in predictor.members)
     logits0, hidden0 = member_outputs(first.model, first.featurizer, "classification", examples)
     logits1, _ = member_outputs(second.model, second.featurizer, "classification", examples, hidden0)
     alpha = [m.alpha for m in predictor.members]
-    expected0 = alpha[0] * torch.tanh(logits0)
-    expected1 = expected0 + alpha[1] * torch.tanh(logits1)
+    assert [m.output for m in predictor.members] == ["softmax", "softmax"]  # the default bounded output
+    expected0 = alpha[0] * bounded(logits0, "softmax")
+    expected1 = expected0 + alpha[1] * bounded(logits1, "softmax")
     raws = predictor.stage_logits(examples, batch_size=4)
     np.testing.assert_allclose(raws[0], expected0.numpy(), atol=1e-5)
     np.testing.assert_allclose(raws[1], expected1.numpy(), atol=1e-5)

@@ -1,7 +1,8 @@
 """A progressive ensemble (B-DISTIL, reconstructed) as an anytime staged predictor.
 
 Stage ``k`` is the first ``k + 1`` members: it runs member ``k`` (with member ``k−1``'s last hidden layer when the
-member is composed) and answers with the running sum ``F_k = Σ_{t≤k} α_t · tanh(f_t)``. The executor hands each
+member is composed) and answers with the running sum ``F_k = Σ_{t≤k} α_t · h_t``, ``h_t`` the member's bounded
+output (:func:`summon.losses.bounded`). The executor hands each
 row on as its example, its running sum and its last hidden layer, so no member runs twice; rows regroup into
 full batches between members like every staged kind. Calibration, the knob, ``summon eval`` and saving are the
 staged core's; ``predict(texts, deadline_ms=...)`` stops at the last prefix whose measured latency fits.
@@ -26,6 +27,7 @@ from summon.adaptive.costs import StageCosts
 from summon.adaptive.executor import execute
 from summon.adaptive.scoring import Readout
 from summon.adaptive.staged import StagedBase
+from summon.losses import OUTPUTS, bounded
 from summon.measure.cost import FlopMeter, count_parameters
 from summon.measure.device import clock, device_name
 from summon.models.member import hidden_width, member_batch, member_forward
@@ -44,6 +46,7 @@ class Member:
     alpha: float
     composed: bool
     name: str = ""
+    output: str = "tanh"  # how its raw outputs are bounded (ensembles saved before the option: tanh)
 
 
 @dataclass
@@ -85,7 +88,7 @@ class ProgressiveRunner:
         member = self.members[stage]
         member.predictor.model.eval()
         logits, hidden = member_forward(member.predictor.model, batch)
-        step = member.alpha * torch.tanh(logits.float())
+        step = member.alpha * bounded(logits.float(), member.output)
         total = step if totals is None else totals + step
         return (examples, total, hidden), total
 
@@ -190,7 +193,7 @@ class ProgressivePredictor(StagedBase):
             raise ValueError("a member was built in memory: save each member (Predictor.save) first")
         keep = {k: v for k, v in self.manifest.items() if k not in ("members", "format", "format_version",
                                                                     "summon_version", "task", "labels", "created")}
-        entries = [(m.predictor.path, {"name": m.name, "alpha": m.alpha, "composed": m.composed,
+        entries = [(m.predictor.path, {"name": m.name, "alpha": m.alpha, "composed": m.composed, "output": m.output,
                                        "hidden_width": hidden_width(m.predictor.model)}) for m in self.members]
         path = save_ensemble(directory, entries, self.task, self.labels, extra=keep)
         loaded = load_progressive(path, read_json_manifest(path) or {})
@@ -216,7 +219,11 @@ def load_progressive(directory: Path, manifest: dict[str, Any], *, device: Any =
         if entry.get("sha256") and weights != entry["sha256"]:
             raise ValueError(f"{folder}: its weights are not the member {k} this ensemble was saved with (sha256 "
                              "differs from manifest.json); copy the whole ensemble folder again")
-        members.append(Member(predictor, float(entry["alpha"]), bool(entry.get("composed")), entry.get("name", "")))
+        output = entry.get("output", "tanh")
+        if output not in OUTPUTS:
+            raise ValueError(f"{where}: member {k} has output {output!r}; expected one of {', '.join(OUTPUTS)}")
+        members.append(Member(predictor, float(entry["alpha"]), bool(entry.get("composed")), entry.get("name", ""),
+                              output))
     for k, member in enumerate(members):
         arch = member.predictor.manifest.get("architecture", {})
         if (arch.get("type") == "composed") != member.composed:

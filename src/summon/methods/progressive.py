@@ -15,7 +15,7 @@ ensemble can stop after any prefix (anytime inference). Boosting round ``t``
    :func:`step` on the shifted log-barrier relaxation of the weak-learning condition ``edge ≥ gamma``
    (:func:`summon.losses.barrier_loss`), and the first whose edge on held-out rows meets ``gamma`` is kept;
    when none does, ``on_failure`` says whether to stop or take the best;
-3. the member's output is ``α_t · tanh(f_t)`` with the real-AdaBoost step ``α_t`` from its held-out edge; with
+3. the member's output is ``α_t · h_t``, its raw outputs bounded to ``h_t ∈ (−1, 1)^C`` (``bounded_output``), with the real-AdaBoost step ``α_t`` from its held-out edge; with
    ``composition: true`` member ``t`` also reads member ``t−1``'s last hidden layer through a learned
    projection (:mod:`summon.models.member`); earlier members are frozen.
 
@@ -85,6 +85,8 @@ class ProgressiveConfig:
     centre_teacher: bool = True  # fit the teacher's logits minus their row mean (softmax-invariant)
     barrier: Literal["row", "total"] = "row"  # one log-barrier per row, or one on the batch's edge
     barrier_shift: float = 1.5  # s in −log(edge − γ + s); must exceed 1 + γ
+    # h = 2·softmax(f) − 1 (one class near +1 at most) or tanh(f) per class (saturates into ties at ±1)
+    bounded_output: Literal["softmax", "tanh"] = "softmax"
     composition: bool = True  # member t reads member t−1's last hidden layer (Figure 4); false: independent inputs
     # Where FIND-WL starts in round t: the cheapest candidate; the previous member's (members never shrink); or
     # candidate t (or the previous member's, if larger): the list is then a schedule of one size per round,
@@ -114,7 +116,7 @@ def step(model: nn.Module, batch: dict[str, torch.Tensor], cfg: ProgressiveConfi
                          f"({ROUND_INPUTS}); train the ensemble with `summon train` on a progressive recipe")
     logits = model(batch)
     loss, batch_edge = barrier_loss(logits, batch["log_w_plus"], batch["log_w_minus"], gamma=cfg.gamma,
-                                    shift=cfg.barrier_shift, barrier=cfg.barrier)
+                                    shift=cfg.barrier_shift, barrier=cfg.barrier, output=cfg.bounded_output)
     return {"loss": loss, "output": logits, "edge": batch_edge}
 
 

@@ -20,7 +20,6 @@ loads anything; a checkpoint written by accelerate's ``save_state`` (pickles) is
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import logging
 import os
@@ -36,6 +35,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, load_model, save_file, save_model
 
 from summon.data.spec import TaskData
+from summon.saved import sha256
 
 logger = logging.getLogger(__name__)
 
@@ -187,14 +187,6 @@ def write_part(folder: Path, name: str, value: Any) -> None:
         save_file(tensors, str(folder / f"{name}.safetensors"))
 
 
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 # --- the states ---------------------------------------------------------------------------------------
 
 
@@ -309,7 +301,7 @@ class Checkpointer:
 
     def _seal(self) -> None:
         """The manifest (every file's size and sha256), then ``COMPLETE``."""
-        files = {p.name: {"bytes": p.stat().st_size, "sha256": sha256_of(p)}
+        files = {p.name: {"bytes": p.stat().st_size, "sha256": sha256(p)}
                  for p in sorted(self.staging.iterdir()) if p.is_file()}
         manifest = {"format": FORMAT, "format_version": FORMAT_VERSION, "files": files}
         (self.staging / MANIFEST).write_text(json.dumps(manifest, indent=1), encoding="utf-8")
@@ -371,7 +363,7 @@ class Checkpointer:
         if size != entry["bytes"]:
             raise ValueError(f"checkpoint file {file} has {size} bytes where {entry['bytes']} were written: it was "
                              f"truncated or changed.{_start_over(path)}")
-        if sha256_of(file) != entry["sha256"]:
+        if sha256(file) != entry["sha256"]:
             raise ValueError(f"checkpoint file {file} changed after it was written (its sha256 differs from "
                              f"{MANIFEST}'s).{_start_over(path)}")
         self._checked.add(file)

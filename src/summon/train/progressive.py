@@ -27,7 +27,7 @@ from safetensors.torch import save_file
 
 from summon.config import dump_yaml, to_dict
 from summon.data.spec import TaskData
-from summon.losses import adaboost_step, edge, residual_log_weights
+from summon.losses import adaboost_step, bounded, edge, residual_log_weights
 from summon.methods import METHODS
 from summon.methods.progressive import ROUND_INPUTS, Candidate, ProgressiveConfig
 from summon.models.member import member_outputs
@@ -56,7 +56,7 @@ class Trial:
 class Ensemble:
     """The ensemble so far, on the training rows."""
 
-    logits: torch.Tensor  # [N, C] F: the sum of the members' outputs α·tanh(f)
+    logits: torch.Tensor  # [N, C] F: the sum of the members' outputs α·h
     hidden: torch.Tensor | None = None  # [N, H] the last member's hidden layer
     last_index: int = 0  # candidate index of the last member
 
@@ -104,7 +104,8 @@ def train_ensemble(cfg: RunConfig, train_model: Callable[[RunConfig], Path]) -> 
         alpha = adaboost_step(chosen.edge, pcfg.eta)
         composed = pcfg.composition and t > 0
         members.append((chosen, alpha, composed))
-        ensemble = Ensemble(ensemble.logits + alpha * torch.tanh(chosen.logits.double()), chosen.hidden, chosen.index)
+        step = alpha * bounded(chosen.logits.double(), pcfg.bounded_output)
+        ensemble = Ensemble(ensemble.logits + step, chosen.hidden, chosen.index)
     if not members:
         raise ValueError(f"no member was taken in round 0 ({out / 'rounds.json'} lists the candidates and their "
                          "edges): lower method_args.gamma, set on_failure: best, or add a larger candidate")
@@ -166,7 +167,7 @@ def train_candidate(cfg: RunConfig, t: int, index: int, log_w: tuple[torch.Tenso
     predictor = load_predictor(path)
     logits, hidden = member_outputs(predictor.model, predictor.featurizer, data.task, data.examples, previous,
                                     batch_size=cfg.train.eval_batch_size)
-    value = float(edge(torch.tanh(logits.double())[held], log_w[0][held], log_w[1][held]))
+    value = float(edge(bounded(logits.double(), pcfg.bounded_output)[held], log_w[0][held], log_w[1][held]))
     return Trial(index, candidate, path, value, logits, hidden)
 
 
@@ -198,15 +199,15 @@ def _write_rounds(out: Path, rounds: list[dict[str, Any]]) -> None:
     tmp.replace(out / "rounds.json")
 
 
-def prefix_accuracy(members: list[tuple[Predictor, float, bool]], data: TaskData, *, batch_size: int = 128
-                    ) -> list[float]:
+def prefix_accuracy(members: list[tuple[Predictor, float, bool]], data: TaskData, output: str, *,
+                    batch_size: int = 128) -> list[float]:
     """Accuracy of the first k members' summed outputs on labelled ``data``, for every k."""
     gold = torch.tensor([ex["label"] for ex in data.examples])
     total, previous, out = None, None, []
     for predictor, alpha, composed in members:
         logits, hidden = member_outputs(predictor.model, predictor.featurizer, data.task, data.examples,
                                         previous if composed else None, batch_size=batch_size)
-        step = alpha * torch.tanh(logits.double())
+        step = alpha * bounded(logits.double(), output)
         total = step if total is None else total + step
         previous = hidden
         out.append(float((total.argmax(dim=1) == gold).double().mean()))
@@ -215,12 +216,13 @@ def prefix_accuracy(members: list[tuple[Predictor, float, bool]], data: TaskData
 
 def _save(cfg: RunConfig, out: Path, data: TaskData, eval_data: TaskData | None, teacher: Predictor,
           members: list[tuple[Trial, float, bool]], rounds: list[dict[str, Any]]) -> Path:
-    entries = [(trial.path, {"name": trial.candidate.name, "alpha": alpha, "composed": composed,
+    output = cfg.method_args.bounded_output
+    entries = [(trial.path, {"name": trial.candidate.name, "alpha": alpha, "composed": composed, "output": output,
                              "hidden_width": int(trial.hidden.shape[1])}) for trial, alpha, composed in members]
     metrics: dict[str, Any] = {}
     if eval_data is not None and eval_data.has_labels:
         loaded = [(load_predictor(trial.path), alpha, composed) for trial, alpha, composed in members]
-        metrics = {"eval": {"prefix_accuracy": prefix_accuracy(loaded, eval_data,
+        metrics = {"eval": {"prefix_accuracy": prefix_accuracy(loaded, eval_data, output,
                                                                batch_size=cfg.train.eval_batch_size)},
                    "eval_data": eval_data.source}
         logger.info("accuracy after each member on %s: %s", eval_data.source,
