@@ -534,7 +534,10 @@ class _Lane:
         return threshold
 
     def _cheapest(self, unit: str | None) -> float | None:
-        table = _table(self.calibration, unit)
+        try:
+            table = _table(self.calibration, unit)
+        except ValueError:  # a unit the calibration did not measure
+            return None
         return None if table is None else min(p.cost for p in table.points)
 
     def _add_controller(self, knob: Knob, threshold: float) -> None:
@@ -611,7 +614,7 @@ class _Lane:
             if not self._queued():
                 return None
             self._wait_for_rows()
-            return self._pop_batch()
+            return self._pop_batch() if self._queued() else None
 
     def _queued(self) -> int:
         return sum(len(q) for q in self._queues.values())
@@ -619,7 +622,7 @@ class _Lane:
     def _wait_for_rows(self) -> None:
         """Wait (holding the condition) until a batch's rows are queued, ``max_wait_ms`` after the oldest
         request, or the earliest deadline less the batch's expected run time — whichever comes first."""
-        while not self._closed and sum(self._queued_rows.values()) < self.config.max_batch_rows:
+        while not self._closed and 0 < sum(self._queued_rows.values()) < self.config.max_batch_rows:
             queued = [r for q in self._queues.values() for r in q]
             until = min(r.enqueued for r in queued) + self.config.max_wait_ms / 1000.0
             deadlines = [r.deadline for r in queued if r.deadline is not None]
@@ -823,6 +826,7 @@ class _Lane:
                 self._queued_rows[priority] = 0
             self._stats.rejections["draining"] += len(left)
             self._stats.failed += len(left)
+            self._closed = True
             self._cond.notify_all()
         for request in left:
             if request.future.set_running_or_notify_cancel():
