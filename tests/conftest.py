@@ -50,11 +50,12 @@ def _one_thread():
 
 
 @contextlib.contextmanager
-def serving(app):
-    """Run an ASGI app with uvicorn on a free loopback port in a daemon thread; yields its URL."""
+def serving(app, lifespan: str = "off"):
+    """Run an ASGI app with uvicorn on a free loopback port in a daemon thread; yields its URL. ``lifespan="on"``
+    runs the app's startup and shutdown (``summon serve``'s app starts and drains its engine there)."""
     uvicorn = pytest.importorskip("uvicorn")
     port = find_free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="critical", lifespan="off"))
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="critical", lifespan=lifespan))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 20

@@ -1,5 +1,5 @@
-"""The ``summon`` commands that load models: train, eval, calibrate, predict, cascade, serve-logits, export,
-quickstart. :mod:`summon.cli.main` builds the parser without importing this module, so ``summon --help``,
+"""The ``summon`` commands that load models: train, eval, calibrate, predict, cascade, serve, serve-logits,
+export, quickstart. :mod:`summon.cli.main` builds the parser without importing this module, so ``summon --help``,
 ``--version`` and ``summon recipes`` start in a fraction of a second; a command's first run imports what it needs.
 """
 
@@ -23,6 +23,8 @@ from summon.config import to_dict
 from summon.hf import export_hf, load_plain
 from summon.recipe import load_run_config
 from summon.saved import read_manifest
+from summon.serve.app import create_server_app, run_server
+from summon.serve.engine import Engine
 from summon.serve.logits_server import serve
 from summon.train.loop import train
 
@@ -134,6 +136,27 @@ def cmd_serve_logits(args: argparse.Namespace) -> int:
                          "classifier folder")
     serve(predictor, host=args.host, port=args.port, name=args.name, max_body_bytes=args.max_body_bytes,
           max_rows=args.max_rows)
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Run ``summon serve``: load every model, serve them with one engine until SIGTERM, drain, return 0."""
+    names = [name for name, _ in args.models]
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise ValueError(f"two models are named {', '.join(map(repr, repeated))}; name them apart with NAME=MODEL")
+    models = {name: summon.load(path, device=args.device) for name, path in args.models}
+    engine = Engine(models, max_batch_rows=args.max_batch_rows, max_wait_ms=args.max_wait_ms,
+                    max_queue_rows=args.max_queue_rows, max_request_rows=args.max_rows,
+                    max_input_chars=args.max_input_chars, degrade=args.degrade, controller=not args.no_controller)
+    warmup = sorted({1, min(8, args.max_batch_rows), args.max_batch_rows})
+    app = create_server_app(engine, max_body_bytes=args.max_body_bytes, max_rows=args.max_rows,
+                            request_timeout_s=args.request_timeout, overload_status=args.overload_status,
+                            warmup_sizes=warmup, drain_seconds=args.drain_seconds)
+    print(f"summon: serving {', '.join(names)} on http://{args.host}:{args.port}/ (demo /, docs /docs, metrics "
+          "/metrics); Ctrl-C or SIGTERM drains and stops", file=sys.stderr, flush=True)
+    run_server(app, host=args.host, port=args.port)
+    print("summon: drained and stopped", file=sys.stderr)
     return 0
 
 

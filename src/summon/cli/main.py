@@ -1,5 +1,5 @@
-"""The ``summon`` command line: train, eval, calibrate, predict, cascade, serve-logits, recipes, quickstart,
-export.
+"""The ``summon`` command line: train, eval, calibrate, predict, cascade, serve, serve-logits, recipes,
+quickstart, export.
 
 User mistakes print one clear ``summon: error: ...`` message and exit with status 2; anything unexpected
 prints one line and exits 1; ``--debug`` (or ``SUMMON_DEBUG=1``) shows the traceback instead. Every command that runs a model takes ``--device``;
@@ -248,6 +248,8 @@ def _parser_other(sub) -> None:
     _add_device(p)
     p.set_defaults(run=(HEAVY, "cmd_serve_logits"))
 
+    _parser_serve(sub)
+
     p = sub.add_parser("recipes", help="list, show or copy the shipped recipes", formatter_class=_FORMATTER)
     p.add_argument("action", choices=["ls", "show", "cp"],
                    help="ls: list them with what they do; show NAME: print one; cp NAME [DEST]: copy one to edit")
@@ -260,6 +262,59 @@ def _parser_other(sub) -> None:
     p.add_argument("--out", default="summon_quickstart", help="output folder")
     p.add_argument("--max-seconds", type=_at_least(0.0), default=6.0, help="latency time budget per model")
     p.set_defaults(run=(HEAVY, "cmd_quickstart"))
+
+
+_MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+def _model_spec(text: str) -> tuple[str, str]:
+    """An argparse type: ``NAME=MODEL`` or ``MODEL`` (named after its folder) -> ``(name, model)``."""
+    name, sep, model = text.partition("=")
+    if sep and _MODEL_NAME.match(name) and model:
+        return name, model
+    if sep and "/" not in name and "\\" not in name:
+        raise argparse.ArgumentTypeError(f"{text!r}: in NAME=MODEL the name takes letters, digits, '.', '_' and '-' "
+                                         "(starting with a letter or digit), and MODEL must not be empty")
+    tail = re.split(r"[/\\:]", text.rstrip("/\\"))[-1]
+    derived = re.sub(r"[^A-Za-z0-9._-]", "-", tail).lstrip("._-")
+    if not derived:
+        raise argparse.ArgumentTypeError(f"cannot name the model {text!r} after its folder; give NAME={text}")
+    return derived, text
+
+
+def _parser_serve(sub) -> None:
+    p = sub.add_parser("serve", help="serve predictors over HTTP: /v1/predict with a per-request knob, cross-request "
+                       "batching, /metrics, a demo page", formatter_class=_FORMATTER,
+                       description="Serve one or more predictors (staged ones take a knob per request) with one "
+                       "engine: bounded queues, batches formed across requests, explicit overload (503/429 with "
+                       "Retry-After). Routes: POST /v1/predict, GET /v1/models, /v1/info, /health, /ready, /metrics, "
+                       "/docs, the demo page at /, and summon-logits/1 under /models/NAME. On SIGTERM: /ready answers "
+                       "503, new requests are refused, queued ones finish within --drain-seconds, then it exits.")
+    p.add_argument("models", nargs="+", type=_model_spec, metavar="[NAME=]MODEL",
+                   help="predictor directories, NAME=DIR to name one (default: the folder's name); the first is the "
+                   "default model")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
+    p.add_argument("--port", type=_at_least(0, 65535), default=8080, help="TCP port to listen on (0: any free port)")
+    p.add_argument("--max-batch-rows", type=_at_least(1), default=64, help="rows per batch (across requests)")
+    p.add_argument("--max-wait-ms", type=_at_least(0.0), default=5.0, help="how long a batch waits to fill")
+    p.add_argument("--max-queue-rows", type=_at_least(1), default=4096,
+                   help="rows queued per model; more are refused (--overload-status, with Retry-After)")
+    p.add_argument("--max-body-bytes", type=_at_least(1), default=16 * 1024 * 1024,
+                   help="largest request body; a larger one is answered 413")
+    p.add_argument("--max-rows", type=_at_least(1), default=1024, help="most inputs per request; more are answered 413")
+    p.add_argument("--max-input-chars", type=_at_least(1), help="longest input in characters; longer is answered 413 "
+                   "(default: no limit)")
+    p.add_argument("--degrade", action="store_true", help="while a queue is past half full, lower each request's "
+                   "budget toward the cheapest operating point before refusing anything")
+    p.add_argument("--no-controller", action="store_true", help="keep every budget's calibrated threshold (no "
+                   "feedback on the realised cost)")
+    p.add_argument("--overload-status", type=int, choices=[503, 429], default=503, help="status of a full queue")
+    p.add_argument("--drain-seconds", type=_at_least(0.0), default=30.0,
+                   help="on SIGTERM, how long queued work may take to finish")
+    p.add_argument("--request-timeout", type=_above(0.0), default=30.0,
+                   help="seconds before an unanswered prediction is answered 504")
+    _add_device(p)
+    p.set_defaults(run=(HEAVY, "cmd_serve"))
 
 
 def build_parser() -> argparse.ArgumentParser:

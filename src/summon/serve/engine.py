@@ -305,6 +305,17 @@ class Engine:
     def models(self) -> list[str]:
         return list(self._lanes)
 
+    def predictor(self, model: str) -> Any:
+        """The predictor served as ``model`` (for a transport's own routes: its task, its raw logits)."""
+        return self._lane(model).predictor
+
+    def _lane(self, model: str) -> _Lane:
+        lane = self._lanes.get(model) if isinstance(model, str) else None
+        if lane is None:
+            raise UnknownModel(f"no model named {model!r}; this engine serves {', '.join(map(repr, self._lanes))}."
+                               f"{suggest(str(model), list(self._lanes))}")
+        return lane
+
     @property
     def ready(self) -> bool:
         """Started and not stopping (a transport's readiness also wants :meth:`warmup` done)."""
@@ -362,10 +373,7 @@ class Engine:
             UnknownModel, InfeasibleKnob, TooLarge, QueueFull, DeadlineUnmeetable, Draining: see the module
                 docstring; ValueError or TypeError for an input the predictor cannot take, or a bad argument.
         """
-        lane = self._lanes.get(model) if isinstance(model, str) else None
-        if lane is None:
-            raise UnknownModel(f"no model named {model!r}; this engine serves {', '.join(map(repr, self._lanes))}."
-                               f"{suggest(str(model), list(self._lanes))}")
+        lane = self._lane(model)
         if priority not in PRIORITIES:
             raise ValueError(f"priority must be 'high' or 'low', got {priority!r}")
         if knob is not None and not isinstance(knob, Knob):

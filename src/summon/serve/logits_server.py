@@ -10,8 +10,10 @@ Requests are bounded and checked before the model sees them, and every answer is
   number, invalid Unicode, a tokenizer complaint): 422, with the input's ``index``;
 * anything unexpected: 500, logged on the server with its traceback; the body says only what kind of error.
 
-Errors read ``{"error": MESSAGE}`` (plus ``"index"`` when one input is at fault); no inputs answer
-``{"logits": []}``.
+Errors read ``{"error": MESSAGE}`` (plus ``"index"`` when one input is at fault, and ``"limit"``, ``"allowed"``
+for a 413); no inputs answer ``{"logits": []}``. The pieces (:class:`BodyLimit`, :func:`add_logits_routes`,
+:func:`add_error_handlers`, :class:`Refused`) also make the routes of ``summon serve``
+(:mod:`summon.serve.app`).
 """
 
 from __future__ import annotations
@@ -24,6 +26,14 @@ from typing import Any
 from summon.adaptive.remote import PROTOCOL
 from summon.predictor import canonical_inputs
 
+try:  # the serve extra; create_app says how to install it when it is missing
+    from fastapi import FastAPI
+    from fastapi.concurrency import run_in_threadpool
+    from fastapi.responses import JSONResponse
+    from starlette.exceptions import HTTPException
+except ImportError:  # pragma: no cover - exercised only without the extra
+    FastAPI = None
+
 logger = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 16 * 1024 * 1024  # a remote stage sends up to 256 rows of long documents in one request
@@ -33,34 +43,51 @@ USAGE = 'send {"inputs": [{"text": ...}, ...]} ({"text", "text_pair"} for pair t
 
 
 class Refused(Exception):
-    """A request answered with an HTTP error: ``status``, a message, and the index of the input at fault."""
+    """A request answered with an HTTP error: ``status``, a message, the index of the input at fault, more
+    fields for the JSON body (``extra``: the limit hit, the cheapest knob ...) and response ``headers``
+    (``Retry-After``)."""
 
-    def __init__(self, status: int, message: str, index: int | None = None):
+    def __init__(self, status: int, message: str, index: int | None = None, *, extra: dict[str, Any] | None = None,
+                 headers: dict[str, str] | None = None):
         super().__init__(message)
         self.status, self.message, self.index = status, message, index
+        self.extra, self.headers = dict(extra or {}), dict(headers or {})
 
     def body(self) -> dict[str, Any]:
-        return {"error": self.message} if self.index is None else {"error": self.message, "index": self.index}
+        out: dict[str, Any] = {"error": self.message}
+        if self.index is not None:
+            out["index"] = self.index
+        return {**out, **self.extra}
+
+    def response(self) -> Any:
+        return JSONResponse(self.body(), status_code=self.status, headers=self.headers or None)
+
+
+def require_fastapi() -> None:
+    """A clear error when the serve extra (FastAPI, uvicorn) is not installed."""
+    if FastAPI is None:
+        raise ValueError("serving needs FastAPI and uvicorn: pip install 'summon[serve]'")
 
 
 def create_app(predictor: Any, *, name: str = "teacher", flops_per_example: float | None = None,
                max_body_bytes: int = MAX_BODY_BYTES, max_rows: int = MAX_ROWS):
     """A FastAPI app answering ``/v1/info`` and ``/v1/logits`` for ``predictor`` (limits: see the module)."""
-    try:
-        from fastapi import FastAPI
-        from fastapi.concurrency import run_in_threadpool
-        from fastapi.responses import JSONResponse
-        from starlette.exceptions import HTTPException
-    except ImportError as err:
-        raise ValueError("serving needs FastAPI and uvicorn: pip install 'summon[serve]'") from err
-    _check_limits(max_body_bytes, max_rows)
+    require_fastapi()
+    check_limits(max_body_bytes, max_rows)
     app = FastAPI(title=f"summon logits: {name}")
     app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
-    _add_error_handlers(app, JSONResponse, HTTPException)
+    add_error_handlers(app, "this server answers GET /v1/info and POST /v1/logits")
+    add_logits_routes(app, predictor, name=name, flops_per_example=flops_per_example, max_rows=max_rows)
+    return app
+
+
+def add_logits_routes(app: Any, predictor: Any, *, prefix: str = "", name: str = "teacher",
+                      flops_per_example: float | None = None, max_rows: int = MAX_ROWS) -> None:
+    """Add the ``summon-logits/1`` routes ``{prefix}/v1/info`` and ``{prefix}/v1/logits`` for ``predictor`` (an
+    object with ``task``, ``labels``, ``manifest`` and ``logits(examples, raw=True)``) to a FastAPI app."""
     info_body = _info(predictor, name, flops_per_example)
 
-    @app.get("/v1/info")
-    def info() -> dict[str, Any]:
+    async def info() -> dict[str, Any]:
         return info_body
 
     async def logits(request: Any) -> Any:  # a plain Starlette route: the body is read and checked here
@@ -70,28 +97,30 @@ def create_app(predictor: Any, *, name: str = "teacher", flops_per_example: floa
         except Refused:
             raise
         except Exception as err:  # a bug or the environment: logged here, not sent to the client
-            logger.exception("POST /v1/logits failed on a body of %d bytes", len(body))
-            return JSONResponse(_internal(err), status_code=500)
+            logger.exception("POST %s/v1/logits failed on a body of %d bytes", prefix, len(body))
+            return JSONResponse(internal_error(err), status_code=500)
         return JSONResponse({"logits": rows})
 
-    app.add_route("/v1/logits", logits, methods=["POST"])
-    return app
+    app.add_api_route(f"{prefix}/v1/info", info, methods=["GET"], summary=f"{name}: what the logits server is "
+                      f"({PROTOCOL})")
+    app.add_route(f"{prefix}/v1/logits", logits, methods=["POST"])
 
 
-def _add_error_handlers(app: Any, json_response: Any, http_exception: type) -> None:
-    """Every error answers JSON: refusals with their status, routing errors (404, 405) saying what is served,
-    and anything else a 500 without its traceback (Starlette logs it)."""
-    app.add_exception_handler(Refused, lambda _, err: json_response(err.body(), status_code=err.status))
-    app.add_exception_handler(http_exception, lambda request, err: json_response(
-        {"error": _http_message(request, err.status_code, err.detail)}, status_code=err.status_code))
-    app.add_exception_handler(Exception, lambda _, err: json_response(_internal(err), status_code=500))
+def add_error_handlers(app: Any, served: str) -> None:
+    """Every error answers JSON: refusals with their status (and headers), routing errors (404, 405) saying
+    what is ``served``, and anything else a 500 without its traceback (Starlette logs it)."""
+    app.add_exception_handler(Refused, lambda _, err: err.response())
+    app.add_exception_handler(HTTPException, lambda request, err: JSONResponse(
+        {"error": _http_message(request, err.status_code, err.detail, served)}, status_code=err.status_code))
+    app.add_exception_handler(Exception, lambda _, err: JSONResponse(internal_error(err), status_code=500))
 
 
-def _internal(err: Exception) -> dict[str, str]:
+def internal_error(err: Exception) -> dict[str, str]:
+    """The body of a 500: the kind of error only (the traceback goes to the server's log)."""
     return {"error": f"internal error ({type(err).__name__}); see the server's log"}
 
 
-def _check_limits(max_body_bytes: int, max_rows: int) -> None:
+def check_limits(max_body_bytes: int, max_rows: int) -> None:
     for key, value in (("max_body_bytes", max_body_bytes), ("max_rows", max_rows)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{key} must be a positive whole number, got {value!r}")
@@ -106,9 +135,8 @@ def _info(predictor: Any, name: str, flops_per_example: float | None) -> dict[st
             "flops_per_example": flops, "defer_output": defer}
 
 
-def _http_message(request: Any, status: int, detail: Any) -> str:
+def _http_message(request: Any, status: int, detail: Any, served: str) -> str:
     """The routing errors (404, 405) say what this server answers."""
-    served = "this server answers GET /v1/info and POST /v1/logits"
     if status == 404:
         return f"no such path {request.url.path}; {served}"
     if status == 405:
@@ -127,28 +155,32 @@ def _examples(body: bytes, task: str, max_rows: int) -> list[dict[str, Any]]:
         raise Refused(422, f"the body is not JSON ({err}); {USAGE}") from None
     inputs = payload.get("inputs") if isinstance(payload, dict) else None
     if not isinstance(inputs, list):
-        got = f"a JSON {_json_type(payload)}" if not isinstance(payload, dict) else (
-            f"'inputs' as a JSON {_json_type(inputs)}" if "inputs" in payload else "no 'inputs'")
+        got = f"a JSON {json_type(payload)}" if not isinstance(payload, dict) else (
+            f"'inputs' as a JSON {json_type(inputs)}" if "inputs" in payload else "no 'inputs'")
         raise Refused(422, f"expected an object whose 'inputs' is a list; got {got}. {USAGE}")
     if len(inputs) > max_rows:
-        raise Refused(413, f"{len(inputs)} inputs in one request; this server takes at most {max_rows} (max_rows): "
-                      "split the request")
-    raws = [_raw_input(row, i, task) for i, row in enumerate(inputs)]
+        raise too_many_rows(len(inputs), max_rows)
+    raws = [raw_input(row, i, task) for i, row in enumerate(inputs)]
     try:
         return canonical_inputs(task, raws)
     except INPUT_ERRORS as err:
-        raise Refused(422, str(err), _culprit(lambda raw: canonical_inputs(task, [raw]), raws)) from None
+        raise Refused(422, str(err), culprit(lambda raw: canonical_inputs(task, [raw]), raws)) from None
 
 
-def _raw_input(row: Any, i: int, task: str) -> Any:
+def too_many_rows(rows: int, max_rows: int) -> Refused:
+    return Refused(413, f"{rows} inputs in one request; this server takes at most {max_rows} (max_rows): split the "
+                   "request", extra={"limit": "max_rows", "allowed": max_rows})
+
+
+def raw_input(row: Any, i: int, task: str) -> Any:
     """The predictor's raw input that one JSON object of the protocol describes (checked further by
     :func:`summon.predictor.canonical_inputs`)."""
     if not isinstance(row, dict):
         raise Refused(422, f"input {i}: expected a JSON object such as {{\"text\": ...}}, got a JSON "
-                      f"{_json_type(row)}", i)
+                      f"{json_type(row)}", i)
     if task == "token_classification" and "tokens" in row:
         if not isinstance(row["tokens"], list):
-            raise Refused(422, f"input {i}: 'tokens' must be a list of words, got a JSON {_json_type(row['tokens'])}", i)
+            raise Refused(422, f"input {i}: 'tokens' must be a list of words, got a JSON {json_type(row['tokens'])}", i)
         return row["tokens"]
     needed = ("text", "text_pair") if task == "pair_classification" else ("text",)
     missing = [key for key in needed if key not in row]
@@ -159,12 +191,12 @@ def _raw_input(row: Any, i: int, task: str) -> Any:
     return (row["text"], row["text_pair"]) if task == "pair_classification" else row["text"]
 
 
-def _json_type(value: Any) -> str:
+def json_type(value: Any) -> str:
     names = {dict: "object", list: "array", str: "string", bool: "boolean", int: "number", float: "number"}
     return "null" if value is None else names.get(type(value), type(value).__name__)
 
 
-def _culprit(check: Callable[[Any], Any], items: Sequence[Any]) -> int | None:
+def culprit(check: Callable[[Any], Any], items: Sequence[Any]) -> int | None:
     """The index of the first item that ``check`` refuses on its own (``None`` if every one passes)."""
     for i, item in enumerate(items):
         try:
@@ -186,7 +218,7 @@ def _logits(predictor: Any, examples: list[dict[str, Any]]) -> list[list[float]]
         rows = predictor.logits(examples, raw=True)
     except INPUT_ERRORS as err:
         featurizer = getattr(predictor, "featurizer", None)
-        index = None if featurizer is None else _culprit(
+        index = None if featurizer is None else culprit(
             lambda ex: featurizer.encode([ex], predictor.task), examples)
         if index is None:
             raise
@@ -229,7 +261,8 @@ class BodyLimit:
 
     async def _refuse(self, send: Callable, size: str) -> None:
         body = json.dumps({"error": f"request body of {size}; this server takes at most {self.max_bytes} bytes "
-                                    "(max_body_bytes): send fewer or shorter inputs per request"}).encode()
+                                    "(max_body_bytes): send fewer or shorter inputs per request",
+                           "limit": "max_body_bytes", "allowed": self.max_bytes}).encode()
         await send({"type": "http.response.start", "status": 413,
                     "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
         await send({"type": "http.response.body", "body": body})
