@@ -135,6 +135,13 @@ def test_a_body_that_is_not_utf8_is_422(url):
     assert status == 422 and answer["error"].startswith("the body is not JSON")
 
 
+def test_json_nested_past_the_recursion_limit_is_422_and_the_server_stays_up(url):
+    body = b'{"inputs": ' + b"[" * 1_500 + b"]" * 1_500 + b"}"  # 3 kB: within the body limit
+    status, answer = _send(url, "/v1/logits", body)
+    assert status == 422 and answer["error"].startswith("the body's JSON is nested too deeply")
+    assert _post(url, {"inputs": _texts(1)})[0] == 200
+
+
 def test_inputs_as_a_mapping_is_422(url):
     status, answer = _post(url, {"inputs": {"text": "a dict, not a list"}})
     assert status == 422 and "'inputs' as a JSON object" in answer["error"] and "index" not in answer

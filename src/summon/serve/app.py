@@ -89,6 +89,7 @@ from summon.serve.logits_server import (
     culprit,
     internal_error,
     json_type,
+    parse_json,
     raw_input,
     require_fastapi,
     too_many_rows,
@@ -422,10 +423,7 @@ def parse_predict(body: bytes, engine: Engine, max_rows: int) -> PredictRequest:
 
 
 def _json_object(body: bytes) -> dict[str, Any]:
-    try:
-        payload = json.loads(body)
-    except ValueError as err:  # JSONDecodeError, or UnicodeDecodeError for bytes that are not UTF-8
-        raise Refused(422, f'the body is not JSON ({err}); send {{"inputs": ["a text", ...]}}') from None
+    payload = parse_json(body, 'send {"inputs": ["a text", ...]}')
     if not isinstance(payload, dict):
         raise Refused(422, f'expected a JSON object such as {{"inputs": ["a text"]}}, got a JSON {json_type(payload)}')
     return payload

@@ -147,12 +147,20 @@ def _http_message(request: Any, status: int, detail: Any, served: str) -> str:
 # --- the request: parsed, bounded and checked --------------------------------------------------------------
 
 
+def parse_json(body: bytes, usage: str) -> Any:
+    """A request body as JSON; :class:`Refused` 422 for bytes that are not JSON, or JSON nested past Python's
+    recursion limit (which ``json.loads`` meets as a RecursionError, not a ValueError)."""
+    try:
+        return json.loads(body)
+    except ValueError as err:  # JSONDecodeError, or UnicodeDecodeError for bytes that are not UTF-8
+        raise Refused(422, f"the body is not JSON ({err}); {usage}") from None
+    except RecursionError:
+        raise Refused(422, f"the body's JSON is nested too deeply; {usage}") from None
+
+
 def _examples(body: bytes, task: str, max_rows: int) -> list[dict[str, Any]]:
     """Canonical examples of a ``/v1/logits`` body; :class:`Refused` (413 or 422) for anything else."""
-    try:
-        payload = json.loads(body)
-    except ValueError as err:  # JSONDecodeError, or UnicodeDecodeError for bytes that are not UTF-8
-        raise Refused(422, f"the body is not JSON ({err}); {USAGE}") from None
+    payload = parse_json(body, USAGE)
     inputs = payload.get("inputs") if isinstance(payload, dict) else None
     if not isinstance(inputs, list):
         got = f"a JSON {json_type(payload)}" if not isinstance(payload, dict) else (
