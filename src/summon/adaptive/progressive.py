@@ -163,6 +163,7 @@ class ProgressivePredictor(StagedBase):
             raise ValueError("measuring costs needs at least one example")
         meter, runner = FlopMeter(), self.runner()
         sums = [0.0] * self.num_stages
+        rows = sorted(rows, key=example_length, reverse=True)  # batched as the executor does: little padding
         for start in range(0, len(rows), 64):
             pieces: list[Any] = rows[start:start + 64]
             for k in range(self.num_stages):
