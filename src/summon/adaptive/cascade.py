@@ -27,7 +27,7 @@ import datetime as _dt
 import json
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -196,13 +196,41 @@ def _stage_entry(stage: Any, directory: Path) -> dict[str, Any]:
     return entry
 
 
-def load_cascade(directory: Path, manifest: dict[str, Any], *, device: Any = None) -> CascadePredictor:
+def load_cascade(directory: Path, manifest: dict[str, Any], *, device: Any = None,
+                 stages: Mapping[int, Any] | None = None) -> CascadePredictor:
     """A cascade from its manifest: local stages loaded from their (relative) paths onto ``device``.
+
+    ``stages`` (index -> stage) are used instead of loading those entries: a transport that runs a stage
+    elsewhere (a teacher in its own Ray Serve deployment) gives the stage that reaches it, and that stage's
+    weights are never loaded here. Negative indices count from the end.
 
     Raises:
         ValueError: If the manifest lacks its task, labels or stages; a stage path leads back to this cascade
             or to another staged predictor; or a local stage's fingerprint differs from the one saved.
     """
+    entries = _checked_entries(directory, manifest)
+    given = {i % len(entries): stage for i, stage in (stages or {}).items()}
+    loaded = [given[i] if i in given else load_stage(directory, manifest, i, device=device)
+              for i in range(len(entries))]
+    return CascadePredictor(loaded, manifest["task"], manifest["labels"], manifest, path=directory)
+
+
+def load_stage(directory: Path, manifest: dict[str, Any], index: int, *, device: Any = None) -> Any:
+    """Stage ``index`` of a saved cascade alone (negative: from the end), checked as :func:`load_cascade` checks
+    it (a local stage's fingerprint): a :class:`LocalStage` or a :class:`RemoteStage`."""
+    entries = _checked_entries(directory, manifest)
+    if not -len(entries) <= index < len(entries):
+        raise ValueError(f"{directory / MANIFEST}: no stage {index}; the cascade has {len(entries)} stages")
+    index %= len(entries)
+    entry = entries[index]
+    if entry.get("type") == "local":
+        return _load_local_stage(directory, index, entry, manifest, device)
+    if entry.get("type") == "remote":
+        return RemoteStage.from_dict(entry)
+    raise ValueError(f"{directory / MANIFEST}: stage {index} has unknown type {entry.get('type')!r}")
+
+
+def _checked_entries(directory: Path, manifest: dict[str, Any]) -> list[dict[str, Any]]:
     problems = header_problems(manifest)
     entries = manifest.get("stages")
     if not isinstance(entries, list) or len(entries) < 2 or not all(isinstance(e, dict) for e in entries):
@@ -210,15 +238,7 @@ def load_cascade(directory: Path, manifest: dict[str, Any], *, device: Any = Non
     if problems:
         raise ValueError(f"{directory / MANIFEST}: {'; '.join(problems)}. Rebuild the cascade "
                          "(summon cascade STAGE... --out DIR)")
-    stages = []
-    for i, entry in enumerate(entries):
-        if entry.get("type") == "local":
-            stages.append(_load_local_stage(directory, i, entry, manifest, device))
-        elif entry.get("type") == "remote":
-            stages.append(RemoteStage.from_dict(entry))
-        else:
-            raise ValueError(f"{directory / MANIFEST}: stage {i} has unknown type {entry.get('type')!r}")
-    return CascadePredictor(stages, manifest["task"], manifest["labels"], manifest, path=directory)
+    return entries
 
 
 def _load_local_stage(directory: Path, i: int, entry: dict[str, Any], manifest: dict[str, Any],

@@ -26,6 +26,13 @@ from summon.saved import read_manifest
 from summon.serve.app import create_server_app, run_server
 from summon.serve.engine import Engine
 from summon.serve.logits_server import serve
+from summon.serve.ray_app import (
+    RayServeOptions,
+    ray_deployments,
+    run_ray_server,
+    serve_config,
+    write_serve_config,
+)
 from summon.train.loop import train
 
 PREDICT_WINDOW = 1024  # rows read, predicted and written together by summon predict
@@ -145,6 +152,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     repeated = sorted({n for n in names if names.count(n) > 1})
     if repeated:
         raise ValueError(f"two models are named {', '.join(map(repr, repeated))}; name them apart with NAME=MODEL")
+    if args.ray:
+        return serve_ray(args)
+    ray_only = [flag for flag, given in RAY_FLAGS.items() if given(args)]
+    if ray_only:
+        raise ValueError(f"{', '.join(ray_only)} {'goes' if len(ray_only) == 1 else 'go'} with --ray (Ray Serve); add "
+                         "--ray or drop it")
     models = {name: summon.load(path, device=args.device) for name, path in args.models}
     engine = Engine(models, max_batch_rows=args.max_batch_rows, max_wait_ms=args.max_wait_ms,
                     max_queue_rows=args.max_queue_rows, max_request_rows=args.max_rows,
@@ -157,6 +170,58 @@ def cmd_serve(args: argparse.Namespace) -> int:
           "/metrics); Ctrl-C or SIGTERM drains and stops", file=sys.stderr, flush=True)
     run_server(app, host=args.host, port=args.port)
     print("summon: drained and stopped", file=sys.stderr)
+    return 0
+
+
+RAY_FLAGS = {"--write-config": lambda a: a.write_config is not None, "--replicas": lambda a: a.replicas != 1,
+             "--max-replicas": lambda a: a.max_replicas is not None,
+             "--max-ongoing-requests": lambda a: a.max_ongoing_requests is not None,
+             "--max-queued-requests": lambda a: a.max_queued_requests is not None,
+             "--teacher-replicas": lambda a: a.teacher_replicas != 1,
+             "--teacher-max-replicas": lambda a: a.teacher_max_replicas is not None,
+             "--teacher-timeout": lambda a: a.teacher_timeout != 10.0, "--replica-cpus": lambda a: a.replica_cpus != 1.0,
+             "--replica-gpus": lambda a: a.replica_gpus != 0.0}
+
+
+def ray_options(args: argparse.Namespace) -> RayServeOptions:
+    """The :class:`RayServeOptions` of ``summon serve --ray``'s flags."""
+    resources = {"num_cpus": args.replica_cpus, **({"num_gpus": args.replica_gpus} if args.replica_gpus else {})}
+    teacher = _scaling(args.teacher_replicas, args.teacher_max_replicas, "--teacher-replicas", "--teacher-max-replicas")
+    return RayServeOptions(
+        max_batch_rows=args.max_batch_rows, max_wait_ms=args.max_wait_ms, max_queue_rows=args.max_queue_rows,
+        max_rows=args.max_rows, max_input_chars=args.max_input_chars, degrade=args.degrade,
+        controller=not args.no_controller, max_body_bytes=args.max_body_bytes, request_timeout_s=args.request_timeout,
+        overload_status=args.overload_status, drain_seconds=args.drain_seconds, device=args.device,
+        **_scaling(args.replicas, args.max_replicas, "--replicas", "--max-replicas"),
+        max_ongoing_requests=args.max_ongoing_requests, max_queued_requests=args.max_queued_requests,
+        ray_actor_options=resources,
+        teacher_replicas=teacher["num_replicas"], teacher_autoscaling_config=teacher.get("autoscaling_config"),
+        teacher_ray_actor_options=dict(resources), teacher_timeout_s=args.teacher_timeout)
+
+
+def _scaling(replicas: int, most: int | None, low: str, high: str) -> dict[str, Any]:
+    """``num_replicas``, or an autoscaling config between ``replicas`` and ``most``."""
+    if most is None:
+        return {"num_replicas": replicas}
+    if most < replicas:
+        raise ValueError(f"{high} {most} is below {low} {replicas}; give {high} at least {replicas}")
+    return {"num_replicas": None, "autoscaling_config": {"min_replicas": replicas, "max_replicas": most}}
+
+
+def serve_ray(args: argparse.Namespace) -> int:
+    """``summon serve --ray``: write a Ray Serve config (``--write-config``), or deploy the models with
+    ``serve.run`` on Ray's proxy at ``--host:--port`` until SIGTERM or Ctrl-C, then shut Serve down."""
+    models, options = dict(args.models), ray_options(args)
+    if args.write_config:
+        out = write_serve_config(args.write_config, serve_config(models, options, host=args.host, port=args.port))
+        print(f"wrote {out}; run it with: serve run {out}  (on a cluster: serve deploy {out})")
+        return 0
+    deployments = ray_deployments(models, options=options)
+    teachers = f"; teachers apart: {', '.join(deployments.teachers)}" if deployments.teachers else ""
+    run_ray_server(deployments.app, host=args.host, port=args.port, ready=lambda url: print(
+        f"summon: serving {', '.join(models)} on Ray Serve at {url} ({deployments.options.ongoing()} ongoing requests "
+        f"per replica{teachers}); Ctrl-C or SIGTERM shuts it down", file=sys.stderr, flush=True))
+    print("summon: Ray Serve shut down", file=sys.stderr)
     return 0
 
 

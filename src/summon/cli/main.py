@@ -314,7 +314,33 @@ def _parser_serve(sub) -> None:
     p.add_argument("--request-timeout", type=_above(0.0), default=30.0,
                    help="seconds before an unanswered prediction is answered 504")
     _add_device(p)
+    _add_ray_arguments(p)
     p.set_defaults(run=(HEAVY, "cmd_serve"))
+
+
+def _add_ray_arguments(p: argparse.ArgumentParser) -> None:
+    ray = p.add_argument_group("Ray Serve (--ray; pip install 'summon[ray]')",
+                               "The same app in a Ray Serve deployment, one engine per replica, on Ray's HTTP proxy "
+                               "at --host:--port (joins the cluster at $RAY_ADDRESS, else starts a local one). A "
+                               "cascade's teacher runs as a deployment of its own, scaled apart from the students.")
+    ray.add_argument("--ray", action="store_true", help="serve on Ray Serve instead of one uvicorn process")
+    ray.add_argument("--replicas", type=_at_least(1), default=1,
+                     help="replicas of the models' deployment (with --max-replicas: the fewest)")
+    ray.add_argument("--max-replicas", type=_at_least(1), help="autoscale the models' deployment between --replicas "
+                     "and this many replicas")
+    ray.add_argument("--max-ongoing-requests", type=_at_least(1), help="requests one replica holds at once "
+                     "(default: 2 x --max-batch-rows, so batches can fill)")
+    ray.add_argument("--max-queued-requests", type=_at_least(-1), help="requests Ray queues per proxy before "
+                     "answering --overload-status with Retry-After (default: 2 x --max-ongoing-requests; -1: no bound)")
+    ray.add_argument("--teacher-replicas", type=_at_least(1), default=1,
+                     help="replicas of each cascade teacher's deployment (with --teacher-max-replicas: the fewest)")
+    ray.add_argument("--teacher-max-replicas", type=_at_least(1), help="autoscale each teacher's deployment up to this")
+    ray.add_argument("--teacher-timeout", type=_above(0.0), default=10.0, help="seconds before a teacher's rows are "
+                     "answered by the student (marked degraded)")
+    ray.add_argument("--replica-cpus", type=_at_least(0.0), default=1.0, help="CPUs Ray reserves per replica")
+    ray.add_argument("--replica-gpus", type=_at_least(0.0), default=0.0, help="GPUs Ray reserves per replica")
+    ray.add_argument("--write-config", metavar="FILE", help="write a Ray Serve config file for these models and "
+                     "options (run it with: serve run FILE, or serve deploy FILE on a cluster) and exit")
 
 
 def build_parser() -> argparse.ArgumentParser:
