@@ -37,16 +37,8 @@ from summon.serve.engine import (
 BUDGET = 0.6
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
-def models(tmp_path_factory, one_thread):
+def models(tmp_path_factory):
     """A calibrated early-exit model (with measured latencies), a calibrated cascade and a plain predictor."""
     root = tmp_path_factory.mktemp("engine")
     exits = summon.load(early_exit(root), device="cpu")

@@ -29,7 +29,6 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-import torch
 from conftest import find_free_port, serving
 from test_staged_contract import _data, _split_threshold, _texts, cascade, early_exit
 
@@ -63,16 +62,8 @@ BUDGET = 0.6
 REPO = Path(__file__).resolve().parent.parent
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
-def models(tmp_path_factory, one_thread):
+def models(tmp_path_factory):
     """A calibrated early-exit model, a calibrated cascade of two local stages, and a plain predictor."""
     root = tmp_path_factory.mktemp("serve")
     exits = summon.load(early_exit(root), device="cpu")
