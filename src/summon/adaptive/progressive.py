@@ -101,7 +101,6 @@ class ProgressivePredictor(StagedBase):
     """An anytime ensemble: answer after any prefix of members, by the knob or a deadline."""
 
     kind = "progressive"
-    calibrate_hint = "summon calibrate {where} --data SPLIT"
 
     def __init__(self, members: Sequence[Member], task: str, labels: Sequence[str], manifest: dict | None = None,
                  path: Path | None = None):
