@@ -9,9 +9,12 @@ Tiers: the default run (``pytest``) is ``-m "not slow and not integration"`` (py
 from __future__ import annotations
 
 import contextlib
+import json
 import socket
 import threading
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -67,3 +70,19 @@ def serving(app, lifespan: str = "off"):
     finally:
         server.should_exit = True
         thread.join(timeout=10)
+
+
+def call(url: str, path: str, payload=None, *, headers=None, method=None, body: bytes | None = None,
+         timeout: float = 30.0):
+    """``(status, headers, answer)`` of one request: the answer parsed as JSON when it is JSON, else text."""
+    data = body if body is not None else None if payload is None else json.dumps(payload).encode()
+    req = urllib.request.Request(url + path, data=data, method=method or ("GET" if data is None else "POST"),
+                                 headers={"content-type": "application/json", **(headers or {})})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            status, head, raw = resp.status, resp.headers, resp.read()
+    except urllib.error.HTTPError as err:
+        status, head, raw = err.code, err.headers, err.read()
+    if head.get("content-type", "").startswith("application/json"):
+        return status, head, json.loads(raw)
+    return status, head, raw.decode()

@@ -11,11 +11,8 @@ through a deployment handle (with a stand-in handle), and the command line's ref
 
 from __future__ import annotations
 
-import json
 import os
 import time
-import urllib.error
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import SimpleNamespace
@@ -23,6 +20,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import yaml
+from conftest import call as http_call
 from conftest import find_free_port
 from test_staged_contract import _data, _split_threshold, _texts, cascade, early_exit
 
@@ -174,18 +172,8 @@ def deployed(ray_serve, models):
 
 
 def call(url: str, path: str, payload=None):
-    """``(status, headers, answer)``: the answer parsed as JSON when it is JSON, else text."""
-    data = None if payload is None else json.dumps(payload).encode()
-    req = urllib.request.Request(url + path, data=data, method="GET" if data is None else "POST",
-                                 headers={"content-type": "application/json"})
-    try:
-        with urllib.request.urlopen(req, timeout=60) as resp:
-            status, head, raw = resp.status, resp.headers, resp.read()
-    except urllib.error.HTTPError as err:
-        status, head, raw = err.code, err.headers, err.read()
-    if head.get("content-type", "").startswith("application/json"):
-        return status, head, json.loads(raw)
-    return status, head, raw.decode()
+    """``(status, headers, answer)`` of one request, waiting up to a minute (Ray's proxy is slower to answer)."""
+    return http_call(url, path, payload, timeout=60.0)
 
 
 def _wait_ready(url: str, seconds: float = 60.0) -> None:

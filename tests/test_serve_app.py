@@ -21,15 +21,13 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.error
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from conftest import find_free_port, serving
+from conftest import call, find_free_port, serving
 from test_staged_contract import _data, _split_threshold, _texts, cascade, early_exit
 
 import summon
@@ -77,21 +75,6 @@ def models(tmp_path_factory):
 
 
 # --- helpers ------------------------------------------------------------------------------------------------
-
-
-def call(url: str, path: str, payload=None, *, headers=None, method=None, body: bytes | None = None):
-    """``(status, headers, answer)`` of one request: the answer parsed as JSON when it is JSON, else text."""
-    data = body if body is not None else None if payload is None else json.dumps(payload).encode()
-    req = urllib.request.Request(url + path, data=data, method=method or ("GET" if data is None else "POST"),
-                                 headers={"content-type": "application/json", **(headers or {})})
-    try:
-        with urllib.request.urlopen(req, timeout=30) as resp:
-            status, head, raw = resp.status, resp.headers, resp.read()
-    except urllib.error.HTTPError as err:
-        status, head, raw = err.code, err.headers, err.read()
-    if head.get("content-type", "").startswith("application/json"):
-        return status, head, json.loads(raw)
-    return status, head, raw.decode()
 
 
 def predict(url: str, payload, **kwargs):
