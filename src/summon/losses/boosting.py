@@ -15,7 +15,7 @@ the boosting game; every choice the paper's text could overturn is an argument w
   ``output='softmax'``, ``h = 2·softmax(f) − 1`` (one class at most near +1, so the sum of members keeps an
   argmax), or ``output='tanh'``, ``h = tanh(f)`` per class. With ``tanh`` the barrier rewards saturation,
   and saturated outputs tie at exactly ±1 in floating point: on AG News a bag-of-n-grams member then
-  answered the first of several tied classes (45% accuracy where its logits' argmax was far better).
+  answered the first of several tied classes, far below what its logits' argmax gave.
 * **Edge** of a weak learner with bounded output ``h``::
 
       edge(h) = Σ_ij (w⁺ − w⁻)_ij · h_ij / Σ_ij (w⁺ + w⁻)_ij   ∈ (−1, 1)
