@@ -97,6 +97,33 @@ def test_mixed_knobs_run_in_one_forward_pass(models):
     json.dumps([r.to_dict() for r in results])  # JSON-able for the transport
 
 
+@pytest.mark.parametrize("name", ["early_exit", "plain", "cascade"])
+def test_batches_are_bounded_by_tokens_and_counted_in_tokens(models, name):
+    predictor = models[name]
+    texts = _texts(12, 21)
+    if name == "cascade":  # rows count whitespace words: each stage tokenises for itself
+        sizes = [len(t.split()) for t in texts]
+    else:  # the model's own word pieces, special tokens included
+        featurizer = predictor.featurizer
+        sizes = [len(f["input_ids"]) for f in featurizer.encode([{"text": t} for t in texts], predictor.task)]
+    bound = max(sizes) + min(sizes)  # room for two short rows, never three
+    engine = Engine({"m": predictor}, max_batch_rows=64, max_batch_tokens=bound, controller=False)
+    futures = [engine.submit("m", [t]) for t in texts]
+    engine.start()
+    results = [f.result(timeout=30) for f in futures]
+    engine.stop()
+    batches: dict[int, list[int]] = {}
+    for size, result in zip(sizes, results, strict=True):
+        batches.setdefault(result.batch, []).append(size)
+    assert all(sum(b) <= bound for b in batches.values()) and len(batches) < len(texts)  # bounded, still shared
+    stats = engine.stats()["m"]
+    assert stats.batch_tokens.count == len(batches) and stats.batch_tokens.total == sum(sizes)
+    for text, result in zip(texts, results, strict=True):  # features made at admission change no answer
+        _same(result.predictions, predictor.predict([text]))
+    with pytest.raises(ValueError, match="max_batch_tokens must be a positive whole number"):
+        Engine({"m": predictor}, max_batch_tokens=0)
+
+
 def test_a_full_queue_refuses_with_retry_after_and_draining_fails_the_rest(models):
     engine = Engine({"m": models["early_exit"]}, max_queue_rows=4)
     queued = engine.submit("m", _texts(3, 5))

@@ -112,20 +112,23 @@ class Predictor:
         return bool(self.manifest.get("architecture", {}).get("defer_output", False))
 
     def logits(self, examples: Sequence[dict[str, Any]], *, batch_size: int = 64, progress: bool | str = False,
-               raw: bool = False):
-        """Logits per canonical example ([C], or [num_words, C] for tagging); ``raw`` keeps a defer column."""
-        features = self.featurizer.encode(examples, self.task)
+               raw: bool = False, features: Sequence[dict[str, Any]] | None = None):
+        """Logits per canonical example ([C], or [num_words, C] for tagging); ``raw`` keeps a defer column.
+        ``features`` (``featurizer.encode(examples, task)``, made earlier) saves encoding them again."""
+        features = self.featurizer.encode(examples, self.task) if features is None else features
         rows = predict_logits(self.model, features, self.task, pad_id=self.featurizer.pad_id,
                               batch_size=batch_size, progress=progress)
         if self.defer_output and not raw:
             rows = [row[..., : len(self.labels)] for row in rows]
         return rows
 
-    def predict(self, inputs: Sequence[Any], *, batch_size: int = 64) -> list[Prediction]:
-        """Predict labels and probabilities for raw inputs (see :meth:`examples_from_inputs`)."""
+    def predict(self, inputs: Sequence[Any], *, batch_size: int = 64,
+                features: Sequence[dict[str, Any]] | None = None) -> list[Prediction]:
+        """Predict labels and probabilities for raw inputs (see :meth:`examples_from_inputs`); ``features``
+        as :meth:`logits` takes them (a server that counted tokens at admission)."""
         inputs = as_batch(inputs)
         examples = self.examples_from_inputs(inputs)
-        rows = self.logits(examples, batch_size=batch_size)
+        rows = self.logits(examples, batch_size=batch_size, features=features)
         if self.task == "token_classification":
             return [self._tagging(item, ex, row) for item, ex, row in zip(inputs, examples, rows, strict=True)]
         out = []

@@ -159,7 +159,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise ValueError(f"{', '.join(ray_only)} {'goes' if len(ray_only) == 1 else 'go'} with --ray (Ray Serve); add "
                          "--ray or drop it")
     models = {name: summon.load(path, device=args.device) for name, path in args.models}
-    engine = Engine(models, max_batch_rows=args.max_batch_rows, max_wait_ms=args.max_wait_ms,
+    engine = Engine(models, max_batch_rows=args.max_batch_rows, max_batch_tokens=args.max_batch_tokens,
+                    max_wait_ms=args.max_wait_ms,
                     max_queue_rows=args.max_queue_rows, max_request_rows=args.max_rows,
                     max_input_chars=args.max_input_chars, degrade=args.degrade, controller=not args.no_controller)
     warmup = sorted({1, min(8, args.max_batch_rows), args.max_batch_rows})
@@ -188,7 +189,8 @@ def ray_options(args: argparse.Namespace) -> RayServeOptions:
     resources = {"num_cpus": args.replica_cpus, **({"num_gpus": args.replica_gpus} if args.replica_gpus else {})}
     teacher = _scaling(args.teacher_replicas, args.teacher_max_replicas, "--teacher-replicas", "--teacher-max-replicas")
     return RayServeOptions(
-        max_batch_rows=args.max_batch_rows, max_wait_ms=args.max_wait_ms, max_queue_rows=args.max_queue_rows,
+        max_batch_rows=args.max_batch_rows, max_batch_tokens=args.max_batch_tokens, max_wait_ms=args.max_wait_ms,
+        max_queue_rows=args.max_queue_rows,
         max_rows=args.max_rows, max_input_chars=args.max_input_chars, degrade=args.degrade,
         controller=not args.no_controller, max_body_bytes=args.max_body_bytes, request_timeout_s=args.request_timeout,
         overload_status=args.overload_status, drain_seconds=args.drain_seconds, device=args.device,

@@ -296,6 +296,8 @@ def _parser_serve(sub) -> None:
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
     p.add_argument("--port", type=_at_least(0, 65535), default=8080, help="TCP port to listen on (0: any free port)")
     p.add_argument("--max-batch-rows", type=_at_least(1), default=64, help="rows per batch (across requests)")
+    p.add_argument("--max-batch-tokens", type=_at_least(1), default=None,
+                   help="tokens per batch (across requests; a single larger request runs alone); default: rows only")
     p.add_argument("--max-wait-ms", type=_at_least(0.0), default=5.0, help="how long a batch waits to fill")
     p.add_argument("--max-queue-rows", type=_at_least(1), default=4096,
                    help="rows queued per model; more are refused (--overload-status, with Retry-After)")

@@ -12,9 +12,16 @@ threshold per row — plain Python and threads, apart from any transport (the HT
 **Lanes.** Each model has its own lane: a queue of two priorities bounded by ``max_queue_rows`` rows, and one
 batcher thread. The batcher takes requests in order — high priority first, a low-priority request counting
 as high once it has waited ``age_ms`` (so it cannot starve), first come first served within a level — into
-one batch of at most ``max_batch_rows`` rows (a single larger request runs alone), waiting at most
+one batch of at most ``max_batch_rows`` rows and ``max_batch_tokens`` tokens (a single larger request runs
+alone), waiting at most
 ``max_wait_ms`` after the oldest queued request for more rows, and never past the earliest deadline in the
 queue less the batch's expected run time.
+
+**Tokens.** A request is featurized once, when it is admitted (on the caller's thread, not the batcher's),
+where the served model tokenises its input itself: a plain model or early exit (word pieces, as the model
+sees them, special tokens included). The batcher counts those tokens against ``max_batch_tokens`` and the
+batch-tokens histogram. A cascade or a progressive ensemble hands raw text to each stage, which tokenises it
+its own way; its rows count whitespace-separated words instead.
 
 **One forward pass for many knobs.** A staged predictor runs the whole batch in one call of
 ``run_examples`` with thresholds ``[rows, stages]``: each request's threshold on its rows, and ``-inf`` from
@@ -71,11 +78,12 @@ from typing import Any, Literal
 import numpy as np
 
 from summon.adaptive.calibration import Calibration
+from summon.adaptive.early_exit import EarlyExitPredictor
 from summon.adaptive.executor import Execution
 from summon.adaptive.knob import KNOBS, Knob
 from summon.adaptive.staged import StagedBase
 from summon.adaptive.thresholds import ThresholdTable
-from summon.predictor import Prediction, as_batch, canonical_inputs
+from summon.predictor import Prediction, Predictor, as_batch, canonical_inputs
 from summon.registry import suggest
 from summon.serve.control import BudgetController, ControlConfig, ControlState
 from summon.serve.stats import ModelStats
@@ -157,6 +165,7 @@ class EngineConfig:
     """The engine's limits and behaviour (see the module docstring)."""
 
     max_batch_rows: int = 64
+    max_batch_tokens: int | None = None  # tokens per batch (see the module docstring); None: rows bound batches
     max_wait_ms: float = 5.0
     max_queue_rows: int = 4096  # per model
     max_request_rows: int = 1024
@@ -170,8 +179,9 @@ class EngineConfig:
     def __post_init__(self) -> None:
         for key in ("max_batch_rows", "max_queue_rows", "max_request_rows", "max_controllers"):
             _check_count(key, getattr(self, key))
-        if self.max_input_chars is not None:
-            _check_count("max_input_chars", self.max_input_chars)
+        for key in ("max_input_chars", "max_batch_tokens"):
+            if getattr(self, key) is not None:
+                _check_count(key, getattr(self, key))
         for key in ("max_wait_ms", "age_ms"):
             value = getattr(self, key)
             if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < math.inf:
@@ -275,6 +285,7 @@ class Engine:
     Args:
         models: name -> predictor (``summon.load(...)``): staged ones (early exit, cascade, progressive) or plain.
         max_batch_rows: rows per batch (a single larger request runs alone), and the executor's batch size.
+        max_batch_tokens: tokens per batch (None: no bound but the rows'); see the module docstring.
         max_wait_ms: how long the batcher waits after the oldest queued request for a batch to fill.
         max_queue_rows: rows queued per model before :class:`QueueFull`.
         max_request_rows: rows one request may carry.
@@ -286,14 +297,16 @@ class Engine:
         max_controllers: distinct budgets per model that get a controller.
     """
 
-    def __init__(self, models: Mapping[str, Any], *, max_batch_rows: int = 64, max_wait_ms: float = 5.0,
+    def __init__(self, models: Mapping[str, Any], *, max_batch_rows: int = 64, max_batch_tokens: int | None = None,
+                 max_wait_ms: float = 5.0,
                  max_queue_rows: int = 4096, max_request_rows: int = 1024, max_input_chars: int | None = None,
                  age_ms: float = 200.0, degrade: bool = False, controller: bool = True, window: int = 512,
                  settle_rows: int = 32, max_step: int | None = None, gain: float = 1.0, relax_margin: float = 0.05,
                  max_controllers: int = 64):
         control = ControlConfig(window=window, settle_rows=settle_rows, max_step=max_step, gain=gain,
                                 relax_margin=relax_margin)
-        self.config = EngineConfig(max_batch_rows=max_batch_rows, max_wait_ms=max_wait_ms,
+        self.config = EngineConfig(max_batch_rows=max_batch_rows, max_batch_tokens=max_batch_tokens,
+                                   max_wait_ms=max_wait_ms,
                                    max_queue_rows=max_queue_rows, max_request_rows=max_request_rows,
                                    max_input_chars=max_input_chars, age_ms=age_ms, degrade=degrade,
                                    controller=controller, max_controllers=max_controllers, control=control)
@@ -428,6 +441,8 @@ def _check_models(models: Any) -> dict[str, Any]:
 class _Request:
     inputs: list[Any]  # raw, as given (plain predictors take these)
     examples: list[dict[str, Any]]  # canonical (staged predictors take these)
+    pieces: list[Any] | None  # featurized at admission (plain models and early exit), else None
+    tokens: int  # see the module docstring
     knob: Knob
     threshold: float | None  # what the knob sets on the calibration (staged)
     deadline: float | None  # time.monotonic() seconds
@@ -456,6 +471,7 @@ class _Plan:
 class _Batch:
     requests: list[_Request]
     rows: int
+    tokens: int
     fill: float  # the queue's fill when the batch was taken
     number: int
 
@@ -466,6 +482,7 @@ class _Lane:
     def __init__(self, name: str, predictor: Any, config: EngineConfig):
         self.name, self.predictor, self.config = name, predictor, config
         self.staged = isinstance(predictor, StagedBase)
+        self._tokenises = _tokenises(predictor, self.staged)
         self._cond = threading.Condition()
         self._queues: dict[str, deque[_Request]] = {p: deque() for p in PRIORITIES}
         self._queued_rows = dict.fromkeys(PRIORITIES, 0)
@@ -497,16 +514,18 @@ class _Lane:
         knob = knob or Knob()
         try:
             self._check_size(raw)
+            pieces, tokens = self._featurize(examples)
             threshold = self._threshold(knob)
             if deadline_ms is not None:
                 self._check_deadline(len(raw), deadline_ms, priority)
         except EngineError as err:
             raise self.refused(err) from None
-        request = _Request(raw, examples, knob, threshold, None if deadline_ms is None else
+        request = _Request(raw, examples, pieces, tokens, knob, threshold, None if deadline_ms is None else
                            time.monotonic() + deadline_ms / 1000.0, priority, request_id)
         if not raw:  # nothing to queue
             plan = _Plan(knob if self.staged else None, threshold)
-            request.future.set_result(self._result(request, plan, [], _Batch([], 0, 0.0, 0), request.enqueued, 0.0))
+            request.future.set_result(self._result(request, plan, [], _Batch([], 0, 0, 0.0, 0), request.enqueued,
+                                                   0.0))
             return request.future
         self._enqueue(request)
         return request.future
@@ -523,6 +542,19 @@ class _Lane:
             if size > most:
                 raise TooLarge(f"model {self.name!r}: input {i} has {size} characters; at most {most} "
                                "(max_input_chars): shorten or split it", "max_input_chars", most)
+
+    def _featurize(self, examples: list[dict[str, Any]]) -> tuple[list[Any] | None, int]:
+        """The model's own features of the rows, when it tokenises them itself (plain models and early exit),
+        and the request's tokens (see the module docstring)."""
+        if not examples:
+            return None, 0
+        if self._tokenises:
+            pieces = self.predictor.inputs(examples) if self.staged else \
+                self.predictor.featurizer.encode(examples, self.predictor.task)
+            return pieces, sum(len(p["input_ids"]) for p in pieces)
+        words = sum(len(ex["tokens"]) if "tokens" in ex else len(ex.get("text", "").split())
+                    + len((ex.get("text_pair") or "").split()) for ex in examples)
+        return None, words
 
     def _threshold(self, knob: Knob) -> float | None:
         """The threshold the knob sets on the calibration; :class:`InfeasibleKnob` for one nothing meets."""
@@ -653,20 +685,22 @@ class _Lane:
 
     def _pop_batch(self) -> _Batch:
         fill = sum(self._queued_rows.values()) / self.config.max_queue_rows
+        most_tokens = self.config.max_batch_tokens or math.inf
         requests: list[_Request] = []
-        rows, now = 0, time.monotonic()
+        rows, tokens, now = 0, 0, time.monotonic()
         while self._queued():
             queue = self._next_queue(now)
-            if requests and rows + queue[0].rows > self.config.max_batch_rows:
+            if requests and (rows + queue[0].rows > self.config.max_batch_rows
+                             or tokens + queue[0].tokens > most_tokens):
                 break
             request = queue.popleft()
             self._queued_rows[request.priority] -= request.rows
             requests.append(request)
-            rows += request.rows
+            rows, tokens = rows + request.rows, tokens + request.tokens
         self._in_flight_rows += rows
         self._busy = True
         self._batches += 1
-        return _Batch(requests, rows, fill, self._batches)
+        return _Batch(requests, rows, tokens, fill, self._batches)
 
     # --- running a batch -----------------------------------------------------------------------------
 
@@ -680,11 +714,12 @@ class _Lane:
         plans = [self._plan(r, rows, batch.fill, started) for r in live]
         outputs = self._execute(live, plans)
         seconds = time.monotonic() - started
+        tokens = sum(r.tokens for r in live)
         done = [(r, p, out) for r, p, out in zip(live, plans, outputs, strict=True) if not isinstance(out, Exception)]
         for request, out in zip(live, outputs, strict=True):
             if isinstance(out, Exception):
                 self._fail([request], out)
-        self._observe(done, rows, seconds, started)
+        self._observe(done, rows, tokens, seconds, started)
         for request, plan, predictions in done:
             request.future.set_result(self._result(request, plan, predictions, batch, started, seconds, rows))
 
@@ -749,23 +784,28 @@ class _Lane:
 
     def _run(self, requests: list[_Request], plans: list[_Plan]) -> list[list[Prediction]]:
         sizes = [r.rows for r in requests]
+        pieces = [x for r in requests for x in r.pieces] if self._tokenises else None
         if not self.staged:
+            extra = {} if pieces is None else {"features": pieces}
             predictions = self.predictor.predict([x for r in requests for x in r.inputs],
-                                                 batch_size=self.config.max_batch_rows)
+                                                 batch_size=self.config.max_batch_rows, **extra)
             return _split(predictions, sizes)
         stages = self.predictor.num_stages
         limits = np.concatenate([row_limits(p.threshold, p.stage_cap, n, stages) for p, n in zip(plans, sizes,
                                                                                                   strict=True)])
-        result = self.predictor.run_examples([ex for r in requests for ex in r.examples], limits,
-                                             batch_size=self.config.max_batch_rows)
+        if pieces is not None:
+            result = self.predictor.run(pieces, limits, batch_size=self.config.max_batch_rows)
+        else:
+            result = self.predictor.run_examples([ex for r in requests for ex in r.examples], limits,
+                                                 batch_size=self.config.max_batch_rows)
         out, start = [], 0
         for plan, n in zip(plans, sizes, strict=True):
             out.append(self.predictor.predictions(slice_execution(result, start, start + n), unit=plan.knob.unit))
             start += n
         return out
 
-    def _observe(self, done: list[tuple[_Request, _Plan, list[Prediction]]], rows: int, seconds: float,
-                 started: float) -> None:
+    def _observe(self, done: list[tuple[_Request, _Plan, list[Prediction]]], rows: int, tokens: int,
+                 seconds: float, started: float) -> None:
         moves = 0
         for request, plan, predictions in done:
             controller = self._controllers.get(request.knob) if plan.controlled else None
@@ -774,14 +814,15 @@ class _Lane:
         measured = seconds * 1000.0 / max(1, rows)
         with self._cond:
             self._ms_per_row = measured if self._ms_per_row is None else 0.8 * self._ms_per_row + 0.2 * measured
-            self._count(done, rows, seconds, started)
+            self._count(done, rows, tokens, seconds, started)
             self._stats.controller_moves += moves != 0
 
-    def _count(self, done: list[tuple[_Request, _Plan, list[Prediction]]], rows: int, seconds: float,
-               started: float) -> None:
+    def _count(self, done: list[tuple[_Request, _Plan, list[Prediction]]], rows: int, tokens: int,
+               seconds: float, started: float) -> None:
         stats = self._stats
         stats.batches += 1
         stats.batch_rows.observe(rows)
+        stats.batch_tokens.observe(tokens)
         stats.inference_seconds.observe(seconds)
         for request, plan, predictions in done:
             stats.answered += 1
@@ -895,6 +936,13 @@ class _Lane:
 
 
 # --- pure pieces --------------------------------------------------------------------------------------------
+
+
+def _tokenises(predictor: Any, staged: bool) -> bool:
+    """Whether the served model featurizes its rows itself into ``input_ids`` (see the module docstring)."""
+    if staged:
+        return isinstance(predictor, EarlyExitPredictor)
+    return isinstance(predictor, Predictor)  # one's own predictor may not take features
 
 
 def row_limits(threshold: float, stage_cap: int | None, rows: int, stages: int) -> np.ndarray:

@@ -23,6 +23,7 @@ metric                                      type       labels / meaning
 ``summon_rows_total``                       counter    ``model``: rows answered
 ``summon_batches_total``                    counter    ``model``
 ``summon_batch_rows``                       histogram  ``model``: rows per batch
+``summon_batch_tokens``                     histogram  ``model``: tokens per batch (words for cascades, ensembles)
 ``summon_queue_wait_seconds``               histogram  ``model``: per request
 ``summon_inference_seconds``                histogram  ``model``: per batch
 ``summon_queue_rows``                       gauge      ``model``: rows waiting in the queue
@@ -166,6 +167,8 @@ GAUGES = (
 )
 HISTOGRAMS = (
     ("summon_batch_rows", "Rows per batch", "batch_rows"),
+    ("summon_batch_tokens", "Tokens per batch (word pieces where the model tokenises once; words for cascades and "
+     "ensembles)", "batch_tokens"),
     ("summon_queue_wait_seconds", "Time a request waited in the queue", "queue_wait_seconds"),
     ("summon_inference_seconds", "Time a batch spent in the model", "inference_seconds"),
     ("summon_cost_fraction", "Realised cost of each answered row, as a fraction of the full model", "cost"),

@@ -115,6 +115,7 @@ class RayServeOptions:
 
     # the engine in each replica (see Engine)
     max_batch_rows: int = 64
+    max_batch_tokens: int | None = None
     max_wait_ms: float = 5.0
     max_queue_rows: int = 4096
     max_rows: int = MAX_ROWS  # inputs per request (the app's max_rows and the engine's max_request_rows)
@@ -194,7 +195,8 @@ class RayServeOptions:
         return dataclasses.asdict(self)
 
     def engine_options(self) -> dict[str, Any]:
-        return {"max_batch_rows": self.max_batch_rows, "max_wait_ms": self.max_wait_ms,
+        return {"max_batch_rows": self.max_batch_rows, "max_batch_tokens": self.max_batch_tokens,
+                "max_wait_ms": self.max_wait_ms,
                 "max_queue_rows": self.max_queue_rows, "max_request_rows": self.max_rows,
                 "max_input_chars": self.max_input_chars, "degrade": self.degrade, "controller": self.controller}
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 REASONS = ("queue_full", "deadline", "infeasible_knob", "too_large", "draining")  # why a request was refused
 
 ROW_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096)
+TOKEN_BUCKETS = (16, 64, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768, 65536)
 SECOND_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 FRACTION_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 
@@ -60,6 +61,7 @@ class ModelStats:
     rows: int = 0  # rows answered
     batches: int = 0
     batch_rows: Histogram = field(default_factory=lambda: Histogram(ROW_BUCKETS))
+    batch_tokens: Histogram = field(default_factory=lambda: Histogram(TOKEN_BUCKETS))  # see serve.engine: Tokens
     queue_wait_seconds: Histogram = field(default_factory=lambda: Histogram(SECOND_BUCKETS))
     inference_seconds: Histogram = field(default_factory=lambda: Histogram(SECOND_BUCKETS))  # per batch
     queue_rows: int = 0  # gauge
