@@ -223,6 +223,7 @@ def train_missing(args: argparse.Namespace) -> None:
     sst2 --train-limit N`` does (its own functions, its own folders), when they are not there yet: a fresh machine
     runs this benchmark alone. Finished runs are only loaded; interrupted ones resume."""
     import progressive
+
     from summon.recipe import load_run_config
 
     work = WORK / "progressive_sst2"
