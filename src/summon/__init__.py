@@ -6,6 +6,7 @@ plus a measured report of what each setting costs and buys. The facade::
     summon.load(path, device="auto")          any saved predictor
     summon.train(recipe, **overrides)         a recipe, end to end
     summon.calibrate(predictor, data, budget=|max_drop=|guaranteed=)
+    summon.quantize(predictor, calibrate_on=data, out=...)   an int8 copy, re-calibrated
     summon.cascade([student_dir, teacher_dir_or_url], out=...)
     summon.evaluate([predictors], data, out=...)
     summon.recipes()
@@ -20,7 +21,7 @@ from typing import Any
 
 from summon._version import __version__
 
-__all__ = ["__version__", "calibrate", "cascade", "evaluate", "load", "recipes", "train"]
+__all__ = ["__version__", "calibrate", "cascade", "evaluate", "load", "quantize", "recipes", "train"]
 _FACADE = frozenset(__all__) - {"__version__"}
 
 

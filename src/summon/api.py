@@ -1,4 +1,5 @@
-"""The Python facade: ``summon.load``, ``train``, ``calibrate``, ``cascade``, ``evaluate`` and ``recipes``.
+"""The Python facade: ``summon.load``, ``train``, ``calibrate``, ``quantize``, ``cascade``, ``evaluate`` and
+``recipes``.
 
 Each is one call over the layers below; the command line calls the same functions::
 
@@ -7,6 +8,7 @@ Each is one call over the layers below; the command line calls the same function
     model = summon.load(teacher_dir, device="auto")
     summon.calibrate(exits_model, "sst2:dev", max_drop=0.01, data_dir="../shared/data")
     exits_model.predict(["a gem"], budget=0.4)
+    int8 = summon.quantize(exits_model, calibrate_on="sst2:dev", max_drop=0.01, data_dir="../shared/data")
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from summon.evaluate.adaptive import evaluate_adaptive
 from summon.evaluate.report import write_report
 from summon.evaluate.runner import evaluate_entry, load_for, spec_for
 from summon.hf import load_plain
+from summon.models.quantize import Quantization
 from summon.predictor import Predictor
 from summon.saved import read_json_manifest, safe_name
 from summon.train.loop import train as _train
@@ -122,6 +125,62 @@ def _rule(budget: float | None, max_drop: float | None, guaranteed: float | None
     return {"rule": "max_drop_gold" if against == "gold" else "max_drop", "value": drop}
 
 
+def quantize(predictor: Any, *, dtype: str = "int8", calibrate_on: str | DatasetSpec | TaskData | None = None,
+             out: str | os.PathLike | None = None, budget: float | None = None, max_drop: float | None = None,
+             guaranteed: float | None = None, delta: float = 0.1, policy: str = "max_prob", unit: str = "flops",
+             temperature_fraction: float = 0.3, seed: int = 0, latency: bool = True, against: str = "reference",
+             data_dir: str | None = None, limit: int | None = None) -> Any:
+    """An int8 copy of a predictor (an object, or a folder loaded on the CPU): every ``nn.Linear`` of its torch
+    models replaced by a dynamic int8 one (``torch.ao.nn.quantized.dynamic.Linear``; :mod:`summon.models.quantize`).
+
+    Plain predictors and every staged kind: early exit (its one model), cascade (each local stage; a remote stage
+    is left as it is served, with a warning) and progressive ensemble (every member). The copy runs on the CPU
+    (dynamic int8 kernels exist for no other device); the original is left as it is.
+
+    The calibration is never carried over: temperatures, costs and thresholds measured on fp32 stages do not hold
+    for int8 ones, so the copy is uncalibrated (a knob is refused; without one every input runs to the last
+    stage) until it is calibrated: ``calibrate_on`` held-out data does that here, with the keywords of
+    :func:`calibrate` (``budget``/``max_drop``/``guaranteed`` choose the default operating point, ``max_drop=0.01``
+    if none). FLOPs count as for the fp32 model (an int8 multiply-add is 2 FLOPs too); the calibration measures
+    the int8 stages' milliseconds on this machine, so ``unit="ms"`` fractions are the int8 ones.
+
+    With ``out`` the copy is saved there — the fp32 weights as they are and a ``quantization`` manifest section,
+    applied again at load — and returned as ``summon.load(out, device="cpu")`` gives it.
+
+    A benchmark's four predictors: ``fp32 = summon.load(path, device="cpu")`` and ``int8 = summon.quantize(fp32,
+    calibrate_on=split)``; full depth ``predict(texts, threshold=float("inf"))`` (or ``run_full``), early exit
+    ``predict(texts, max_drop=...)``; or ``summon.evaluate([fp32, int8], split, speedup=True)``.
+
+    Raises:
+        ValueError: For a dtype other than ``"int8"``; knob keywords without ``calibrate_on``; ``calibrate_on``
+            for a plain predictor; ``out`` that is the predictor's own folder; a predictor int8 already.
+    """
+    spec = Quantization.of(dtype)  # every argument is checked before anything loads
+    _rule(budget, max_drop, guaranteed, against)
+    if calibrate_on is None and (budget, max_drop, guaranteed) != (None, None, None):
+        raise ValueError("budget, max_drop and guaranteed choose the default operating point of the int8 predictor's "
+                         "calibration; give calibrate_on= (held-out data) with them, or drop them")
+    source = getattr(predictor, "path", None) if not isinstance(predictor, str | os.PathLike) else predictor
+    if out is not None and source is not None and Path(out).resolve() == Path(source).resolve():
+        raise ValueError(f"{out} is the folder of the predictor being quantized; write the int8 one to a folder of its "
+                         "own (the fp32 one stays for comparison)")
+    predictor = _as_predictor(predictor, device="cpu")
+    if calibrate_on is not None and not isinstance(predictor, StagedPredictor):
+        raise ValueError(f"{predictor.path or 'this predictor'} has no stages to calibrate; quantize it without "
+                         "calibrate_on (a plain predictor has no thresholds)")
+    if not hasattr(predictor, "quantized"):
+        raise TypeError(f"summon.quantize: a {type(predictor).__name__} cannot be quantized (it has no quantized())")
+    quantized = predictor.quantized(spec)
+    if calibrate_on is not None:
+        calibrate(quantized, calibrate_on, budget=budget, max_drop=max_drop, guaranteed=guaranteed, delta=delta,
+                  policy=policy, unit=unit, temperature_fraction=temperature_fraction, seed=seed, latency=latency,
+                  against=against, data_dir=data_dir, limit=limit, save=False)
+    if out is None:
+        return quantized
+    quantized.save(out)
+    return load(out, device="cpu")
+
+
 def cascade(stages: Sequence[str], *, out: str | os.PathLike | None = None, timeout: float = 10.0,
             device: str | torch.device | None = "auto") -> CascadePredictor:
     """A cascade of saved predictor directories and logits-server URLs, cheapest first; saved to ``out``."""
@@ -192,4 +251,4 @@ def recipes() -> dict[str, str]:
     return {name: _recipe.describe(path) for name, path in _recipe.shipped().items()}
 
 
-__all__ = ["Predictor", "calibrate", "cascade", "evaluate", "load", "recipes", "train"]
+__all__ = ["Predictor", "calibrate", "cascade", "evaluate", "load", "quantize", "recipes", "train"]

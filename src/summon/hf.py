@@ -163,14 +163,17 @@ def export_hf(predictor: Predictor, out: str | os.PathLike) -> Path:
 
     Raises:
         ValueError: For what has no standard equivalent: n-gram students, early-exit models, CRF taggers,
-            defer outputs, mean or CLS pooling, or pooler pooling on ELECTRA/DistilBERT encoders; the message
-            says what can be exported and how to train it.
+            defer outputs, mean or CLS pooling, pooler pooling on ELECTRA/DistilBERT encoders, or an int8
+            predictor; the message says what can be exported and how to train it.
     """
     if not isinstance(predictor, Predictor):
         raise ValueError(f"cannot export a {type(predictor).__name__}: an adaptive predictor (early exit or cascade) "
                          "has several stages; export one of its plain stages instead")
     arch = predictor.manifest.get("architecture") or {}
     problem = export_problem(arch)
+    if predictor.quantization is not None:
+        problem = ("it is int8 (dynamic qint8 linear layers), which a Hugging Face classifier folder does not hold; "
+                   "export the fp32 predictor it was made from")
     if problem:
         raise ValueError(f"cannot export {predictor.path or 'this predictor'} to Hugging Face format: {problem}.")
     hf_model = to_hf_task_model(predictor.model, arch, predictor.labels)

@@ -4,6 +4,7 @@
 word and entity spans with character offsets (raw text is split into words by
 :func:`summon.data.words.split_words`). :func:`load_predictor` reads a plain saved predictor (see
 :mod:`summon.saved`); ``summon.load`` dispatches every kind, staged ones included.
+``Predictor.quantized()`` gives an int8 copy (:mod:`summon.models.quantize`), saved with its fp32 weights.
 """
 
 from __future__ import annotations
@@ -23,10 +24,18 @@ from torch import nn
 from summon.data.words import entity_spans, split_words
 from summon.inference import predict_logits, softmax
 from summon.measure.device import device_of, resolve_device
+from summon.models.quantize import (
+    SECTION,
+    Quantization,
+    manifest_quantization,
+    quantize_model,
+    quantized_device,
+)
 from summon.saved import (
     MANAGED,
     MANIFEST,
     WEIGHTS,
+    check_file,
     check_files,
     load_featurizer,
     load_model,
@@ -36,7 +45,9 @@ from summon.saved import (
 from summon.text import check_unicode
 
 __all__ = ["MANIFEST", "WEIGHTS", "Prediction", "Predictor", "as_batch", "as_stream", "canonical_inputs", "check_unicode",
-           "load_predictor"]
+           "load_predictor", "quantize_loaded"]
+
+NOT_CARRIED = ("adaptive", "adaptive_previous")  # a calibration measured on fp32 stages: an int8 copy drops it
 
 
 @dataclass
@@ -62,16 +73,23 @@ class Prediction:
 
 
 class Predictor:
-    """A trained model with its featurizer, labels and manifest."""
+    """A trained model with its featurizer, labels and manifest.
+
+    ``float_model`` is, for an int8 predictor made in memory (:meth:`quantized`), the fp32 model it was made
+    from: what :meth:`save` writes. An int8 predictor loaded from a folder reads its fp32 weights from ``path``
+    again when it is saved.
+    """
 
     def __init__(self, model: nn.Module, featurizer: Any, task: str, labels: list[str],
-                 manifest: dict[str, Any] | None = None, path: Path | None = None):
+                 manifest: dict[str, Any] | None = None, path: Path | None = None, *,
+                 float_model: nn.Module | None = None):
         self.model = model.eval()
         self.featurizer = featurizer
         self.task = task
         self.labels = list(labels)
         self.manifest = manifest or {}
         self.path = path
+        self.float_model = float_model
 
     @property
     def device(self) -> torch.device:
@@ -79,9 +97,56 @@ class Predictor:
         return device_of(self.model)
 
     def to(self, device: str | torch.device | None) -> Predictor:
-        """Move the model to ``device`` (``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:1"``); returns self."""
+        """Move the model to ``device`` (``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:1"``); returns self.
+
+        An int8 predictor stays on the CPU (``"auto"`` and ``"cpu"``); any other device raises a ``ValueError``.
+        """
+        if self.quantization is not None:
+            quantized_device(device, self.path or "this int8 predictor")
+            return self
         self.model.to(resolve_device(device))
         return self
+
+    @property
+    def quantization(self) -> Quantization | None:
+        """How the model is quantised (the manifest's ``quantization`` section), or None for fp32."""
+        where = Path(self.path) / MANIFEST if self.path else MANIFEST
+        return manifest_quantization(self.manifest, where)
+
+    def quantized(self, quantization: Quantization | None = None) -> Predictor:
+        """An int8 copy: every ``nn.Linear`` a dynamic int8 one (:func:`~summon.models.quantize.quantize_model`),
+        on the CPU; this predictor is left as it is.
+
+        The copy is of the same class (an early-exit predictor stays one) with ``path`` None and no calibration:
+        temperatures, costs and thresholds were measured on the fp32 model, so they are never carried over
+        (calibrate the copy on held-out data). FLOPs are counted as for the fp32 model; saving writes the fp32
+        weights and the ``quantization`` section (loading quantises again).
+
+        Raises:
+            ValueError: If this predictor is int8 already.
+        """
+        if self.quantization is not None:
+            raise ValueError(f"{self.path or 'this predictor'} is int8 already ({self.quantization.describe()}); "
+                             "quantize the fp32 predictor it was made from")
+        spec = quantization or Quantization.of()
+        manifest = {k: v for k, v in self.manifest.items() if k not in NOT_CARRIED}
+        manifest[SECTION] = spec.to_dict()
+        return type(self)(quantize_model(self.model, spec), self.featurizer, self.task, self.labels, manifest,
+                          float_model=self.model)
+
+    def fp32_model(self) -> nn.Module:
+        """The model whose weights :meth:`save` writes: the model itself, or for an int8 predictor the fp32 one it
+        was made from (kept when quantised in memory; read again from ``path`` when loaded, checked against the
+        manifest's size and sha256)."""
+        if self.quantization is None:
+            return self.model
+        if self.float_model is not None:
+            return self.float_model
+        if self.path is None or WEIGHTS not in self.manifest.get("files", {}):
+            raise ValueError("this int8 predictor has no fp32 weights to save (it was neither made by quantized() "
+                             "nor loaded from a folder); quantize the fp32 predictor again")
+        check_file(Path(self.path), WEIGHTS, self.manifest["files"][WEIGHTS])
+        return load_model(Path(self.path), self.manifest)
 
     @property
     def fingerprint(self) -> str:
@@ -89,7 +154,8 @@ class Predictor:
 
         A loaded Hugging Face model's manifest carries its own (over its config and weight files); otherwise
         the saved weights' sha256, else a hash of the weights in memory. A cascade records it per stage and
-        refuses a stage whose fingerprint has changed since (see :mod:`summon.adaptive.cascade`).
+        refuses a stage whose fingerprint has changed since (see :mod:`summon.adaptive.cascade`). An int8
+        predictor has the fingerprint of its fp32 weights (the int8 ones follow from them).
         """
         if self.manifest.get("fingerprint"):
             return str(self.manifest["fingerprint"])
@@ -97,7 +163,7 @@ class Predictor:
         if WEIGHTS in files:
             return files[WEIGHTS]["sha256"]
         digest = hashlib.sha256()
-        for name, tensor in sorted(self.model.state_dict().items()):
+        for name, tensor in sorted(self.fp32_model().state_dict().items()):
             digest.update(name.encode())
             digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
         return digest.hexdigest()
@@ -151,12 +217,13 @@ class Predictor:
 
     def save(self, directory: str | Path, *, architecture: dict[str, Any] | None = None,
              extra: dict[str, Any] | None = None) -> Path:
-        """Write this predictor to ``directory`` (see :func:`save_predictor`)."""
+        """Write this predictor to ``directory`` (see :func:`save_predictor`); an int8 one as its fp32 weights
+        and its ``quantization`` section (:meth:`fp32_model`)."""
         arch = architecture or self.manifest.get("architecture")
         if arch is None:
             raise ValueError("saving needs the model's architecture dict (from build_model)")
         keep = {k: v for k, v in self.manifest.items() if k not in MANAGED}
-        return save_predictor(directory, self.model, self.featurizer, self.task, self.labels, arch,
+        return save_predictor(directory, self.fp32_model(), self.featurizer, self.task, self.labels, arch,
                               extra={**keep, **(extra or {})})
 
 
@@ -256,12 +323,24 @@ def load_predictor(path: str | os.PathLike, *, device: str | torch.device | None
 
     The manifest is checked against the schema, every file it lists (weights, tokenizer files) against its
     size and sha256, and the labels against the model's outputs; any mismatch raises a ``ValueError`` naming
-    the file or key (see :mod:`summon.saved`).
+    the file or key (see :mod:`summon.saved`). An int8 predictor (a ``quantization`` section) is quantised
+    again on the CPU: ``device`` ``None``/``"auto"``/``"cpu"`` loads it there, any other device is refused
+    (:func:`~summon.models.quantize.quantized_device`).
     """
     directory = Path(path)
     manifest = read_manifest(directory)
+    quantization = manifest_quantization(manifest, directory / MANIFEST)
+    target = quantized_device(device, directory / MANIFEST) if quantization else resolve_device(device)
     check_files(directory, manifest)
     model = load_model(directory, manifest)
     featurizer = load_featurizer(directory, manifest["featurizer"])
-    model.to(resolve_device(device))
-    return Predictor(model, featurizer, manifest["task"], manifest["labels"], manifest, path=directory)
+    predictor = Predictor(model.to(target), featurizer, manifest["task"], manifest["labels"], manifest, path=directory)
+    return quantize_loaded(predictor, quantization) if quantization else predictor
+
+
+def quantize_loaded(predictor: Predictor, quantization: Quantization) -> Predictor:
+    """Quantise a just-loaded fp32 predictor in place (a saved cascade or ensemble whose manifest asks for it);
+    its fp32 weights stay readable at its ``path`` for saving. Returns it."""
+    predictor.model = quantize_model(predictor.model, quantization, inplace=True)
+    predictor.manifest = {**predictor.manifest, SECTION: quantization.to_dict()}
+    return predictor

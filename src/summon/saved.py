@@ -10,7 +10,8 @@ This module knows the format, its schema (:func:`validate_manifest`) and its int
 sha256 of every file named in the manifest: the weights and every tokenizer file); it builds the model a
 manifest describes but no predictor. A missing, truncated or mismatched file, or a manifest that breaks the
 schema, raises a ``ValueError`` naming the file (and the key) and what to do. Predictors saved before every
-file was listed name only the weights; what is listed is what is checked.
+file was listed name only the weights; what is listed is what is checked. An int8 predictor is saved with its
+fp32 weights and a ``quantization`` section that loading applies again (:mod:`summon.models.quantize`).
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from summon.data.spec import TASKS
 from summon.models.build import model_from_architecture, outputs
 from summon.models.hf import HFTaskModel
 from summon.models.member import ComposedMember
+from summon.models.quantize import quantization_problems
 
 MANIFEST = "manifest.json"
 WEIGHTS = "model.safetensors"
@@ -195,8 +197,9 @@ def validate_manifest(manifest: Any, path: Path) -> dict[str, Any]:
     Required: ``format``, ``format_version`` (an integer this summon reads), ``task`` (a known task),
     ``labels`` (a non-empty list of distinct strings), ``architecture`` (a dict of a known ``type`` with the
     keys that type needs), ``featurizer`` (a dict of a known ``kind``) and ``files`` (``{relative path:
-    {"bytes", "sha256"}}``, the weights among them). That ``labels`` match the model's outputs is checked
-    once the model is built (:func:`check_outputs`).
+    {"bytes", "sha256"}}``, the weights among them). Optional: ``quantization`` (a known method, dtype and
+    modules: :mod:`summon.models.quantize`). That ``labels`` match the model's outputs is checked once the model
+    is built (:func:`check_outputs`).
     """
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         seen = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
@@ -207,7 +210,8 @@ def validate_manifest(manifest: Any, path: Path) -> dict[str, Any]:
                          "upgrade summon.")
     problems = [*version_problems(version), *header_problems(manifest),
                 *architecture_problems(manifest.get("architecture"), "architecture"),
-                *featurizer_problems(manifest.get("featurizer")), *files_problems(manifest.get("files"))]
+                *featurizer_problems(manifest.get("featurizer")), *files_problems(manifest.get("files")),
+                *quantization_problems(manifest.get("quantization"))]
     if problems:
         raise ValueError(f"{path}: {'; '.join(problems)}. The manifest was edited or written by another tool: "
                          "restore it from the original predictor, or re-save the predictor.")

@@ -19,6 +19,10 @@ A saved cascade references its local stages by path and records each one's finge
 load, since the cascade's costs, temperatures and thresholds were measured on the old one. A stage path that
 leads back to the cascade's own folder or to another staged predictor is refused too (it would recurse).
 Cascades saved before fingerprints were recorded load as they are.
+
+An int8 cascade (:meth:`CascadePredictor.quantized`, ``summon quantize``) references the same fp32 stage folders
+(fingerprints unchanged) and carries a ``quantization`` section: loading quantises every local stage's linear
+layers again (on the CPU). A remote stage is left as it is served.
 """
 
 from __future__ import annotations
@@ -43,7 +47,8 @@ from summon.adaptive.stages import LocalStage, split_defer
 from summon.hf import HF_PREFIX, load_plain
 from summon.measure.cost import count_parameters
 from summon.measure.profile import measure_costs
-from summon.predictor import MANIFEST
+from summon.models.quantize import SECTION, Quantization, manifest_quantization, quantized_device
+from summon.predictor import MANIFEST, NOT_CARRIED, quantize_loaded
 from summon.saved import FORMAT, header_problems, read_json_manifest
 
 logger = logging.getLogger(__name__)
@@ -146,6 +151,26 @@ class CascadePredictor(StagedBase):
                           ms_full=per_stage_ms[-1] if ms else None, batch_size=32 if ms else None,
                           device=", ".join(dict.fromkeys(devices)) if ms else None)
 
+    def quantized(self, quantization: Quantization | None = None) -> CascadePredictor:
+        """An int8 copy: every local stage's linear layers dynamic int8 (on the CPU), a remote stage left as it is
+        (a warning names it: quantise that model where it is served), and no calibration (the fp32 one is never
+        carried over: calibrate the copy). This cascade is left as it is.
+
+        Saved, the copy references the same stage folders (fp32 weights, fingerprints unchanged) with a
+        ``quantization`` section; loading quantises the local stages again.
+
+        Raises:
+            ValueError: If this cascade is int8 already.
+        """
+        if self.quantization is not None:
+            raise ValueError(f"{self.path or 'this cascade'} is int8 already ({self.quantization.describe()}); "
+                             "quantize the fp32 cascade it was made from")
+        spec = quantization or Quantization.of()
+        stages = [_quantized_stage(i, stage, spec) for i, stage in enumerate(self.stages)]
+        manifest = {k: v for k, v in self.manifest.items() if k not in NOT_CARRIED}
+        manifest[SECTION] = spec.to_dict()
+        return CascadePredictor(stages, self.task, self.labels, manifest)
+
     def save(self, directory: str | Path) -> Path:
         """Write the cascade manifest; local stages are referenced by path (relative when inside ``directory``) with
         their fingerprints, so a stage replaced later is refused on load."""
@@ -166,6 +191,18 @@ class CascadePredictor(StagedBase):
         os.replace(tmp, directory / MANIFEST)
         self.manifest, self.path = manifest, directory
         return directory
+
+
+def _quantized_stage(index: int, stage: Any, quantization: Quantization) -> Any:
+    """An int8 copy of a local stage; a remote stage, or a stage int8 already, as it is."""
+    if not isinstance(stage, LocalStage):
+        logger.warning("cascade stage %d ('%s') is remote (%s): left as it is; quantize that model where it is served",
+                       index, stage.name, getattr(stage, "url", "elsewhere"))
+        return stage
+    if stage.predictor.quantization is not None:
+        logger.info("cascade stage %d ('%s') is int8 already", index, stage.name)
+        return stage
+    return LocalStage(stage.name, stage.predictor.quantized(quantization), stage.path)
 
 
 def _check_target(directory: Path, stages: Sequence[Any]) -> None:
@@ -231,6 +268,7 @@ def load_stage(directory: Path, manifest: dict[str, Any], index: int, *, device:
 
 
 def _checked_entries(directory: Path, manifest: dict[str, Any]) -> list[dict[str, Any]]:
+    manifest_quantization(manifest, directory / MANIFEST)  # a bad section is refused before any stage loads
     problems = header_problems(manifest)
     entries = manifest.get("stages")
     if not isinstance(entries, list) or len(entries) < 2 or not all(isinstance(e, dict) for e in entries):
@@ -243,9 +281,13 @@ def _checked_entries(directory: Path, manifest: dict[str, Any]) -> list[dict[str
 
 def _load_local_stage(directory: Path, i: int, entry: dict[str, Any], manifest: dict[str, Any],
                       device: Any) -> LocalStage:
-    """Stage ``i`` loaded from its path, and refused when it is not the model the cascade was saved with."""
+    """Stage ``i`` loaded from its path, and refused when it is not the model the cascade was saved with; int8
+    (on the CPU) when the cascade's manifest says so."""
     name = entry.get("name") or f"stage{i}"
     source = _stage_source(directory, i, name, entry)
+    quantization = manifest_quantization(manifest, directory / MANIFEST)
+    if quantization is not None:
+        device = quantized_device(device, directory / MANIFEST)
     predictor = load_plain(source, device=device, task=manifest["task"], labels=manifest["labels"])
     expected = entry.get("fingerprint")
     if expected and predictor.fingerprint != expected:
@@ -253,6 +295,8 @@ def _load_local_stage(directory: Path, i: int, entry: dict[str, Any], manifest: 
                          "saved with (its fingerprint differs): the cascade's costs, temperatures and thresholds "
                          "belong to the old one. Rebuild the cascade from its stages (summon cascade ... --out) and "
                          "recalibrate it (summon calibrate)")
+    if quantization is not None and predictor.quantization is None:
+        predictor = quantize_loaded(predictor, quantization)
     return LocalStage(name, predictor, str(source))
 
 

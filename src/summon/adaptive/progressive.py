@@ -9,6 +9,9 @@ staged core's; ``predict(texts, deadline_ms=...)`` stops at the last prefix whos
 
 The reference "full model" is the whole ensemble: cost fractions are relative to it.
 Build one with ``summon train`` on a ``progressive`` recipe (:mod:`summon.train.progressive`).
+
+An int8 ensemble (:meth:`ProgressivePredictor.quantized`, ``summon quantize``) holds its members' fp32 folders and
+a ``quantization`` section in its manifest: loading quantises every member's linear layers again (on the CPU).
 """
 
 from __future__ import annotations
@@ -31,7 +34,8 @@ from summon.losses import OUTPUTS, bounded
 from summon.measure.cost import FlopMeter, count_parameters
 from summon.measure.device import clock, device_name
 from summon.models.member import hidden_width, member_batch, member_forward
-from summon.predictor import Predictor, load_predictor
+from summon.models.quantize import SECTION, Quantization, manifest_quantization, quantized_device
+from summon.predictor import NOT_CARRIED, Predictor, load_predictor, quantize_loaded
 from summon.saved import ENSEMBLE_FORMAT, MANIFEST, read_json_manifest, save_ensemble
 
 COST_ROWS = 512  # examples whose FLOPs are counted
@@ -187,6 +191,31 @@ class ProgressivePredictor(StagedBase):
                     times[k].append(elapsed / len(batch))
         return [statistics.median(t) for t in times]
 
+    def quantized(self, quantization: Quantization | None = None) -> ProgressivePredictor:
+        """An int8 copy: every member's linear layers dynamic int8 (on the CPU), with no calibration (the fp32 one
+        is never carried over: calibrate the copy). This ensemble is left as it is.
+
+        Each member keeps its ``path`` (its fp32 folder), so saving copies those folders as they are and writes a
+        ``quantization`` section that has loading quantise them again.
+
+        Raises:
+            ValueError: If this ensemble is int8 already.
+        """
+        if self.quantization is not None:
+            raise ValueError(f"{self.path or 'this ensemble'} is int8 already ({self.quantization.describe()}); "
+                             "quantize the fp32 ensemble it was made from")
+        spec = quantization or Quantization.of()
+        members = []
+        for member in self.members:
+            predictor = member.predictor
+            if predictor.quantization is None:
+                predictor = predictor.quantized(spec)
+                predictor.path = member.predictor.path  # its fp32 folder: what save() copies
+            members.append(Member(predictor, member.alpha, member.composed, member.name, member.output))
+        manifest = {k: v for k, v in self.manifest.items() if k not in NOT_CARRIED}
+        manifest[SECTION] = spec.to_dict()
+        return ProgressivePredictor(members, self.task, self.labels, manifest)
+
     def save(self, directory: str | Path) -> Path:
         """Write the ensemble (members copied under ``members/<k>/``) with its calibration, if any."""
         if any(m.predictor.path is None for m in self.members):
@@ -206,15 +235,21 @@ def _cumulative(values: Sequence[float]) -> list[float]:
 
 
 def load_progressive(directory: Path, manifest: dict[str, Any], *, device: Any = None) -> ProgressivePredictor:
-    """An ensemble from its folder: each member loaded (files checked) and matched to the manifest's hash."""
+    """An ensemble from its folder: each member loaded (files checked) and matched to the manifest's hash; int8
+    (on the CPU) when the manifest has a ``quantization`` section."""
     where = directory / MANIFEST
     entries = manifest.get("members")
     if not isinstance(entries, list) or not entries:
         raise ValueError(f"{where}: 'members' must list at least one member folder; re-save the ensemble")
+    quantization = manifest_quantization(manifest, where)
+    if quantization is not None:
+        device = quantized_device(device, where)
     members = []
     for k, entry in enumerate(entries):
         folder = directory / str(entry.get("path", f"members/{k}"))
         predictor = load_predictor(folder, device=device)
+        if quantization is not None and predictor.quantization is None:
+            predictor = quantize_loaded(predictor, quantization)
         weights = predictor.manifest.get("files", {}).get("model.safetensors", {}).get("sha256")
         if entry.get("sha256") and weights != entry["sha256"]:
             raise ValueError(f"{folder}: its weights are not the member {k} this ensemble was saved with (sha256 "

@@ -14,6 +14,10 @@ A staged predictor (early exit, cascade, progressive ensemble) implements :class
 (``predict(texts, budget=0.4)``, ``max_drop=``, ``guaranteed=``/``delta=``, ``threshold=``, one per row if
 need be), batched adaptive execution in bounded windows, and predictions that say which stage answered and
 what it cost. Evaluation and serving take any ``StagedPredictor``.
+
+Each kind also gives an int8 copy of itself, ``quantized(quantization)`` (``summon.quantize``): its torch
+models' linear layers dynamic int8 (:mod:`summon.models.quantize`), with no calibration (never carried over
+from fp32), saved as the fp32 weights and a ``quantization`` manifest section that loading applies again.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ from summon.adaptive.scoring import Readout
 from summon.adaptive.thresholds import OperatingPoint
 from summon.data.spec import TaskData
 from summon.inference import softmax
+from summon.models.quantize import Quantization, manifest_quantization
 from summon.predictor import Prediction, as_batch, as_stream, canonical_inputs
 from summon.saved import MANIFEST, read_json_manifest, update_manifest
 
@@ -103,6 +108,11 @@ class StagedBase:
             self.manifest.pop("adaptive", None)
         else:
             self.manifest["adaptive"] = value.to_dict()
+
+    @property
+    def quantization(self) -> Quantization | None:
+        """How the stages are quantised (the manifest's ``quantization`` section), or None for fp32."""
+        return manifest_quantization(self.manifest, Path(self.path) / MANIFEST if self.path else MANIFEST)
 
     @property
     def adaptive(self) -> dict[str, Any] | None:

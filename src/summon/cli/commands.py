@@ -1,5 +1,5 @@
-"""The ``summon`` commands that load models: train, eval, calibrate, predict, cascade, serve, serve-logits,
-export, quickstart. :mod:`summon.cli.main` builds the parser without importing this module, so ``summon --help``,
+"""The ``summon`` commands that load models: train, eval, calibrate, quantize, predict, cascade, serve,
+serve-logits, export, quickstart. :mod:`summon.cli.main` builds the parser without importing this module, so ``summon --help``,
 ``--version`` and ``summon recipes`` start in a fraction of a second; a command's first run imports what it needs.
 """
 
@@ -21,6 +21,7 @@ from summon.cli.inputs import check_inputs, read_inputs
 from summon.cli.quickstart import run_quickstart
 from summon.config import to_dict
 from summon.hf import export_hf, load_plain
+from summon.models.quantize import dynamic_linears, quantized_device
 from summon.recipe import load_run_config
 from summon.saved import read_manifest
 from summon.serve.app import create_server_app, run_server
@@ -111,6 +112,51 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
                                    latency=not args.no_latency, data_dir=args.data_dir, limit=args.limit)
     _print_calibration(calibration, args.table_rows)
     return 0
+
+
+CALIBRATION_FLAGS = {
+    "--budget": lambda a: a.budget is not None, "--max-drop": lambda a: a.max_drop is not None,
+    "--guaranteed": lambda a: a.guaranteed is not None, "--delta": lambda a: a.delta is not None,
+    "--unit": lambda a: a.unit is not None, "--policy": lambda a: a.policy != "max_prob",
+    "--against": lambda a: a.against != "reference", "--temperature-fraction": lambda a: a.temperature_fraction != 0.3,
+    "--no-latency": lambda a: a.no_latency, "--seed": lambda a: a.seed != 0,
+    "--data-dir": lambda a: a.data_dir is not None, "--limit": lambda a: a.limit is not None}
+
+
+def cmd_quantize(args: argparse.Namespace) -> int:
+    """Run ``summon quantize``: an int8 copy of ``args.model``, calibrated on ``--data`` when given, written to
+    ``args.out`` (:func:`summon.quantize`); returns 0."""
+    knob = knob_from_args(args)  # every flag is checked before the model loads
+    given = [flag for flag, on in CALIBRATION_FLAGS.items() if on(args)]
+    if args.data is None and given:
+        them = "it" if len(given) == 1 else "them"
+        raise ValueError(f"{', '.join(given)} {'sets' if len(given) == 1 else 'set'} how the int8 copy is calibrated; "
+                         f"give --data SPLIT (held-out rows) with {them}, or drop {them}")
+    quantized_device(args.device, "--device")
+    int8 = summon.quantize(args.model, dtype=args.dtype, calibrate_on=args.data, out=args.out, budget=knob.budget,
+                           max_drop=knob.max_drop, guaranteed=knob.guaranteed, delta=knob.delta,
+                           policy=args.policy, unit=args.unit or "flops",
+                           temperature_fraction=args.temperature_fraction, seed=args.seed,
+                           latency=not args.no_latency, against=args.against, data_dir=args.data_dir,
+                           limit=args.limit)
+    layers = sum(dynamic_linears(model) for model in _models(int8))
+    print(f"quantized {args.model} ({getattr(int8, 'kind', 'plain')}): {layers} linear layers dynamic int8 "
+          f"({int8.quantization.dtype}, engine {int8.quantization.engine}); runs on the CPU")
+    if getattr(int8, "calibration", None) is not None:
+        _print_calibration(int8.calibration, args.table_rows)
+    elif isinstance(int8, StagedPredictor):
+        print(f"uncalibrated: the fp32 calibration is not carried over; run `summon calibrate {args.out} --data SPLIT` "
+              "before giving it a knob (without one every input runs to the last stage)")
+    print(f"int8 predictor written to {args.out} (its fp32 weights, quantized again when it loads)")
+    return 0
+
+
+def _models(predictor: Any) -> list[Any]:
+    """The torch models of a predictor: its model, a cascade's local stages' or an ensemble's members'."""
+    if hasattr(predictor, "model"):
+        return [predictor.model]
+    holders = getattr(predictor, "stages", None) or getattr(predictor, "members", [])
+    return [h.predictor.model for h in holders if hasattr(h, "predictor")]
 
 
 def _print_calibration(c: Calibration, table_rows: int) -> None:

@@ -1,4 +1,4 @@
-"""The ``summon`` command line: train, eval, calibrate, predict, cascade, serve, serve-logits, recipes,
+"""The ``summon`` command line: train, eval, calibrate, quantize, predict, cascade, serve, serve-logits, recipes,
 quickstart, export.
 
 User mistakes print one clear ``summon: error: ...`` message and exit with status 2; anything unexpected
@@ -155,8 +155,9 @@ def _add_device(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto (CUDA when present, else CPU), cpu, cuda, cuda:N")
 
 
-def _add_data(p: argparse.ArgumentParser, what: str) -> None:
-    p.add_argument("--data", required=True, help=DATA_HELP)
+def _add_data(p: argparse.ArgumentParser, what: str, *, required: bool = True, text: str = DATA_HELP,
+              aliases: Sequence[str] = ()) -> None:
+    p.add_argument("--data", *aliases, dest="data", required=required, help=text)
     p.add_argument("--data-dir", help="local data catalog folder (default $SUMMON_DATA_DIR)")
     p.add_argument("--limit", type=_at_least(1), help=f"{what} the first N rows only (default: all)")
 
@@ -194,6 +195,13 @@ def _parser_calibrate(sub) -> None:
     p.add_argument("predictor", help="an early-exit model or a cascade directory (updated in place; the previous "
                    "calibration is kept under adaptive_previous)")
     _add_data(p, "use")
+    _add_calibration_options(p)
+    _add_device(p)
+    p.set_defaults(run=(HEAVY, "cmd_calibrate"))
+
+
+def _add_calibration_options(p: argparse.ArgumentParser) -> None:
+    """The options of ``summon calibrate`` besides the data (``summon quantize`` takes them too)."""
     p.add_argument("--policy", default="max_prob",
                    choices=["max_prob", "margin", "entropy", "patience", "defer", "gate"],
                    help="confidence score; defer needs a learned defer output (cascade students)")
@@ -204,8 +212,26 @@ def _parser_calibrate(sub) -> None:
     p.add_argument("--no-latency", action="store_true", help="skip measuring per-stage milliseconds")
     p.add_argument("--seed", type=int, default=0, help="seed of the temperature/threshold row split")
     p.add_argument("--table-rows", type=_at_least(0), default=24, help="rows of the threshold table to print (0: all)")
-    _add_device(p)
-    p.set_defaults(run=(HEAVY, "cmd_calibrate"))
+
+
+def _parser_quantize(sub) -> None:
+    p = sub.add_parser("quantize", help="an int8 copy of a predictor (dynamic int8 linear layers, CPU), re-calibrated "
+                       "on held-out data", formatter_class=_FORMATTER,
+                       description="Write an int8 copy of a predictor: every linear layer of its models dynamic int8 "
+                       "(torch.ao.nn.quantized.dynamic.Linear), for plain predictors, early exit, cascades (local "
+                       "stages; a remote one is left as it is served) and progressive ensembles. The fp32 weights "
+                       "are saved as they are, with a 'quantization' manifest section that loading applies again "
+                       "(on the CPU only). The fp32 calibration is never carried over: with --data the copy is "
+                       "calibrated on it (the options of summon calibrate); without, it is saved uncalibrated.")
+    p.add_argument("model", help="a predictor directory (plain, early exit, cascade or progressive ensemble)")
+    p.add_argument("out", help="directory to write the int8 predictor to (a new one: MODEL stays fp32)")
+    p.add_argument("--dtype", default="int8", choices=["int8"], help="weight type of the linear layers")
+    _add_data(p, "calibrate on", required=False, aliases=["--calibrate-data"],
+              text=f"held-out split to calibrate the int8 copy on (staged predictors): {DATA_HELP}; without it the "
+              "copy is saved uncalibrated")
+    _add_calibration_options(p)
+    p.add_argument("--device", default="auto", help="auto or cpu: dynamic int8 runs on the CPU only")
+    p.set_defaults(run=(HEAVY, "cmd_quantize"))
 
 
 def _parser_predict(sub) -> None:
@@ -352,7 +378,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="store_true", help="print the version and exit")
     parser.add_argument("--debug", action="store_true", help="show the traceback of an error (or SUMMON_DEBUG=1)")
     sub = parser.add_subparsers(dest="command", parser_class=_SubParser)
-    for add in (_parser_train, _parser_eval, _parser_calibrate, _parser_predict, _parser_other, add_export_parser):
+    for add in (_parser_train, _parser_eval, _parser_calibrate, _parser_quantize, _parser_predict, _parser_other,
+                add_export_parser):
         add(sub)
     return parser
 

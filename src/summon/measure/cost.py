@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+from torch.ao.nn.quantized import dynamic as nnqd
 from torch.utils.flop_counter import FlopCounterMode
 
 from summon.measure.device import clock, device_name
@@ -45,7 +46,9 @@ def count_parameters(model: nn.Module) -> int:
         model: Any module.
 
     Returns:
-        Total number of scalar parameters (buffers are not counted).
+        Total number of scalar parameters (buffers are not counted). The packed weights and bias of a dynamic
+        int8 linear layer (:mod:`summon.models.quantize`) are not ``nn.Parameter``s; they count as the fp32
+        layer's did, so an int8 model has as many parameters as the model it was made from.
     """
     seen: set[int] = set()
     total = 0
@@ -53,6 +56,11 @@ def count_parameters(model: nn.Module) -> int:
         if id(param) not in seen:
             seen.add(id(param))
             total += param.numel()
+    for module in model.modules():
+        if isinstance(module, nnqd.Linear) and id(module) not in seen:
+            seen.add(id(module))
+            bias = module.bias()
+            total += module.weight().numel() + (0 if bias is None else bias.numel())
     return total
 
 
@@ -109,12 +117,20 @@ def _embedding_bag_flop(*args: Any, out_val: Any = None, **kwargs: Any) -> int:
 _embedding_bag_flop._get_raw = True  # type: ignore[attr-defined]
 
 
+def _dynamic_linear_flop(x_shape: Sequence[int], *args: Any, out_shape: Sequence[int] = (), **kwargs: Any) -> int:
+    """FLOPs of ``quantized::linear_dynamic`` (a dynamic int8 linear layer): ``2 * rows * in * out``, the formula
+    torch gives the fp32 matrix product it replaces (an int8 multiply-add counts as 2 FLOPs like a float one),
+    so an int8 model counts the FLOPs of the fp32 model it was made from. Input ``[..., in]``, output ``[..., out]``."""
+    return 2 * int(np.prod(x_shape)) * int(out_shape[-1])
+
+
 def _custom_flop_mapping() -> dict[Any, Callable[..., int]]:
     """Extra FlopCounterMode formulas, keyed by op packet (e.g. ``torch.ops.aten._embedding_bag``)."""
     mapping: dict[Any, Callable[..., int]] = {}
     for name in ("_embedding_bag", "_embedding_bag_forward_only"):
         if hasattr(torch.ops.aten, name):
             mapping[getattr(torch.ops.aten, name)] = _embedding_bag_flop
+    mapping[torch.ops.quantized.linear_dynamic] = _dynamic_linear_flop
     return mapping
 
 
@@ -137,9 +153,10 @@ def count_flops(model: nn.Module, batches: Iterable[Mapping[str, torch.Tensor]])
     """Forward FLOPs per example, averaged over ``batches`` (total FLOPs / total examples).
 
     Counted with ``torch.utils.flop_counter.FlopCounterMode`` under ``torch.no_grad()`` with the model in
-    eval mode (each submodule's mode is restored afterwards). A multiply-add counts as 2 FLOPs; embedding
-    lookups count 0 and embedding-bag reductions one add per looked-up element (see
-    :func:`_embedding_bag_flop`). Ops without a torch formula (elementwise, softmax, norms) count 0.
+    eval mode (each submodule's mode is restored afterwards). A multiply-add counts as 2 FLOPs, int8 ones of
+    dynamic int8 linear layers too (:func:`_dynamic_linear_flop`); embedding lookups count 0 and embedding-bag
+    reductions one add per looked-up element (see :func:`_embedding_bag_flop`). Ops without a torch formula
+    (elementwise, softmax, norms) count 0.
 
     Args:
         model: A summon model, called as ``model(batch)``.

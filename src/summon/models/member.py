@@ -81,7 +81,8 @@ class ComposedMember(nn.Module):
             raise ValueError("a composed ensemble member needs batch['previous_hidden'] (the previous member's last "
                              "hidden layer); run it inside its ensemble")
         body, classifier = _body_and_classifier(self.base)
-        z = body(batch) + self.project(previous.to(self.project.weight.dtype))
+        z = body(batch)  # the projection reads z's dtype, not its weight's: an int8 projection has no float weight
+        z = z + self.project(previous.to(z.dtype))
         return classifier(z), z
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
