@@ -184,10 +184,49 @@ def progressive(r: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def serve_load(r: dict) -> str:
+    t = r["targets"]
+    o = r["overload"]
+    lines = ["## Serving under load, overload and faults (`serve_load.py`)\n", provenance(r),
+             f"- {r['notes']}\n",
+             "Targets: " + ", ".join(f"{k} {'met' if v else 'missed'}" for k, v in t.items()) + ".",
+             f"Batched early exit over the teacher served one request at a time: "
+             f"{r['batched_early_exit_over_teacher_rps']:.2f}x the requests per second at equal or lower p99. "
+             f"Overload ({o['load_factor']}x capacity): {o['accepted']} accepted, {o['lost']} lost, {o['wrong']} wrong, "
+             f"{o['errors_5xx']} 5xx, {o['refusals']} refusals ({o['refusals_without_retry_after']} without "
+             f"Retry-After), peak RSS {o['peak_rss_mb']:.0f} MB.\n",
+             "| configuration | run | rps | p50 ms | p95 ms | p99 ms | goodput/s | mean batch rows | realised cost | "
+             "rejected | 5xx | lost | peak RSS MB |", "|---|---|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|"]
+    for name, c in r["configurations"].items():
+        for run, x in c["runs"].items():
+            rejected = ", ".join(f"{k} {v}" for k, v in x["rejected"].items()) or "0"
+            lines.append(f"| {name} | {run} | {x['rps']:.1f} | {x['p50_ms']:.1f} | {x['p95_ms']:.1f} | "
+                         f"{x['p99_ms']:.1f} | {x['goodput']:.1f} | {frac(x['mean_batch_rows'], 1)} | "
+                         f"{frac(x['realised_cost'])} | {rejected} | {x['errors_5xx']} | {x['lost']} | "
+                         f"{x['peak_rss_mb']:.0f} |")
+    lines += ["", "Realised cost minus budget (early exit, budget " + str(r["settings"]["budget"]) + "): "
+              + ", ".join(f"{k} {v:+.3f}" for k, v in r["realised_cost_minus_budget"].items()) + "."]
+    if r.get("screenshot"):
+        lines += ["", f"![demo page]({Path(r['screenshot']).relative_to('benchmarks')})"]
+    return "\n".join(lines) + "\n"
+
+
+def int8(r: dict) -> str:
+    lines = ["## int8 stages (`int8.py`)\n", provenance(r), f"- {r['settings']['models']}; {r['notes']}\n",
+             "| configuration | accuracy (%) | rows/s (batch 32) | cost (FLOPs fraction) |", "|---|---:|---:|---:|"]
+    for name, c in r["configs"].items():
+        lines.append(f"| {name} | {c['accuracy']:.2f} | {c['rows_per_second_bs32']:.1f} | {c['cost_fraction']:.3f} |")
+    lines += ["", f"int8 early exit: {r['int8_early_exit_over_fp32_full_throughput']:.2f}x the fp32 full model's "
+              f"throughput, {r['int8_early_exit_drop_points']:+.2f} points below it (target 3.5x within 1 point: "
+              f"{'met' if all(r['targets'].values()) else 'missed'})."]
+    return "\n".join(lines) + "\n"
+
+
 SECTIONS = {"foundation_sst2.json": foundation, "early_exit_sst2.json": early_exit,
             "early_exit_ag_news.json": early_exit, "cascade_sst2.json": cascade, "cascade_ag_news.json": cascade,
             "structured_kd_ner.json": structured_kd, "structured_kd_chunking.json": structured_kd,
-            "progressive_ag_news.json": progressive, "progressive_sst2.json": progressive}
+            "progressive_ag_news.json": progressive, "progressive_sst2.json": progressive,
+            "serve_load.json": serve_load, "int8.json": int8}
 
 
 def main() -> None:
