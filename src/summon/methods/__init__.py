@@ -3,7 +3,9 @@
 ``step`` returns ``loss`` (to back-propagate), ``output`` (the logits) and named parts that the
 training loop logs (parts named ``*_seconds`` are also summed per epoch). Register new methods in
 :data:`METHODS`. A method with ``online_teacher`` gets the frozen teacher model as ``step(..., teacher=)``
-instead of cached teacher logits in the batch.
+instead of cached teacher logits in the batch. A method with ``multi_teacher`` reads the run's ``teachers:``
+(each row's ``teacher_logits`` is [K, C]); one with ``method_module`` gets a module of its own on the student
+(see :mod:`summon.methods.hooks`).
 """
 
 from __future__ import annotations
@@ -12,7 +14,17 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from summon.methods import crf_finetune, early_exit, easy_kd, finetune, kd, progressive, structured_kd
+from summon.methods import (
+    crf_finetune,
+    early_exit,
+    easy_kd,
+    finetune,
+    kd,
+    multi_teacher_kd,
+    progressive,
+    structured_kd,
+)
+from summon.methods.hooks import METHOD_MODULE, METHOD_MODULE_FILE
 from summon.registry import Registry
 
 
@@ -26,6 +38,10 @@ class Method:
     epoch_start: Callable[[Any], None] | None = None  # called before each epoch with an EpochContext
     online_teacher: bool = False  # step(model, batch, cfg, teacher=frozen teacher model), no logit cache
     ensemble: bool = False  # trains several models in rounds (summon.train.progressive) instead of ``model``
+    multi_teacher: bool = False  # distils the run's ``teachers:`` (rows carry teacher_logits [K, C])
+    # method_module(method_cfg, built, num_teachers) -> nn.Module | None: trainable state of the method's own,
+    # attached to the student as ``METHOD_MODULE``; its parameters train at its ``lr`` attribute (default train.lr)
+    method_module: Callable[[Any, Any, int], Any] | None = None
 
 
 METHODS: Registry[Method] = Registry("method")
@@ -48,5 +64,9 @@ METHODS.register("progressive", Method(
     "progressive", progressive.ProgressiveConfig, progressive.step, True,
     "B-DISTIL (reconstructed): boosting rounds build an anytime ensemble of small students (method_args.candidates)",
     epoch_start=progressive.epoch_start, ensemble=True))
+METHODS.register("multi_teacher_kd", Method(
+    "multi_teacher_kd", multi_teacher_kd.MultiTeacherConfig, multi_teacher_kd.step, True,
+    "RL-KD (reconstructed): several teachers weighted per example, uniformly, by confidence or by a REINFORCE policy",
+    epoch_start=multi_teacher_kd.epoch_start, multi_teacher=True, method_module=multi_teacher_kd.build_state))
 
-__all__ = ["METHODS", "Method"]
+__all__ = ["METHODS", "METHOD_MODULE", "METHOD_MODULE_FILE", "Method"]

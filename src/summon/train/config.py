@@ -133,6 +133,26 @@ def method_config(method: str, args: Any) -> Any:
     raise TypeError(f"method_args: method '{method}' takes a {cls.__name__} or a mapping, got {what}")
 
 
+def teachers_problem(method: str, teachers: Any) -> str | None:
+    """What is wrong with ``teachers:`` for ``method`` (None when nothing is)."""
+    several = METHODS.get(method).multi_teacher
+    if teachers is None:
+        return (f"method '{method}' distils several teachers: list at least 2 (saved predictor folders, Hugging "
+                "Face classifier folders or hf:HUB_IDs)") if several else None
+    if not several:
+        return (f"method '{method}' reads one teacher at most: give it as teacher: and remove teachers:, or use "
+                "method multi_teacher_kd")
+    if not isinstance(teachers, list) or any(not isinstance(t, str) or not t.strip() for t in teachers):
+        return f"expected a list of teacher paths or hf:HUB_IDs, got {teachers!r}"
+    if len(teachers) < 2:
+        return (f"method '{method}' distils several teachers: list at least 2, got {len(teachers)} (for one "
+                "teacher use method kd)")
+    repeated = sorted({t for t in teachers if teachers.count(t) > 1})
+    if repeated:
+        return f"{', '.join(repeated)} listed more than once (each teacher is one pass and one voice)"
+    return None
+
+
 @dataclass
 class RunConfig:
     """A whole training run: ``summon train RECIPE.yaml`` builds one of these from the recipe.
@@ -148,6 +168,9 @@ class RunConfig:
     model: AnyModelConfig | None = None  # required, except by methods that build their own (progressive)
     train: TrainConfig = field(default_factory=TrainConfig)
     teacher: str | None = None  # a saved predictor directory, a Hugging Face classifier folder, or hf:HUB_ID
+    # Several teachers, each like ``teacher`` (method multi_teacher_kd). ``teacher`` then only names the model
+    # truncated/random/copy students are made from (default: the first of these).
+    teachers: list[str] | None = None
     method_args: Any = field(default=None, metadata=chosen_by("method", method_config_class))
     cost: CostConfig = field(default_factory=CostConfig)
     cache_dir: str | None = None  # teacher-output cache (default: $SUMMON_CACHE or ~/.cache/summon)
@@ -162,6 +185,9 @@ class RunConfig:
                 raise ValueError(f"method_args.candidates: method '{self.method}' needs at least one candidate model")
         elif not isinstance(self.model, ModelConfig):
             raise TypeError(f"model: expected a model config (ModelConfig(kind=...)), got {type(self.model).__name__}")
+        problem = teachers_problem(self.method, self.teachers)
+        if problem:
+            raise ValueError(f"teachers: {problem}")
 
     @property
     def trains_ensemble(self) -> bool:

@@ -16,7 +16,10 @@ import dataclasses
 import json
 import logging
 import math
+import os
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -26,6 +29,7 @@ import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.utils import DataLoaderConfiguration, set_seed
+from safetensors.torch import save_file
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
@@ -37,14 +41,15 @@ from summon.inference import predict_logits
 from summon.measure.profile import measure_costs
 from summon.measure.task import MAIN_METRIC, higher_is_better, score
 from summon.measure.timing import SECONDS_SUFFIX, clock
-from summon.methods import METHODS, Method
+from summon.methods import METHOD_MODULE, METHOD_MODULE_FILE, METHODS, Method
+from summon.methods.hooks import method_module
 from summon.models.build import Built, Source, build_model, needs_source
 from summon.predictor import Predictor, load_predictor
 from summon.saved import save_predictor, update_manifest
 from summon.train.checkpoint import Checkpointer, TrainerState, data_fingerprint, fixed_part
 from summon.train.config import RunConfig, method_config
 from summon.train.progressive import train_ensemble
-from summon.train.sources import build_data, build_teacher
+from summon.train.sources import build_data, build_teacher, multi_teacher_logits
 from summon.train.teacher_cache import teacher_logits
 
 logger = logging.getLogger(__name__)
@@ -102,6 +107,7 @@ class Run:
     eval_features: list[dict] | None
     teacher: Predictor | None
     output_dir: Path
+    teacher_fingerprints: list[str] | None = None  # one per ``teachers:`` entry (multi-teacher methods)
 
 
 # --- building -------------------------------------------------------------------------------------
@@ -143,15 +149,44 @@ def build_run(cfg: RunConfig) -> Run:
     if teacher is not None and needs_source(cfg.model):
         source = Source.of(teacher.model, getattr(teacher.featurizer, "tokenizer", None))
     built = build_model(cfg.model, train_data.task, len(train_data.labels), source=source, labels=train_data.labels)
-    rows = None
+    rows, fingerprints = None, None
     if method.online_teacher:
         check_same_tokenizer(teacher, built)
+    elif method.multi_teacher:
+        rows, fingerprints = multi_teacher_logits(cfg, train_data, teacher)
     elif method.needs_teacher:
         rows = teacher_logits(teacher, train_data, cache_dir=cfg.cache_dir, batch_size=cfg.train.eval_batch_size)
+    if method.method_module is not None:
+        num_teachers = len(cfg.teachers) if cfg.teachers else 1
+        attach_method_module(built.model, method.method_module(method_cfg, built, num_teachers))
     train_set = FeatureDataset(build_features(built, train_data, rows))
     eval_features = build_features(built, eval_data) if eval_data is not None else None
     return Run(cfg, method, method_cfg, train_data, eval_data, built, train_set, eval_features, teacher,
-               Path(cfg.output_dir))
+               Path(cfg.output_dir), fingerprints)
+
+
+def attach_method_module(model: torch.nn.Module, module: torch.nn.Module | None) -> None:
+    """Register the method's own module on the student (``METHOD_MODULE``): trained and checkpointed with it,
+    left out of the saved predictor (:func:`save_model`)."""
+    if module is None:
+        return
+    if hasattr(model, METHOD_MODULE):
+        raise ValueError(f"the student already has an attribute {METHOD_MODULE!r}, reserved for the method's module")
+    model.add_module(METHOD_MODULE, module)
+
+
+@contextmanager
+def without_method_module(model: torch.nn.Module) -> Iterator[torch.nn.Module | None]:
+    """The student as a plain predictor: its method module detached while the block runs, then put back."""
+    module = method_module(model)
+    if module is None:
+        yield None
+        return
+    delattr(model, METHOD_MODULE)
+    try:
+        yield module
+    finally:
+        model.add_module(METHOD_MODULE, module)
 
 
 def build_accelerator(cfg: RunConfig) -> Accelerator:
@@ -168,16 +203,21 @@ def build_accelerator(cfg: RunConfig) -> Accelerator:
 
 
 def build_optimizer(model: torch.nn.Module, cfg: RunConfig, total_steps: int):
-    """AdamW without weight decay on biases and norms; the new head (and CRF) may get its own learning rate."""
-    groups: dict[tuple[float, float], list[torch.nn.Parameter]] = {}
+    """AdamW without weight decay on biases and norms; the new head (and CRF) may get its own learning rate, and
+    a method's module its own group (at its ``lr`` attribute, default ``train.lr``; no weight decay)."""
+    groups: dict[tuple[float, float, bool], list[torch.nn.Parameter]] = {}
+    module_lr = getattr(method_module(model), "lr", None) or cfg.train.lr
     for name, param in model.named_parameters():
         if not param.requires_grad:
+            continue
+        if name.startswith(METHOD_MODULE + "."):
+            groups.setdefault((module_lr, 0.0, True), []).append(param)
             continue
         decay = 0.0 if param.ndim < 2 else cfg.train.weight_decay
         new = name.startswith(("head.", "crf."))
         lr = cfg.train.head_lr if cfg.train.head_lr and new else cfg.train.lr
-        groups.setdefault((lr, decay), []).append(param)
-    optimizer = torch.optim.AdamW([{"params": p, "lr": lr, "weight_decay": wd} for (lr, wd), p in groups.items()])
+        groups.setdefault((lr, decay, False), []).append(param)
+    optimizer = torch.optim.AdamW([{"params": p, "lr": lr, "weight_decay": wd} for (lr, wd, _), p in groups.items()])
     warmup = int(cfg.train.warmup_ratio * total_steps)
     return optimizer, get_linear_schedule_with_warmup(optimizer, warmup, total_steps)
 
@@ -199,13 +239,30 @@ def evaluate(run: Run, model: torch.nn.Module) -> dict[str, float]:
 
 
 def save_model(run: Run, model: torch.nn.Module, state: TrainerState, metrics: dict | None) -> None:
+    """Save the student as a predictor (``<output_dir>/model``); a method's module goes beside it, not in it."""
     training = {"method": run.cfg.method, "method_args": to_dict(run.method_cfg), "step": state.step,
                 "train_data": run.train_data.source, "train_examples": len(run.train_data),
                 "teacher": run.cfg.teacher, "teacher_fingerprint": run.teacher.fingerprint if run.teacher else None,
                 "config": to_dict(run.cfg)}
+    if run.cfg.teachers:
+        training.update(teachers=list(run.cfg.teachers), teacher_fingerprints=run.teacher_fingerprints)
     extra = {"training": training, "metrics": {"eval": metrics, "eval_data": run.eval_data.source} if metrics else {}}
-    save_predictor(run.output_dir / "model", model, run.built.featurizer, run.train_data.task, run.train_data.labels,
-                   run.built.architecture, extra=extra)
+    with without_method_module(model) as module:
+        save_predictor(run.output_dir / "model", model, run.built.featurizer, run.train_data.task,
+                       run.train_data.labels, run.built.architecture, extra=extra)
+    if module is not None:
+        save_method_module(module, run.output_dir / METHOD_MODULE_FILE, run.cfg.method, state.step)
+
+
+def save_method_module(module: torch.nn.Module, path: Path, method: str, step: int) -> None:
+    """The module's parameters and buffers as safetensors (written atomically); nothing when it has no parameters."""
+    if not any(True for _ in module.parameters()):
+        return
+    tensors = {name: t.detach().to("cpu").contiguous() for name, t in [*module.named_parameters(),
+                                                                        *module.named_buffers()]}
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(tensors, str(tmp), metadata={"method": method, "step": str(step)})
+    os.replace(tmp, path)
 
 
 class MetricsLog:
@@ -287,7 +344,7 @@ def _loop(run, accelerator, model, optimizer, loader, scheduler, sampler, state,
                 before_backward = clock(accelerator.device)
                 accelerator.backward(out["loss"])
                 if accelerator.sync_gradients and cfg.max_grad_norm:
-                    accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+                    clip_gradients(accelerator, model, cfg.max_grad_norm)
                 optimizer.step()
                 if accelerator.sync_gradients:
                     scheduler.step()
@@ -326,6 +383,19 @@ def _loop(run, accelerator, model, optimizer, loader, scheduler, sampler, state,
         save_model(run, accelerator.unwrap_model(model), state, None)
     state.done = True
     checkpointer.save(accelerator)
+
+
+def clip_gradients(accelerator: Accelerator, model: torch.nn.Module, max_norm: float) -> None:
+    """Clip the student's gradient norm; a method module's parameters are clipped apart, so a policy's gradient
+    never shrinks the student's step (or the other way round)."""
+    module = method_module(model)
+    own = list(module.parameters()) if module is not None else []
+    if not own:
+        accelerator.clip_grad_norm_(model.parameters(), max_norm)
+        return
+    ids = {id(p) for p in own}
+    accelerator.clip_grad_norm_([p for p in model.parameters() if id(p) not in ids], max_norm)
+    torch.nn.utils.clip_grad_norm_(own, max_norm)  # already unscaled by the call above (fp16)
 
 
 def online_teacher(run: Run, accelerator: Accelerator) -> torch.nn.Module:

@@ -1,6 +1,9 @@
-"""Where a training run's data and teacher come from: the splits of ``data`` and the ``teacher`` predictor."""
+"""Where a training run's data and teachers come from: the splits of ``data``, the ``teacher`` predictor and the
+cached outputs of the ``teachers``."""
 
 from __future__ import annotations
+
+import numpy as np
 
 from summon.data.loading import load_split
 from summon.data.spec import TaskData
@@ -8,6 +11,7 @@ from summon.hf import load_plain
 from summon.methods import Method
 from summon.predictor import Predictor
 from summon.train.config import RunConfig
+from summon.train.teacher_cache import teacher_logits
 
 
 def build_data(cfg: RunConfig) -> tuple[TaskData, TaskData | None]:
@@ -23,19 +27,52 @@ def build_data(cfg: RunConfig) -> tuple[TaskData, TaskData | None]:
     return train_data, eval_data
 
 
+def teacher_source(cfg: RunConfig) -> str | None:
+    """The one teacher of a run: ``teacher``, else the first of ``teachers`` (the source of truncated students)."""
+    return cfg.teacher or (cfg.teachers[0] if cfg.teachers else None)
+
+
 def build_teacher(cfg: RunConfig, method: Method, task: TaskData) -> Predictor | None:
     """The teacher predictor: needed by distilling methods, and as the source of truncated/random/copy students.
 
     ``teacher:`` is a saved summon predictor, a Hugging Face classifier folder (``save_pretrained``) or
-    ``hf:HUB_ID``; a Hugging Face model's generic label names (``LABEL_0``...) take the data's.
+    ``hf:HUB_ID``; a Hugging Face model's generic label names (``LABEL_0``...) take the data's. A method with
+    several teachers uses ``teacher:`` (or, without it, the first of ``teachers:``) as the source only.
     """
-    if not cfg.teacher:
+    if method.multi_teacher and task.task == "token_classification":
+        raise ValueError(f"teachers: method '{method.name}' distils several teachers of a classification task; "
+                         "this data is token_classification (tag with one teacher: method kd or structured_kd)")
+    source = teacher_source(cfg)
+    if not source:
         if method.needs_teacher:
             raise ValueError(f"method '{method.name}' needs 'teacher:' (a saved predictor directory, a Hugging Face "
                              "classifier folder or hf:HUB_ID)")
         return None
-    teacher = load_plain(cfg.teacher, task=task.task, labels=task.labels)
+    return load_teacher(source, task, key="teacher" if cfg.teacher else "teachers[0]")
+
+
+def load_teacher(source: str, task: TaskData, key: str = "teacher") -> Predictor:
+    """One teacher, checked to be trained for the data's task and labels (``key`` names it in errors)."""
+    teacher = load_plain(source, task=task.task, labels=task.labels)
     if teacher.task != task.task or teacher.labels != task.labels:
-        raise ValueError(f"teacher {cfg.teacher} was trained for {teacher.task} with labels {teacher.labels}; "
+        raise ValueError(f"{key}: {source} was trained for {teacher.task} with labels {teacher.labels}; "
                          f"the data is {task.task} with labels {task.labels}")
     return teacher
+
+
+def multi_teacher_logits(cfg: RunConfig, data: TaskData, loaded: Predictor | None = None
+                         ) -> tuple[list[np.ndarray], list[str]]:
+    """Per example the logits of every teacher in ``cfg.teachers``, stacked [K, C], and the teachers' fingerprints.
+
+    Each teacher's outputs come from the teacher cache (one pass per teacher, reused by every run on the same
+    data); teachers are loaded one at a time. ``loaded`` is the run's source teacher, reused when it is listed.
+    """
+    per_teacher, fingerprints = [], []
+    for i, source in enumerate(cfg.teachers or []):
+        reuse = loaded is not None and source == teacher_source(cfg)
+        teacher = loaded if reuse else load_teacher(source, data, key=f"teachers[{i}]")
+        per_teacher.append(teacher_logits(teacher, data, cache_dir=cfg.cache_dir, batch_size=cfg.train.eval_batch_size))
+        fingerprints.append(teacher.fingerprint)
+        del teacher
+    rows = [np.stack(row).astype(np.float32) for row in zip(*per_teacher, strict=True)]
+    return rows, fingerprints
