@@ -63,9 +63,9 @@ def main() -> None:
     args = parse_args()
     setup_logging()
     _, out_json = run_paths(None, args.out, "int8")
-    serve_load.train_missing(argparse.Namespace(teacher=args.teacher, early_exit=args.early_exit,
-                                                student=str(serve_load.WORK / "progressive_sst2" / "kd_ngram" / "model"),
-                                                data_dir=args.data_dir, seed=args.seed, train_limit=4000))
+    serve_load.train_missing(argparse.Namespace(teacher=args.teacher, early_exit=args.early_exit, student=None,
+                                                data_dir=args.data_dir, seed=args.seed, train_limit=4000),
+                             need=("teacher", "early_exit"))
     calib, report = serve_load.sst2_halves(args.data_dir, args.seed)
     texts = [ex["text"] for ex in report.examples]
     gold = np.array([ex["label"] for ex in report.examples])

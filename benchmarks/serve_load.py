@@ -218,7 +218,7 @@ def prepare_models(args: argparse.Namespace, work: Path, calib) -> tuple[dict[st
     return models, skipped
 
 
-def train_missing(args: argparse.Namespace) -> None:
+def train_missing(args: argparse.Namespace, need: tuple[str, ...] = ("teacher", "early_exit", "kd_ngram")) -> None:
     """Train the teacher, early-exit and bag-of-n-grams models exactly as ``benchmarks/progressive.py --dataset
     sst2 --train-limit N`` does (its own functions, its own folders), when they are not there yet: a fresh machine
     runs this benchmark alone. Finished runs are only loaded; interrupted ones resume."""
@@ -228,6 +228,7 @@ def train_missing(args: argparse.Namespace) -> None:
 
     work = WORK / "progressive_sst2"
     wanted = {"teacher": args.teacher, "early_exit": args.early_exit, "kd_ngram": args.student}
+    wanted = {k: v for k, v in wanted.items() if k in need}
     if all((Path(p) / "manifest.json").is_file() or Path(p).parent.parent != work for p in wanted.values()):
         return  # everything is there, or the flags point elsewhere (then their folders are the user's business)
     ns = argparse.Namespace(data_dir=args.data_dir, seed=args.seed, train_limit=args.train_limit, override=[])
@@ -235,6 +236,8 @@ def train_missing(args: argparse.Namespace) -> None:
     teacher, _ = progressive.timed(load_run_config("sst2_finetune", [*base, f"output_dir={work / 'teacher'}"]))
     progressive.timed(load_run_config("sst2_early_exit_two_stage",
                                       [*base, f"teacher={teacher}", f"output_dir={work / 'early_exit'}"]))
+    if "kd_ngram" not in need:
+        return
     prog = load_run_config("sst2_progressive", [*base, f"teacher={teacher}", f"output_dir={work / 'bdistil'}"])
     ngram = next(c for c in prog.method_args.candidates if c.model.kind == "ngram")
     progressive.timed(progressive.kd_config(prog, ngram.model, ngram.epochs, ngram.lr, work / "kd_ngram"))
