@@ -1,13 +1,15 @@
-"""One calibration for every staged predictor: temperatures, gates, costs, the threshold table and the
-default operating point, computed by one pure function and saved as JSON in the manifest.
+"""One calibration for every staged predictor: temperatures, gates or learned scores, costs, the threshold table
+and the default operating point, computed by one pure function and saved as JSON in the manifest.
 
 Temperature scaling per stage (Guo et al. 2017), fitted by NLL on held-out logits, as The Right Tool for
 the Job does for each exit. We minimise NLL over log T with L-BFGS (the paper's code runs Adam over a list
 of learning rates and keeps the best; L-BFGS reaches the same one-dimensional optimum in a few steps).
 
 :func:`fit_calibration` splits the held-out rows at random: a ``temperature_fraction`` of them fits the
-temperatures (and the gates of the ``gate`` scorer); the others build the threshold table, so every score is
-fixed before the rows that test thresholds are seen, as the Learn-then-Test guarantee requires.
+temperatures (and the gates of the ``gate`` scorer, or the per-stage models of the ``learned`` scorer,
+:mod:`summon.adaptive.learned`); the others build the threshold table, so every score is fixed before the rows
+that test thresholds are seen, as the Learn-then-Test guarantee requires. The learned models, saved under the
+section's ``learned`` key, are never fitted on a threshold row.
 The result is a typed :class:`Calibration`; ``to_dict``/``from_dict`` keep the JSON layout of the
 ``adaptive`` manifest section that summon has always written, so older predictors read back unchanged.
 """
@@ -24,6 +26,7 @@ import torch.nn.functional as F
 
 from summon.adaptive.costs import StageCosts
 from summon.adaptive.gate import Gate
+from summon.adaptive.learned import TARGETS, LearnedScores, check_features, fit_learned
 from summon.adaptive.scoring import Readout, check_scorer, score_all
 from summon.adaptive.stages import split_defer
 from summon.adaptive.thresholds import OperatingPoint, ThresholdTable
@@ -88,6 +91,9 @@ class CalibrationSpec:
     ``rule``/``value`` pick the default operating point: ``budget`` (mean cost fraction), ``max_drop``
     (disagreement with the last stage), ``max_drop_gold`` (accuracy drop against gold labels) or
     ``guaranteed`` (Learn-then-Test at failure probability ``delta``).
+
+    ``learned_target`` (``reference``: agree with the last stage; ``gold``: be right), ``learned_l2`` and
+    ``learned_features`` (None: all of :data:`~summon.adaptive.learned.FEATURES`) shape the ``learned`` scorer.
     """
 
     policy: str = "max_prob"
@@ -97,9 +103,19 @@ class CalibrationSpec:
     value: float = 0.01
     delta: float = 0.1
     seed: int = 0
+    learned_target: Literal["reference", "gold"] = "reference"
+    learned_l2: float = 1e-3
+    learned_features: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         check_scorer(self.policy)
+        if self.learned_target not in TARGETS:
+            raise ValueError(f"learned_target must be one of {', '.join(TARGETS)}, got {self.learned_target!r}")
+        if isinstance(self.learned_l2, bool) or not isinstance(self.learned_l2, int | float) or not (
+                0.0 <= self.learned_l2 < float("inf")):
+            raise ValueError(f"learned_l2 must be a finite number >= 0, got {self.learned_l2!r}")
+        if self.learned_features is not None:  # a list read back from JSON becomes the tuple it was
+            object.__setattr__(self, "learned_features", check_features(self.learned_features))
         if self.cost_unit not in ("flops", "ms"):
             raise ValueError(f"cost unit must be 'flops' or 'ms', got {self.cost_unit!r}")
         if not 0.0 < self.temperature_fraction < 1.0:
@@ -150,12 +166,13 @@ class Calibration:
     default: DefaultPoint
     report: list[dict[str, float]] = field(default_factory=list)  # per stage: T, NLL and ECE before/after
     gates: list[Gate | None] | None = None
+    learned: LearnedScores | None = None
     data: str = ""
     rows: dict[str, int] = field(default_factory=dict)
     spec: CalibrationSpec | None = None
 
     def readout(self, num_labels: int) -> Readout:
-        return Readout(self.policy, self.temperatures, num_labels, self.gates)
+        return Readout(self.policy, self.temperatures, num_labels, self.gates, self.learned)
 
     def fractions(self, unit: str | None = None) -> list[float]:
         """Cost of answering at each stage as a fraction of the reference model, in ``unit`` (default: ours)."""
@@ -168,24 +185,45 @@ class Calibration:
             "data": self.data, "rows": dict(self.rows), "default": self.default.to_dict()}
         if self.gates is not None:
             out["gates"] = [g.to_dict() if g else None for g in self.gates]
+        if self.learned is not None:
+            out["learned"] = self.learned.to_dict()
         if self.spec is not None:
             out["spec"] = asdict(self.spec)
         return out
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], *, where: str = "manifest.json") -> Calibration:
+        learned = _learned_from_dict(data, where)
         try:
             gates = data.get("gates")
             return cls(policy=data["policy"], cost_unit=data.get("cost_unit", "flops"),
                        temperatures=[float(t) for t in data["temperatures"]],
                        costs=StageCosts.from_dict(data["costs"]), table=ThresholdTable.from_dict(data["table"]),
                        default=DefaultPoint.from_dict(data["default"]), report=list(data.get("calibration", [])),
-                       gates=None if gates is None else [Gate(**g) if g else None for g in gates],
+                       gates=None if gates is None else [Gate(**g) if g else None for g in gates], learned=learned,
                        data=data.get("data", ""), rows=dict(data.get("rows", {})),
                        spec=CalibrationSpec(**data["spec"]) if data.get("spec") else None)
         except (KeyError, TypeError, ValueError) as err:
             raise ValueError(f"{where}: the 'adaptive' (calibration) section is damaged ({type(err).__name__}: "
                              f"{err}); recalibrate with `summon calibrate`") from None
+
+
+def _learned_from_dict(data: Any, where: str) -> LearnedScores | None:
+    """The ``learned`` key of a saved section (None when absent), refused with the file and key when malformed,
+    when missing for the ``learned`` scorer, or when its stages do not match the temperatures."""
+    if not isinstance(data, dict) or data.get("learned") is None:
+        if isinstance(data, dict) and data.get("policy") == "learned":
+            raise ValueError(f"{where}: 'adaptive.learned' is missing: the calibration uses the learned scorer but "
+                             "holds no learned score models; recalibrate with `summon calibrate PREDICTOR --data SPLIT "
+                             "--policy learned`")
+        return None
+    learned = LearnedScores.from_dict(data["learned"], where=where)
+    temperatures = data.get("temperatures")
+    if isinstance(temperatures, list) and len(temperatures) != len(learned.stages):
+        raise ValueError(f"{where}: 'adaptive.learned.stages' has {len(learned.stages)} entries for "
+                         f"{len(temperatures)} stages; recalibrate with `summon calibrate PREDICTOR --data SPLIT "
+                         "--policy learned`")
+    return learned
 
 
 # --- the one calibration function -----------------------------------------------------------------
@@ -233,16 +271,22 @@ def fit_gates(classes: Sequence[np.ndarray], temps: Sequence[float], rows: np.nd
 
 
 def fit_thresholds(raws: Sequence[np.ndarray], gold: np.ndarray | None, readout: Readout,
-                   fractions: Sequence[float], cost_unit: str) -> ThresholdTable:
-    """The operating-point table of ``readout`` on these rows (raw logits per stage, cost per stage)."""
-    scores, preds, _ = score_all(raws, readout)
+                   fractions: Sequence[float], cost_unit: str, lengths: np.ndarray | None = None) -> ThresholdTable:
+    """The operating-point table of ``readout`` on these rows (raw logits per stage, cost per stage, row lengths
+    for the ``learned`` scorer)."""
+    scores, preds, _ = score_all(raws, readout, lengths)
     return ThresholdTable.build(readout.policy, cost_unit, scores, preds, np.asarray(fractions), gold)
 
 
 def fit_calibration(raws: Sequence[np.ndarray] | np.ndarray, gold: np.ndarray, costs: StageCosts,
                     spec: CalibrationSpec, *, num_labels: int, data: str = "",
-                    rows: tuple[np.ndarray, np.ndarray] | None = None) -> Calibration:
-    """Temperatures, gates, threshold table and default point from held-out stage logits (a pure function).
+                    rows: tuple[np.ndarray, np.ndarray] | None = None,
+                    lengths: np.ndarray | Sequence[int] | None = None) -> Calibration:
+    """Temperatures, gates or learned scores, threshold table and default point from held-out stage logits (a
+    pure function).
+
+    The temperatures, gates and learned scores are fitted on the temperature rows only; the threshold table
+    is built on the other rows, which no fitted part of the score has seen (Learn-then-Test needs this).
 
     Args:
         raws: raw logits per stage, ``[N, S, K]`` or a list of ``[N, K (+1 defer column)]``.
@@ -253,9 +297,14 @@ def fit_calibration(raws: Sequence[np.ndarray] | np.ndarray, gold: np.ndarray, c
         data: where the rows came from (recorded).
         rows: ``(temperature rows, threshold rows)`` to use instead of the random split of ``spec`` (for
             benchmarks that hold a report half out and re-split many times).
+        lengths: ``[N]`` row lengths as the executor knows them (``runner.length``;
+            :func:`summon.adaptive.staged.row_lengths`): the ``learned`` scorer's ``log_length`` feature.
     """
     raws = [raws[:, k] for k in range(raws.shape[1])] if isinstance(raws, np.ndarray) and raws.ndim == 3 else list(raws)
     gold = np.asarray(gold)
+    lengths = None if lengths is None else np.asarray(lengths, dtype=np.float64)
+    if lengths is not None and lengths.shape != gold.shape:
+        raise ValueError(f"{lengths.shape} row lengths for {len(gold)} labels")
     if any(len(r) != len(gold) for r in raws):
         raise ValueError(f"stage logits have {[len(r) for r in raws]} rows for {len(gold)} labels")
     if len(costs.flops) != len(raws):
@@ -265,15 +314,20 @@ def fit_calibration(raws: Sequence[np.ndarray] | np.ndarray, gold: np.ndarray, c
     temps = [fit_temperature(torch.from_numpy(c[fit_rows]).double(), torch.from_numpy(gold[fit_rows]))
              for c in classes]
     gates = fit_gates(classes, temps, fit_rows) if spec.policy == "gate" else None
+    learned = None
+    if spec.policy == "learned":  # the temperature rows only: the threshold rows never shape the score
+        learned = fit_learned([c[fit_rows] for c in classes], temps, gold[fit_rows],
+                              None if lengths is None else lengths[fit_rows], target=spec.learned_target,
+                              l2=spec.learned_l2, features=spec.learned_features)
     report = calibration_report(torch.from_numpy(np.stack([c[test_rows] for c in classes], axis=1)),
                                 torch.from_numpy(gold[test_rows]), temps)
-    readout = Readout(spec.policy, temps, num_labels, gates)
+    readout = Readout(spec.policy, temps, num_labels, gates, learned)
     table = fit_thresholds([r[test_rows] for r in raws], gold[test_rows], readout, costs.fractions(spec.cost_unit),
-                           spec.cost_unit)
+                           spec.cost_unit, None if lengths is None else lengths[test_rows])
     point, tests = choose(table, spec.rule, spec.value, spec.delta)
     default = DefaultPoint(spec.rule, spec.value, spec.delta if spec.rule == "guaranteed" else None, point,
                            None if tests is None else len(tests))
     return Calibration(policy=spec.policy, cost_unit=spec.cost_unit, temperatures=temps, costs=costs, table=table,
-                       default=default, report=report, gates=gates, data=data,
+                       default=default, report=report, gates=gates, learned=learned, data=data,
                        rows={"temperature": len(fit_rows), "thresholds": len(test_rows), "seed": spec.seed},
                        spec=spec)

@@ -9,7 +9,12 @@ what it cost, and whether it is a fallback (a later stage was asked but did not 
 teacher timed out, so the last stage that did answer gave it).
 
 Deferral scores are those of :mod:`summon.adaptive.scoring` (``max_prob``, ``margin``, ``entropy``,
-``patience``, the learned ``defer`` output, or a ``gate``). Thresholds, temperatures and costs come from
+``patience``, the learned ``defer`` output, a ``gate``, or ``learned``). ``learned``
+(:mod:`summon.adaptive.learned`) generalises the ``gate``: a logistic model per stage of "this stage's answer is
+the last stage's" (or the gold label), over this and the previous stage's calibrated scores, how many stages in a
+row agree and the input length, fitted after training on the calibration's temperature rows. The ``defer``
+output is another thing — a column the student was trained to emit — and stays as it is; ``gate`` too, so
+cascades calibrated with either load and run unchanged. Thresholds, temperatures and costs come from
 held-out data through the one calibration (:mod:`summon.adaptive.calibration`), exactly as for early exit.
 The reference "full model" is the last stage alone: cost fractions are relative to it, and drops are
 measured against its answers.

@@ -17,6 +17,9 @@ stage's answer, and the rest are gathered from all batches into full, length-sor
 stage. Per-batch shrinking would leave later stages a few rows each, where matrix products are slow per
 row; regrouping keeps every stage's batches full, so measured time follows the counted FLOPs.
 
+The policy's per-row carry (patience's run, the ``learned`` scorer's previous-stage features and input length,
+read from ``runner.length`` at stage 0) follows each row through the regrouping.
+
 Thresholds may differ per row (requests with different knobs share a forward pass). A stage that cannot
 answer (:class:`~summon.adaptive.stages.StageUnavailable`, e.g. a remote teacher that timed out) leaves its
 rows with the answer of the last stage that did answer, marked ``fallback``. Each row's answer equals
@@ -141,7 +144,8 @@ def _run_chunk(runner: StageRunner, readout: Readout, k: int, chunk: list[_Pendi
         for i, row in enumerate(rows):
             collect[k][row] = raw_rows[i]
     carry = None if chunk[0].carry is None else torch.stack([p.carry for p in chunk])
-    logits, score, carry = readout(k, raw, carry)
+    lengths = np.array([p.length for p in chunk]) if k == 0 and readout.needs_lengths else None
+    logits, score, carry = readout(k, raw, carry, lengths)
     out.logits[rows] = logits.float().cpu().numpy()
     out.stage[rows] = k
     scores = score.cpu().numpy()

@@ -3,6 +3,9 @@
 Its inputs are features of the stage's calibrated class probabilities (the top three probabilities,
 margin, normalised entropy and log of the top probability), so it costs nothing beyond the stage itself.
 Its output — the probability of agreeing — is the stage's confidence score: high means "answer here".
+
+The ``learned`` scorer (:mod:`summon.adaptive.learned`) generalises it (earlier stages' scores, the agreement
+run, the input length, standardised features, a gold target); the gate stays for predictors calibrated with it.
 """
 
 from __future__ import annotations

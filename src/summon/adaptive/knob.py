@@ -34,7 +34,7 @@ ALLOWED = {
     "guaranteed": "in (0, 1) (0.01 = 1 point of disagreement with the reference model)",
     "delta": "in (0, 1) (0.1: the guarantee holds with probability 90%)",
     "threshold": "a number (a row stops at the first stage whose confidence score reaches it; max_prob, margin, "
-                 "entropy, gate and defer scores lie in [0, 1], patience counts agreeing stages), +inf (every "
+                 "entropy, gate, learned and defer scores lie in [0, 1], patience counts agreeing stages), +inf (every "
                  "input runs to the last stage) or -inf (every input stops at the first)",
 }
 _IN_RANGE = {

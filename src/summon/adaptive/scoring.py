@@ -10,10 +10,14 @@ Scores, all "high = answer here":
   the stage's calibrated class probabilities;
 * ``defer``: one minus the probability of the learned defer output (students trained with the
   learning-to-defer loss of :mod:`summon.methods.easy_kd`);
-* ``gate``: a logistic model of "this stage agrees with the last one" (:mod:`summon.adaptive.gate`).
+* ``gate``: a logistic model of "this stage agrees with the last one" (:mod:`summon.adaptive.gate`);
+* ``learned``: a logistic model per stage of "this stage's answer is the final one" over this and the
+  previous stage's scores, the agreement run and the input length (:mod:`summon.adaptive.learned`; it
+  generalises ``gate``). Its carry follows each row like patience's, and it reads the rows' lengths
+  (``runner.length``) at stage 0.
 
-The last stage always answers; its score is reported only (``defer`` and ``gate`` fall back to ``max_prob``
-there, having no defer output or gate of their own).
+The last stage always answers; its score is reported only (``defer``, ``gate`` and ``learned`` fall back to
+``max_prob`` there, having no defer output or model of their own).
 """
 
 from __future__ import annotations
@@ -25,10 +29,11 @@ import numpy as np
 import torch
 
 from summon.adaptive.gate import Gate
+from summon.adaptive.learned import LearnedScores, stage_features
 from summon.adaptive.policies import POLICIES, max_prob
 from summon.registry import suggest
 
-SCORERS = (*POLICIES, "defer", "gate")
+SCORERS = (*POLICIES, "defer", "gate", "learned")
 
 
 def check_scorer(name: str) -> str:
@@ -40,25 +45,41 @@ def check_scorer(name: str) -> str:
 
 @dataclass
 class Readout:
-    """Temperatures, the scorer and (for ``gate``) the gates of a calibrated staged predictor."""
+    """Temperatures, the scorer and its fitted models (``gate``: the gates; ``learned``: the learned scores)."""
 
     policy: str
     temperatures: Sequence[float]
     num_labels: int
     gates: Sequence[Gate | None] | None = None
+    learned: LearnedScores | None = None
 
     def __post_init__(self) -> None:
         check_scorer(self.policy)
         if self.policy == "gate" and not any(self.gates or []):
             raise ValueError("scorer 'gate' needs fitted gates; calibrate with policy 'gate'")
+        if self.policy == "learned":
+            if self.learned is None:
+                raise ValueError("scorer 'learned' needs fitted scores; calibrate with policy 'learned'")
+            if len(self.learned.stages) != len(self.temperatures):
+                raise ValueError(f"{len(self.learned.stages)} learned score models for {len(self.temperatures)} "
+                                 "stages; recalibrate with policy 'learned'")
 
     @property
     def num_stages(self) -> int:
         return len(self.temperatures)
 
+    @property
+    def needs_lengths(self) -> bool:
+        """Whether stage 0 needs the rows' lengths (``learned`` with its ``log_length`` feature)."""
+        return self.policy == "learned" and self.learned is not None and self.learned.uses_length
+
     def __call__(self, stage: int, raw: torch.Tensor, carry: torch.Tensor | None = None,
+                 lengths: np.ndarray | Sequence[int] | None = None,
                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """Calibrated class logits ``[B, K]`` (float64), score ``[B]`` and the policy's carry for the next stage."""
+        """Calibrated class logits ``[B, K]`` (float64), score ``[B]`` and the policy's carry for the next stage.
+
+        ``lengths`` ``[B]`` (``runner.length`` of each row) is read at the first stage by ``learned`` only.
+        """
         k = self.num_labels
         if raw.shape[-1] not in (k, k + 1):
             raise ValueError(f"stage {stage} returned {raw.shape[-1]} logits per row for {k} labels")
@@ -77,6 +98,13 @@ class Readout:
             if gate is None:
                 raise ValueError(f"scorer 'gate' has no gate for stage {stage}; recalibrate with policy 'gate'")
             score = gate(probs.cpu()).to(probs.device)
+        elif self.policy == "learned":
+            if carry is None and lengths is None and self.needs_lengths:
+                raise ValueError("scorer 'learned' needs the rows' lengths at the first stage (its log_length "
+                                 "feature): pass lengths=")
+            features, carry = stage_features(probs, carry, lengths)
+            learned = self.learned.score(stage, features) if not last else None
+            score = max_prob(probs)[0] if learned is None else learned
         elif self.policy in ("defer", "gate"):
             score, _ = max_prob(probs)
         else:
@@ -84,11 +112,14 @@ class Readout:
         return scaled, score.double(), carry
 
 
-def score_all(raws: Sequence[np.ndarray], readout: Readout) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def score_all(raws: Sequence[np.ndarray], readout: Readout, lengths: np.ndarray | Sequence[int] | None = None,
+              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Every stage's read-out on every row, as the executor would compute it.
 
     Args:
         raws: one array ``[N, K or K + 1]`` of raw logits per stage.
+        lengths: ``[N]`` row lengths as ``runner.length`` gives them (the ``learned`` scorer needs them;
+            :func:`summon.adaptive.staged.row_lengths`).
 
     Returns:
         scores ``[N, S]``, predictions ``[N, S]`` and calibrated probabilities ``[N, S, K]``.
@@ -96,7 +127,7 @@ def score_all(raws: Sequence[np.ndarray], readout: Readout) -> tuple[np.ndarray,
     carry = None
     scores, preds, probs = [], [], []
     for k, raw in enumerate(raws):
-        scaled, score, carry = readout(k, torch.as_tensor(np.asarray(raw)), carry)
+        scaled, score, carry = readout(k, torch.as_tensor(np.asarray(raw)), carry, lengths if k == 0 else None)
         p = scaled.softmax(dim=-1)
         scores.append(score.cpu().numpy())
         preds.append(p.argmax(dim=-1).cpu().numpy())

@@ -259,8 +259,10 @@ class StagedBase:
             raise ValueError(f"{data.source}: calibration needs labels (temperatures are fitted by NLL)")
         raws = self.stage_logits(data.examples, batch_size=batch_size, progress="calibration pass")
         gold = np.array([ex["label"] for ex in data.examples])
+        lengths = row_lengths(self, data.examples) if spec.policy == "learned" else None
         costs = self.measure_costs(data.examples, latency=latency or spec.cost_unit == "ms")
-        calibration = fit_calibration(raws, gold, costs, spec, num_labels=len(self.labels), data=data.source)
+        calibration = fit_calibration(raws, gold, costs, spec, num_labels=len(self.labels), data=data.source,
+                                      lengths=lengths)
         self.calibration = calibration
         return calibration
 
@@ -275,6 +277,17 @@ class StagedBase:
             entries["adaptive_previous"] = old
             self.manifest["adaptive_previous"] = old
         update_manifest(directory, **entries)
+
+
+def row_lengths(predictor: StagedPredictor, examples: Sequence[dict[str, Any]]) -> np.ndarray:
+    """Each example's length as the executor knows it (``runner.length`` of its stage-0 piece): ``[N]``.
+
+    The ``learned`` scorer reads it (``log_length``); calibration and evaluation pass it to
+    :func:`~summon.adaptive.scoring.score_all` so offline scores equal the ones the executor computes.
+    """
+    runner = predictor.runner()
+    sizes = [runner.length(item) for window in _windows(examples) for item in predictor.inputs(window)]
+    return np.asarray(sizes, dtype=np.float64)
 
 
 def _windows(examples: Sequence[Any]) -> list[Sequence[Any]]:

@@ -109,7 +109,8 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
                                    guaranteed=knob.guaranteed, delta=knob.delta, against=args.against,
                                    policy=args.policy, unit=args.unit or "flops",
                                    temperature_fraction=args.temperature_fraction, seed=args.seed,
-                                   latency=not args.no_latency, data_dir=args.data_dir, limit=args.limit)
+                                   latency=not args.no_latency, data_dir=args.data_dir, limit=args.limit,
+                                   learned_target=args.learned_target)
     _print_calibration(calibration, args.table_rows)
     return 0
 
@@ -120,7 +121,8 @@ CALIBRATION_FLAGS = {
     "--unit": lambda a: a.unit is not None, "--policy": lambda a: a.policy != "max_prob",
     "--against": lambda a: a.against != "reference", "--temperature-fraction": lambda a: a.temperature_fraction != 0.3,
     "--no-latency": lambda a: a.no_latency, "--seed": lambda a: a.seed != 0,
-    "--data-dir": lambda a: a.data_dir is not None, "--limit": lambda a: a.limit is not None}
+    "--data-dir": lambda a: a.data_dir is not None, "--limit": lambda a: a.limit is not None,
+    "--learned-target": lambda a: a.learned_target != "reference"}
 
 
 def cmd_quantize(args: argparse.Namespace) -> int:
@@ -138,7 +140,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
                            policy=args.policy, unit=args.unit or "flops",
                            temperature_fraction=args.temperature_fraction, seed=args.seed,
                            latency=not args.no_latency, against=args.against, data_dir=args.data_dir,
-                           limit=args.limit)
+                           limit=args.limit, learned_target=args.learned_target)
     layers = sum(dynamic_linears(model) for model in _models(int8))
     print(f"quantized {args.model} ({getattr(int8, 'kind', 'plain')}): {layers} linear layers dynamic int8 "
           f"({int8.quantization.dtype}, engine {int8.quantization.engine}); runs on the CPU")

@@ -203,8 +203,12 @@ def _parser_calibrate(sub) -> None:
 def _add_calibration_options(p: argparse.ArgumentParser) -> None:
     """The options of ``summon calibrate`` besides the data (``summon quantize`` takes them too)."""
     p.add_argument("--policy", default="max_prob",
-                   choices=["max_prob", "margin", "entropy", "patience", "defer", "gate"],
-                   help="confidence score; defer needs a learned defer output (cascade students)")
+                   choices=["max_prob", "margin", "entropy", "patience", "defer", "gate", "learned"],
+                   help="confidence score; defer needs a learned defer output (cascade students); learned fits a "
+                   "logistic score per stage on the temperature rows (this and the previous stage's confidence, "
+                   "agreement run, input length)")
+    p.add_argument("--learned-target", choices=["reference", "gold"], default="reference",
+                   help="--policy learned: predict agreement with the full model's answer or with the gold label")
     add_knob_arguments(p, threshold=False)
     p.add_argument("--against", choices=["reference", "gold"], default="reference",
                    help="--max-drop: measure the drop against the full model's answers or the gold labels")

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from summon.adaptive.scoring import score_all
+from summon.adaptive.staged import row_lengths
 from summon.adaptive.thresholds import OperatingPoint, ThresholdTable, sweep
 from summon.inference import softmax
 from summon.measure.metrics import reliability_bins
@@ -226,7 +227,9 @@ def stage_view(predictor: Any, data: Any, *, batch_size: int = 64) -> dict[str, 
     ``scores`` and ``preds`` ``[N, S]``, calibrated ``probs`` ``[N, S, K]`` and ``gold`` ``[N]``."""
     calibration = predictor.require_calibration("adaptive evaluation")
     raws = predictor.stage_logits(data.examples, batch_size=batch_size, progress="stage logits")
-    scores, preds, probs = score_all(raws, calibration.readout(len(predictor.labels)))
+    readout = calibration.readout(len(predictor.labels))
+    lengths = row_lengths(predictor, data.examples) if readout.needs_lengths else None
+    scores, preds, probs = score_all(raws, readout, lengths)
     gold = np.array([ex["label"] for ex in data.examples])
     return {"raws": raws, "scores": scores, "preds": preds, "probs": probs, "gold": gold}
 
