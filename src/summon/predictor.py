@@ -45,9 +45,25 @@ from summon.saved import (
 from summon.text import check_unicode
 
 __all__ = ["MANIFEST", "WEIGHTS", "Prediction", "Predictor", "as_batch", "as_stream", "canonical_inputs", "check_unicode",
-           "load_predictor", "quantize_loaded"]
+           "int8_copy_manifest", "load_predictor", "quantize_loaded"]
 
 NOT_CARRIED = ("adaptive", "adaptive_previous")  # a calibration measured on fp32 stages: an int8 copy drops it
+
+
+def int8_copy_manifest(owner: Any, what: str, quantization: Quantization | None) -> tuple[Quantization, dict[str, Any]]:
+    """The quantization and the manifest of an int8 copy of ``owner`` (a predictor, cascade or ensemble: its
+    manifest without the fp32 calibration, with the ``quantization`` section).
+
+    Raises:
+        ValueError: If ``owner`` is int8 already.
+    """
+    if owner.quantization is not None:
+        raise ValueError(f"{owner.path or f'this {what}'} is int8 already ({owner.quantization.describe()}); "
+                         f"quantize the fp32 {what} it was made from")
+    spec = quantization or Quantization.of()
+    manifest = {k: v for k, v in owner.manifest.items() if k not in NOT_CARRIED}
+    manifest[SECTION] = spec.to_dict()
+    return spec, manifest
 
 
 @dataclass
@@ -125,12 +141,7 @@ class Predictor:
         Raises:
             ValueError: If this predictor is int8 already.
         """
-        if self.quantization is not None:
-            raise ValueError(f"{self.path or 'this predictor'} is int8 already ({self.quantization.describe()}); "
-                             "quantize the fp32 predictor it was made from")
-        spec = quantization or Quantization.of()
-        manifest = {k: v for k, v in self.manifest.items() if k not in NOT_CARRIED}
-        manifest[SECTION] = spec.to_dict()
+        spec, manifest = int8_copy_manifest(self, "predictor", quantization)
         return type(self)(quantize_model(self.model, spec), self.featurizer, self.task, self.labels, manifest,
                           float_model=self.model)
 

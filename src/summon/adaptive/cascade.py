@@ -52,8 +52,8 @@ from summon.adaptive.stages import LocalStage, split_defer
 from summon.hf import HF_PREFIX, load_plain
 from summon.measure.cost import count_parameters
 from summon.measure.profile import measure_costs
-from summon.models.quantize import SECTION, Quantization, manifest_quantization, quantized_device
-from summon.predictor import MANIFEST, NOT_CARRIED, quantize_loaded
+from summon.models.quantize import Quantization, manifest_quantization, quantized_device
+from summon.predictor import MANIFEST, int8_copy_manifest, quantize_loaded
 from summon.saved import FORMAT, header_problems, read_json_manifest
 
 logger = logging.getLogger(__name__)
@@ -167,13 +167,8 @@ class CascadePredictor(StagedBase):
         Raises:
             ValueError: If this cascade is int8 already.
         """
-        if self.quantization is not None:
-            raise ValueError(f"{self.path or 'this cascade'} is int8 already ({self.quantization.describe()}); "
-                             "quantize the fp32 cascade it was made from")
-        spec = quantization or Quantization.of()
+        spec, manifest = int8_copy_manifest(self, "cascade", quantization)
         stages = [_quantized_stage(i, stage, spec) for i, stage in enumerate(self.stages)]
-        manifest = {k: v for k, v in self.manifest.items() if k not in NOT_CARRIED}
-        manifest[SECTION] = spec.to_dict()
         return CascadePredictor(stages, self.task, self.labels, manifest)
 
     def save(self, directory: str | Path) -> Path:

@@ -34,8 +34,8 @@ from summon.losses import OUTPUTS, bounded
 from summon.measure.cost import FlopMeter, count_parameters
 from summon.measure.device import clock, device_name
 from summon.models.member import hidden_width, member_batch, member_forward
-from summon.models.quantize import SECTION, Quantization, manifest_quantization, quantized_device
-from summon.predictor import NOT_CARRIED, Predictor, load_predictor, quantize_loaded
+from summon.models.quantize import Quantization, manifest_quantization, quantized_device
+from summon.predictor import Predictor, int8_copy_manifest, load_predictor, quantize_loaded
 from summon.saved import ENSEMBLE_FORMAT, MANIFEST, read_json_manifest, save_ensemble
 
 COST_ROWS = 512  # examples whose FLOPs are counted
@@ -201,10 +201,7 @@ class ProgressivePredictor(StagedBase):
         Raises:
             ValueError: If this ensemble is int8 already.
         """
-        if self.quantization is not None:
-            raise ValueError(f"{self.path or 'this ensemble'} is int8 already ({self.quantization.describe()}); "
-                             "quantize the fp32 ensemble it was made from")
-        spec = quantization or Quantization.of()
+        spec, manifest = int8_copy_manifest(self, "ensemble", quantization)
         members = []
         for member in self.members:
             predictor = member.predictor
@@ -212,8 +209,6 @@ class ProgressivePredictor(StagedBase):
                 predictor = predictor.quantized(spec)
                 predictor.path = member.predictor.path  # its fp32 folder: what save() copies
             members.append(Member(predictor, member.alpha, member.composed, member.name, member.output))
-        manifest = {k: v for k, v in self.manifest.items() if k not in NOT_CARRIED}
-        manifest[SECTION] = spec.to_dict()
         return ProgressivePredictor(members, self.task, self.labels, manifest)
 
     def save(self, directory: str | Path) -> Path:
