@@ -43,7 +43,7 @@ from summon.recipe import load_run_config
 from summon.train.loop import train
 
 METHODS = ("substructure", "substructure_emissions_only", "marginal_kl", "topk", "gold_only")
-PARTS = ("teacher_forward", "student_forward", "backward")
+PARTS = ("teacher_forward", "student_forward", "kd", "gold_nll", "backward")
 RECIPES = {"ner": ("conll2003_crf_teacher", "conll2003_substructure_kd"),
            "chunking": ("conll2003_chunking_crf_teacher", "conll2003_chunking_substructure_kd")}
 
@@ -150,6 +150,10 @@ def summarise(args: argparse.Namespace, runs: dict[str, Path]) -> dict[str, Any]
     marginal = out["epoch_seconds"].get("marginal_kl")
     out["epoch_time_ratio_vs_marginal"] = ({m: s / marginal for m, s in out["epoch_seconds"].items()
                                             if m != "teacher"} if marginal else {})
+    kd_marginal = out["epoch_seconds_parts"].get("marginal_kl", {}).get("kd")
+    out["kd_term_seconds"] = {m: parts.get("kd") for m, parts in out["epoch_seconds_parts"].items() if m != "teacher"}
+    out["kd_term_ratio_vs_marginal"] = ({m: v / kd_marginal for m, v in out["kd_term_seconds"].items() if v}
+                                        if kd_marginal else {})
     return out
 
 

@@ -139,21 +139,24 @@ def test_structured_kd_step_matches_a_reference(variant):
     student, teacher = _tagger(seed=3).model, _tagger(seed=4).model
     labelled = [{"tokens": s.split(), "tags": [i % len(TAGS) for i in range(len(s.split()))]} for s in SENTENCES]
     batch = _batch(_tagger(), labelled)
-    cfg = StructuredKDConfig(variant=variant)
+    cfg = StructuredKDConfig(variant=variant, teacher_outputs="online")
     out = METHODS.get("structured_kd").step(student, batch, cfg, teacher=teacher)
     with torch.no_grad():
         want = _reference(variant, student, teacher, batch, cfg)
     torch.testing.assert_close(out["loss"].detach(), want, rtol=1e-4, atol=1e-5)
     out["loss"].backward()
     assert student.crf.transitions.grad is not None and teacher.crf.transitions.grad is None
-    assert {"teacher_forward_seconds", "student_forward_seconds"} <= set(out)
+    assert {"teacher_forward_seconds", "student_forward_seconds", "kd_seconds", "gold_nll_seconds"} <= set(out)
 
 
 def test_unpadded_average_is_available_to_reproduce_the_released_code():
     student, teacher = _tagger(seed=3).model, _tagger(seed=4).model
     batch = _batch(_tagger(), [{"tokens": s.split(), "tags": [0] * len(s.split())} for s in SENTENCES])
-    masked = METHODS.get("structured_kd").step(student, batch, StructuredKDConfig(), teacher=teacher)
-    plain = METHODS.get("structured_kd").step(student, batch, StructuredKDConfig(mask_padding=False), teacher=teacher)
+    online = StructuredKDConfig(teacher_outputs="online")
+    masked = METHODS.get("structured_kd").step(student, batch, online, teacher=teacher)
+    plain = METHODS.get("structured_kd").step(student, batch, StructuredKDConfig(mask_padding=False,
+                                                                                 teacher_outputs="online"),
+                                              teacher=teacher)
     assert not torch.isclose(masked["kd_loss"], plain["kd_loss"])  # padding counts in the released code's mean
 
 
@@ -210,11 +213,11 @@ def test_crf_teacher_learns_and_students_distil_with_timed_epochs(teacher):
                      method="structured_kd", model={"kind": "truncated", "first": 1, "max_length": 32, "crf": True},
                      epochs=1)
     cfg.teacher = str(teacher)
-    cfg.method_args = {"variant": "marginal_kl"}
+    cfg.method_args = {"variant": "marginal_kl", "teacher_outputs": "online"}
     student = train(cfg)
     assert read_manifest(student)["training"]["method_args"]["variant"] == "marginal_kl"
     epochs = [json.loads(line) for line in (root / "student" / "metrics.jsonl").read_text().splitlines()]
     (epoch,) = [e for e in epochs if e.get("event") == "epoch"]
-    assert set(epoch["seconds"]) == {"teacher_forward", "student_forward", "backward", "train"}
+    assert set(epoch["seconds"]) == {"teacher_forward", "student_forward", "kd", "gold_nll", "backward", "train"}
     assert epoch["seconds"]["teacher_forward"] > 0 and not epoch["partial"]
     assert len(summon.load(student).predict(["the man went to the city"])[0].tags) == 6

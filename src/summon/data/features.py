@@ -27,6 +27,9 @@ IGNORE_INDEX = -100
 # Float vectors of one fixed width per row that collate stacks as they are: a boosting round's log weights
 # over classes and the previous ensemble member's last hidden layer (summon.methods.progressive).
 ROW_VECTORS = ("log_w_plus", "log_w_minus", "previous_hidden")
+# A CRF teacher's cached outputs over each row's chain (structured KD): [T_i, L] floats padded with 0, the k best
+# paths as [T_i, k] tag ids padded with -1 (a rank with no path is -1 throughout), one [L, L] transition matrix.
+TEACHER_CHAIN = ("teacher_emissions", "teacher_unary")
 Feature = dict[str, Any]
 
 
@@ -231,7 +234,26 @@ def collate(features: list[Feature], pad_id: int = 0) -> dict[str, torch.Tensor]
     for key in ROW_VECTORS:
         if key in first:
             batch[key] = torch.stack([torch.as_tensor(f[key], dtype=torch.float32) for f in features])
+    _collate_teacher_chain(batch, features)
     return batch
+
+
+def _collate_teacher_chain(batch: dict[str, torch.Tensor], features: list[Feature]) -> None:
+    """A CRF teacher's cached chain outputs: ``teacher_emissions`` / ``teacher_unary`` [B, T, L],
+    ``teacher_paths`` [B, T, k] (-1 at padding), ``teacher_transitions`` [B, L, L], ``teacher_chain_length`` [B]."""
+    first = features[0]
+    for key in TEACHER_CHAIN:
+        if key in first:
+            batch[key] = _pad_logits([f[key] for f in features])
+    if "teacher_paths" in first:
+        paths = [torch.as_tensor(f["teacher_paths"], dtype=torch.long) for f in features]
+        batch["teacher_paths"] = torch.nn.utils.rnn.pad_sequence(paths, batch_first=True, padding_value=-1)
+    if "teacher_transitions" in first:
+        batch["teacher_transitions"] = torch.stack([torch.as_tensor(f["teacher_transitions"], dtype=torch.float32)
+                                                    for f in features])
+    if "teacher_emissions" in first:
+        batch["teacher_chain_length"] = torch.tensor([len(f["teacher_emissions"]) for f in features],
+                                                     dtype=torch.long)
 
 
 def _pad_logits(rows: list[Any]) -> torch.Tensor:

@@ -246,14 +246,20 @@ def _tag_lists(tags: Any, what: str) -> list[list[str]]:
 
 
 def span_f1(gold_tags: list[list[str]], pred_tags: list[list[str]]) -> dict[str, float]:
-    """Entity-level precision, recall and F1 (CoNLL-style, via seqeval) plus token accuracy.
+    """Entity-level precision, recall and F1 (CoNLL-style, via seqeval) plus token accuracy and token F1.
+
+    ``token_f1`` is the sub-structured KD code's metric (``utils/bio_data.f1_score`` in
+    ``Linwenye/Efficient-KD``): micro F1 over words (first sub-tokens) whose tag is not ``O``, a tag counted
+    right when it equals the gold one; a zero denominator gives precision or recall 1, as there (but F1 is 0, not
+    the code's 1, when both are 0).
 
     Args:
         gold_tags: Gold BIO tags, one list per sentence.
         pred_tags: Predicted BIO tags, same lengths as ``gold_tags``.
 
     Returns:
-        ``{"precision", "recall", "f1", "token_accuracy"}``; scores with a zero denominator are 0.
+        ``{"precision", "recall", "f1", "token_accuracy", "token_f1"}``; entity scores with a zero
+        denominator are 0.
     """
     from seqeval.metrics import f1_score, precision_score, recall_score
 
@@ -276,4 +282,17 @@ def span_f1(gold_tags: list[list[str]], pred_tags: list[list[str]]) -> dict[str,
         "recall": float(recall_score(gold, pred, zero_division=0)),
         "f1": float(f1_score(gold, pred, zero_division=0)),
         "token_accuracy": n_right / n_tokens,
+        "token_f1": token_f1(gold, pred),
     }
+
+
+def token_f1(gold: list[list[str]], pred: list[list[str]], outside: str = "O") -> float:
+    """Micro F1 over tokens tagged other than ``outside`` (see :func:`span_f1`)."""
+    proposed = sum(p != outside for sent in pred for p in sent)
+    gold_count = sum(g != outside for sent in gold for g in sent)
+    correct = sum(g == p and g != outside for gs, ps in zip(gold, pred) for g, p in zip(gs, ps))
+    precision = correct / proposed if proposed else 1.0
+    recall = correct / gold_count if gold_count else 1.0
+    if precision + recall == 0:
+        return 0.0
+    return 2 * precision * recall / (precision + recall)

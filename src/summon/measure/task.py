@@ -18,7 +18,7 @@ def score(task: str, labels: Sequence[str], examples: Sequence[dict[str, Any]],
     """Metrics for logits ``rows`` ([C] per example, or [num_words, C] for tagging).
 
     Classification: accuracy, macro-F1, NLL and ECE (15 bins). Tagging: entity-level span precision,
-    recall and F1 (seqeval, CoNLL style) and token accuracy.
+    recall and F1 (seqeval, CoNLL style), token accuracy and token F1 (non-O tags, the sub-structured KD code's metric).
     """
     if len(rows) != len(examples):
         raise ValueError(f"{len(rows)} predictions for {len(examples)} examples")

@@ -3,7 +3,8 @@
 ``step`` returns ``loss`` (to back-propagate), ``output`` (the logits) and named parts that the
 training loop logs (parts named ``*_seconds`` are also summed per epoch). Register new methods in
 :data:`METHODS`. A method with ``online_teacher`` gets the frozen teacher model as ``step(..., teacher=)``
-instead of cached teacher logits in the batch. A method with ``multi_teacher`` reads the run's ``teachers:``
+instead of cached teacher logits in the batch; if it also has ``teacher_rows`` and its config says
+``teacher_outputs: cached``, the loop caches those rows' outputs once and puts them in the batch instead. A method with ``multi_teacher`` reads the run's ``teachers:``
 (each row's ``teacher_logits`` is [K, C]); one with ``method_module`` gets a module of its own on the student
 (see :mod:`summon.methods.hooks`).
 """
@@ -42,6 +43,18 @@ class Method:
     # method_module(method_cfg, built, num_teachers) -> nn.Module | None: trainable state of the method's own,
     # attached to the student as ``METHOD_MODULE``; its parameters train at its ``lr`` attribute (default train.lr)
     method_module: Callable[[Any, Any, int], Any] | None = None
+    # teacher_rows(teacher model, batch, method_cfg) -> per-row dicts of arrays: what an online-teacher method
+    # reads from its teacher, cached once before training when the config says ``teacher_outputs: cached``
+    teacher_rows: Callable[[Any, Any, Any], list[dict[str, Any]]] | None = None
+
+    def runs_teacher_online(self, method_cfg: Any) -> bool:
+        """Whether ``step`` gets the teacher model every batch (else its outputs come cached in the batch)."""
+        if not self.online_teacher:
+            return False
+        return self.teacher_rows is None or getattr(method_cfg, "teacher_outputs", "online") == "online"
+
+    def caches_teacher_rows(self, method_cfg: Any) -> bool:
+        return self.online_teacher and not self.runs_teacher_online(method_cfg)
 
 
 METHODS: Registry[Method] = Registry("method")
@@ -59,7 +72,7 @@ METHODS.register("crf_finetune", Method("crf_finetune", crf_finetune.CRFFinetune
 METHODS.register("structured_kd", Method(
     "structured_kd", structured_kd.StructuredKDConfig, structured_kd.step, True,
     "Sub-structured KD for CRF taggers (Lin et al. 2022) and its baselines: marginal KL, top-k paths",
-    online_teacher=True))
+    online_teacher=True, teacher_rows=structured_kd.teacher_rows))
 METHODS.register("progressive", Method(
     "progressive", progressive.ProgressiveConfig, progressive.step, True,
     "B-DISTIL (reconstructed): boosting rounds build an anytime ensemble of small students (method_args.candidates)",

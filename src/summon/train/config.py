@@ -37,8 +37,13 @@ class TrainConfig:
     eval_batch_size: int = 128
     lr: float = 5e-5
     head_lr: float | None = None  # learning rate of the new task head (default: lr)
-    weight_decay: float = 0.01
+    weight_decay: float = 0.01  # on the encoder's weight matrices (never on biases and norms)
+    head_weight_decay: float | None = None  # on the new head's weights and CRF transitions (default: weight_decay)
     warmup_ratio: float = 0.06
+    # linear: every group warms up and decays linearly from its own rate (lr, head_lr). efficient_kd_code: the
+    # released sub-structured KD script's behaviour: every group runs at lr (its loop overwrites head_lr before
+    # each step) and the warm-up/decay factor is applied twice (its loop and BertAdam each apply it): squared.
+    lr_schedule: Literal["linear", "efficient_kd_code"] = "linear"
     grad_accum: int = 1
     max_grad_norm: float | None = 1.0
     mixed_precision: Literal["auto", "no", "fp16", "bf16"] = "auto"  # auto: bf16/fp16 on GPU, none on CPU
@@ -62,6 +67,11 @@ class TrainConfig:
         if not _real(self.weight_decay) or self.weight_decay < 0:
             problems.append(f"weight_decay: must be 0 or more, got {self.weight_decay!r} (give e.g. 0.01, or 0 for "
                             "none: a negative decay pushes the weights to grow)")
+        if self.head_weight_decay is not None and (not _real(self.head_weight_decay) or self.head_weight_decay < 0):
+            problems.append(f"head_weight_decay: must be 0 or more, got {self.head_weight_decay!r} (or null to use "
+                            "weight_decay)")
+        if self.lr_schedule not in ("linear", "efficient_kd_code"):
+            problems.append(f"lr_schedule: must be 'linear' or 'efficient_kd_code', got {self.lr_schedule!r}")
         if not _real(self.warmup_ratio) or not 0.0 <= self.warmup_ratio < 1.0:
             problems.append(f"warmup_ratio: must be in [0, 1) (a share of the training steps), got {self.warmup_ratio!r}")
         if problems:

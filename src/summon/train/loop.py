@@ -1,7 +1,8 @@
 """The one training loop, on ``accelerate``: read it top to bottom in :func:`train`.
 
 Every method plugs in as a config dataclass plus ``step(model, batch, cfg) -> {"loss", "output", ...}``.
-The loop owns everything else: AdamW with linear warm-up and decay, gradient accumulation, clipping,
+The loop owns everything else: AdamW with linear warm-up and decay (or, with ``train.lr_schedule:
+efficient_kd_code``, the released sub-structured KD script's schedule), gradient accumulation, clipping,
 mixed precision where the device supports it, evaluation every N steps keeping the best model, JSONL
 metrics (with each epoch's seconds split into the step's timed parts and the backward pass), a progress
 bar, and checkpoints that a killed run resumes from (same command, same output dir).
@@ -50,6 +51,7 @@ from summon.train.checkpoint import Checkpointer, TrainerState, data_fingerprint
 from summon.train.config import RunConfig, method_config
 from summon.train.progressive import train_ensemble
 from summon.train.sources import build_data, build_teacher, multi_teacher_logits
+from summon.train.structured_cache import crf_teacher_rows
 from summon.train.teacher_cache import teacher_logits
 
 logger = logging.getLogger(__name__)
@@ -125,11 +127,19 @@ def build_method(cfg: RunConfig) -> tuple[Method, Any]:
     return METHODS.get(cfg.method), method_config(cfg.method, cfg.method_args)
 
 
-def build_features(built: Built, data: TaskData, teacher_rows: list[np.ndarray] | None = None) -> list[dict]:
-    features = built.featurizer.encode(data.examples, data.task)
+def build_features(built: Built, data: TaskData, teacher_rows: list[np.ndarray] | list[dict] | None = None,
+                   features: list[dict] | None = None) -> list[dict]:
+    """The featurized rows of ``data`` (``features`` when already encoded), each with its teacher outputs:
+    ``teacher_logits`` (an array per row) or the named arrays of a CRF teacher (a dict per row, see
+    :mod:`summon.train.structured_cache`)."""
+    if features is None:
+        features = built.featurizer.encode(data.examples, data.task)
     if teacher_rows is not None:
         for feat, row in zip(features, teacher_rows, strict=True):
-            feat["teacher_logits"] = row
+            if isinstance(row, dict):
+                feat.update(row)
+            else:
+                feat["teacher_logits"] = row
     return features
 
 
@@ -149,9 +159,14 @@ def build_run(cfg: RunConfig) -> Run:
     if teacher is not None and needs_source(cfg.model):
         source = Source.of(teacher.model, getattr(teacher.featurizer, "tokenizer", None))
     built = build_model(cfg.model, train_data.task, len(train_data.labels), source=source, labels=train_data.labels)
-    rows, fingerprints = None, None
+    rows, fingerprints, features = None, None, None
     if method.online_teacher:
         check_same_tokenizer(teacher, built)
+        if method.caches_teacher_rows(method_cfg):  # computed once over the student's rows, as online
+            features = built.featurizer.encode(train_data.examples, train_data.task)
+            rows = crf_teacher_rows(teacher, features, train_data, method.teacher_rows, method_cfg,
+                                    featurizer_config=built.featurizer.to_config(), pad_id=built.featurizer.pad_id,
+                                    cache_dir=cfg.cache_dir, batch_size=cfg.train.eval_batch_size)
     elif method.multi_teacher:
         rows, fingerprints = multi_teacher_logits(cfg, train_data, teacher)
     elif method.needs_teacher:
@@ -159,7 +174,7 @@ def build_run(cfg: RunConfig) -> Run:
     if method.method_module is not None:
         num_teachers = len(cfg.teachers) if cfg.teachers else 1
         attach_method_module(built.model, method.method_module(method_cfg, built, num_teachers))
-    train_set = FeatureDataset(build_features(built, train_data, rows))
+    train_set = FeatureDataset(build_features(built, train_data, rows, features))
     eval_features = build_features(built, eval_data) if eval_data is not None else None
     return Run(cfg, method, method_cfg, train_data, eval_data, built, train_set, eval_features, teacher,
                Path(cfg.output_dir), fingerprints)
@@ -203,23 +218,45 @@ def build_accelerator(cfg: RunConfig) -> Accelerator:
 
 
 def build_optimizer(model: torch.nn.Module, cfg: RunConfig, total_steps: int):
-    """AdamW without weight decay on biases and norms; the new head (and CRF) may get its own learning rate, and
-    a method's module its own group (at its ``lr`` attribute, default ``train.lr``; no weight decay)."""
+    """AdamW without weight decay on biases and norms; the new head (and CRF) may get its own learning rate and weight
+    decay on its matrices (``head_lr``, ``head_weight_decay``: the emission weights and CRF transitions), and a
+    method's module
+    its own group (at its ``lr`` attribute, default ``train.lr``; no weight decay). The schedule is
+    ``train.lr_schedule`` (:func:`lr_factors`)."""
     groups: dict[tuple[float, float, bool], list[torch.nn.Parameter]] = {}
     module_lr = getattr(method_module(model), "lr", None) or cfg.train.lr
+    head_decay = cfg.train.head_weight_decay
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
         if name.startswith(METHOD_MODULE + "."):
             groups.setdefault((module_lr, 0.0, True), []).append(param)
             continue
-        decay = 0.0 if param.ndim < 2 else cfg.train.weight_decay
         new = name.startswith(("head.", "crf."))
+        decay = 0.0 if param.ndim < 2 else cfg.train.weight_decay
+        if new and head_decay is not None and param.ndim >= 2:
+            decay = head_decay
         lr = cfg.train.head_lr if cfg.train.head_lr and new else cfg.train.lr
         groups.setdefault((lr, decay, False), []).append(param)
     optimizer = torch.optim.AdamW([{"params": p, "lr": lr, "weight_decay": wd} for (lr, wd, _), p in groups.items()])
     warmup = int(cfg.train.warmup_ratio * total_steps)
-    return optimizer, get_linear_schedule_with_warmup(optimizer, warmup, total_steps)
+    if cfg.train.lr_schedule == "linear":
+        return optimizer, get_linear_schedule_with_warmup(optimizer, warmup, total_steps)
+    factors = [partial(lr_factors, warmup=warmup, total=total_steps, scale=cfg.train.lr / lr) for (lr, _, _) in groups]
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, factors)
+
+
+def lr_factors(step: int, *, warmup: int, total: int, scale: float) -> float:
+    """The released sub-structured KD script's schedule (``lr_schedule: efficient_kd_code``), as a multiple of a
+    group's own rate: the linear warm-up/decay factor ``f`` (as ``linear``) squared, because its loop sets every
+    group to ``lr·f`` before each optimizer step and BertAdam multiplies by its own ``f`` again; and every group
+    runs at ``lr`` (``scale = lr / group rate``), so ``head_lr`` never counts (``train_distil_bert_crf.py``
+    overwrites the CRF/linear group's 5e-3 before the first step)."""
+    if step < warmup:
+        factor = step / max(1, warmup)
+    else:
+        factor = max(0.0, (total - step) / max(1, total - warmup))
+    return factor * factor * scale
 
 
 # --- evaluation and saving ------------------------------------------------------------------------
@@ -327,7 +364,8 @@ def _loop(run, accelerator, model, optimizer, loader, scheduler, sampler, state,
     bar = tqdm(total=steps, initial=state.step, desc=f"train {run.cfg.method}",
                disable=not (cfg.progress and accelerator.is_main_process))
     running: dict[str, float] = {}
-    step_args = {"teacher": online_teacher(run, accelerator)} if run.method.online_teacher else {}
+    online = run.method.runs_teacher_online(run.method_cfg)
+    step_args = {"teacher": online_teacher(run, accelerator)} if online else {}
     while state.step < steps and state.epoch < cfg.epochs:
         sampler.position(state.epoch, state.batch_in_epoch)
         if run.method.epoch_start is not None:
