@@ -222,11 +222,37 @@ def int8(r: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def multi_teacher(r: dict) -> str:
+    status = "complete" if r.get("complete") else "partial: not every run has finished yet"
+    lines = [f"## Multi-teacher KD with per-example selection (RL-KD, reconstructed): {r['dataset']} "
+             f"(`multi_teacher.py`, {status})\n", provenance(r),
+             f"- training rows: {r['train_subset']}; epochs: {json.dumps(r['epochs'])}; accuracy on the whole dev "
+             "split after the last epoch (no selection on dev); epoch seconds: the loop's own per-epoch clock\n",
+             "Teachers: " + ", ".join(f"{n} {100 * t['accuracy']:.2f}% ({t['flops_per_example']:.3g} FLOPs)"
+                                      for n, t in r["teachers"].items()) + ".\n",
+             "| student | weighting | accuracy mean (%) | std | seeds | epoch s |", "|---|---|---:|---:|---|---:|"]
+    for student, rows in r["students"].items():
+        for weighting, v in rows.items():
+            lines.append(f"| {student} | {weighting} | {v['accuracy_mean']:.2f} | {v['accuracy_std']:.2f} | "
+                         f"{','.join(map(str, v['seeds']))} | {frac(v['epoch_seconds'], 1)} |")
+    lines += ["", "Reinforced minus uniform (points): " + ", ".join(
+        f"{s} {v:+.2f}" for s, v in r.get("reinforced_minus_uniform", {}).items()) + "; reinforced minus the best "
+        "single-teacher KD student: " + ", ".join(f"{s} {v:+.2f} (vs {r['best_single'][s]})"
+                                                  for s, v in r.get("reinforced_minus_best_single", {}).items()) + "."]
+    if r.get("mean_weight_per_teacher"):
+        lines += ["", "Mean policy weight per teacher: " + "; ".join(
+            f"{s}: " + ", ".join(f"{t} {w:.2f}" for t, w in ws.items()) for s, ws in r["mean_weight_per_teacher"].items())]
+    if r.get("plot"):
+        lines += ["", f"![policy weight by teacher agreement]({Path(r['plot']).relative_to('benchmarks')})"]
+    return "\n".join(lines) + "\n"
+
+
 SECTIONS = {"foundation_sst2.json": foundation, "early_exit_sst2.json": early_exit,
             "early_exit_ag_news.json": early_exit, "cascade_sst2.json": cascade, "cascade_ag_news.json": cascade,
             "structured_kd_ner.json": structured_kd, "structured_kd_chunking.json": structured_kd,
             "progressive_ag_news.json": progressive, "progressive_sst2.json": progressive,
-            "serve_load.json": serve_load, "int8.json": int8}
+            "serve_load.json": serve_load, "int8.json": int8, "multi_teacher_sst2.json": multi_teacher,
+            "multi_teacher_mrpc.json": multi_teacher}
 
 
 def main() -> None:

@@ -153,10 +153,11 @@ def run_record(run_dir: Path) -> dict[str, Any]:
     records = log_records(run_dir)
     evals = [r["eval"] for r in records if "eval" in r]
     done = next(r for r in records if r.get("event") == "done")
-    epochs = [r["seconds"].get("train") for r in records if r.get("event") == "epoch" and not r.get("partial")]
+    epochs = [r["seconds"] for r in records if r.get("event") == "epoch" and not r.get("partial")]
+    parts = {k: statistics.mean(e.get(k, 0.0) for e in epochs) for k in sorted({k for e in epochs for k in e})}
     return {"accuracy": evals[-1]["accuracy"], "n_eval": evals[-1].get("n"),
             "flops_per_example": done["costs"]["flops_per_example"], "params": done["costs"]["params"],
-            "epoch_seconds": statistics.mean(epochs) if epochs else None}
+            "epoch_seconds": parts.get("train"), "epoch_seconds_parts": parts}
 
 
 def trained(cfg: RunConfig) -> Path:
@@ -218,6 +219,12 @@ def plot_weights(by_student: dict[str, dict], path: Path, title: str) -> None:
 # --- the result -----------------------------------------------------------------------------------------
 
 
+def mean_parts(parts: list[dict[str, float]]) -> dict[str, float]:
+    """Each timed part (train, backward, reward, ...) averaged over the runs that recorded it."""
+    keys = sorted({k for p in parts for k in p})
+    return {k: statistics.mean(p[k] for p in parts if k in p) for k in keys}
+
+
 def summary(records: dict[str, dict], students: list[str], weightings: list[str], seeds: list[int]) -> dict[str, Any]:
     table: dict[str, dict] = {}
     for student in students:
@@ -232,7 +239,8 @@ def summary(records: dict[str, dict], students: list[str], weightings: list[str]
             table[student][weighting] = {
                 "accuracy_mean": statistics.mean(acc), "accuracy_std": statistics.stdev(acc) if len(acc) > 1 else 0.0,
                 "seeds": [int(k.rsplit("seed", 1)[1]) for k in records if k.startswith(f"{student}/{weighting}/")],
-                "epoch_seconds": statistics.mean(secs) if secs else None}
+                "epoch_seconds": statistics.mean(secs) if secs else None,
+                "epoch_seconds_parts": mean_parts([r.get("epoch_seconds_parts") or {} for r in runs])}
     margins = {"reinforced_minus_uniform": {}, "reinforced_minus_best_single": {}, "best_single": {}}
     for student, rows in table.items():
         singles = {w: v["accuracy_mean"] for w, v in rows.items() if w.startswith("kd_")}
@@ -275,10 +283,10 @@ def main() -> None:
         for student in students:
             for weighting in weightings:
                 key = f"{student}/{weighting}/seed{seed}"
-                if key in records:
-                    continue
                 cfg = student_config(base, student, weighting, seed, teacher_dirs, args, work)
-                trained(cfg)
+                if key in records and not finished(Path(cfg.output_dir)):
+                    continue  # recorded by a run on another machine: kept as it was
+                trained(cfg)  # a finished run is only loaded: its record is read again from its log
                 records[key] = run_record(Path(cfg.output_dir))
                 if weighting in WEIGHTINGS:
                     rows = weight_rows(Path(cfg.output_dir))
