@@ -26,7 +26,7 @@ from summon.adaptive.remote import RemoteStage
 from summon.adaptive.staged import StagedPredictor
 from summon.adaptive.stages import LocalStage
 from summon.cli.main import main
-from summon.models import ModelConfig
+from summon.models import ModelConfig, build_model
 from summon.models.quantize import Quantization, dynamic_linears, float_linears
 from summon.predictor import MANIFEST, WEIGHTS, Predictor, load_predictor
 
@@ -271,3 +271,17 @@ def test_summon_quantize_names_a_missing_model_folder(tmp_path, capsys):
 def test_summon_export_refuses_an_int8_predictor(saved, tmp_path, capsys):
     assert main(["export", str(saved / "int8"), str(tmp_path / "hf")]) == 2
     assert "it is int8 (dynamic qint8 linear layers)" in capsys.readouterr().err
+
+
+def test_an_int8_teacher_does_not_reuse_its_fp32_teachers_cached_outputs(tmp_path):
+    """The int8 copy keeps its fp32 weights' fingerprint, so the teacher cache must key on the quantization too."""
+    from summon.data.spec import TaskData
+    from summon.train.teacher_cache import teacher_logits
+
+    built = build_model(ModelConfig(kind="ngram", num_buckets=512, embed_dim=8, init_seed=5), "classification", 2)
+    fp32 = Predictor(built.model, built.featurizer, "classification", ["neg", "pos"],
+                     {"architecture": built.architecture})
+    data = TaskData("classification", ["neg", "pos"], [{"text": f"text {i}", "label": i % 2} for i in range(6)], "toy")
+    teacher_logits(fp32, data, cache_dir=tmp_path)
+    teacher_logits(fp32.quantized(), data, cache_dir=tmp_path)
+    assert len(list((tmp_path / "teacher").glob("*.safetensors"))) == 2

@@ -58,7 +58,11 @@ def teacher_logits(teacher, data: TaskData, *, cache_dir: str | Path | None = No
         cache_dir: cache root (default ``$SUMMON_CACHE`` or ``~/.cache/summon``); files go under ``teacher/``.
     """
     root = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
-    key = cache_key(teacher.fingerprint, teacher.featurizer.to_config(), data)
+    settings = teacher.featurizer.to_config()
+    quantization = (getattr(teacher, "manifest", None) or {}).get("quantization")
+    if quantization:  # an int8 teacher keeps its fp32 weights' fingerprint, not its fp32 outputs
+        settings = {**settings, "quantization": quantization}
+    key = cache_key(teacher.fingerprint, settings, data)
     path = root / "teacher" / f"{key}.safetensors"
     if use_cache and path.is_file():
         try:
