@@ -15,20 +15,19 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from summon.data.features import collate
 from summon.data.spec import TaskData
 from summon.inference import length_sorted_batches, to_device
 from summon.models.pretrained import cache_dir as default_cache_dir
+from summon.train.teacher_cache import read_cached, write_cached
 
 logger = logging.getLogger(__name__)
 CACHE_VERSION = "1"
@@ -92,21 +91,11 @@ def crf_teacher_rows(teacher, features: list[dict], data: TaskData, rows_fn: Row
     root = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
     key = cache_key(teacher.fingerprint, featurizer_config, data, method_cfg.cached_contents())
     path = root / "teacher" / f"crf-{key}.safetensors"
-    if use_cache and path.is_file():
-        try:
-            rows = unpack(load_file(str(path)))
-            if len(rows) == len(features):
-                logger.info("CRF teacher outputs for %s from cache %s", data.source, path)
-                return rows
-        except Exception as err:
-            logger.warning("ignoring unreadable teacher cache %s (%s)", path, err)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    rows = compute_rows(teacher.model, features, rows_fn, method_cfg, pad_id=pad_id, batch_size=batch_size,
-                        device=device)
-    if use_cache:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp")
-        save_file(pack(rows), str(tmp), metadata={"source": data.source, "examples": str(len(data))})
-        os.replace(tmp, path)
-        logger.info("cached CRF teacher outputs for %s at %s", data.source, path)
+    rows = read_cached(path, unpack, len(features), "CRF teacher outputs", data.source) if use_cache else None
+    if rows is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        rows = compute_rows(teacher.model, features, rows_fn, method_cfg, pad_id=pad_id, batch_size=batch_size,
+                            device=device)
+        if use_cache:
+            write_cached(path, pack(rows), data, "CRF teacher outputs")
     return rows

@@ -12,6 +12,7 @@ import json
 import logging
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -64,19 +65,34 @@ def teacher_logits(teacher, data: TaskData, *, cache_dir: str | Path | None = No
         settings = {**settings, "quantization": quantization}
     key = cache_key(teacher.fingerprint, settings, data)
     path = root / "teacher" / f"{key}.safetensors"
-    if use_cache and path.is_file():
-        try:
-            rows = _unpack(load_file(str(path)))
-            if len(rows) == len(data):
-                logger.info("teacher logits for %s from cache %s", data.source, path)
-                return rows
-        except Exception as err:
-            logger.warning("ignoring unreadable teacher cache %s (%s)", path, err)
-    rows = teacher.logits(data.examples, batch_size=batch_size, progress="teacher outputs")
-    if use_cache:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp")
-        save_file(_pack(rows), str(tmp), metadata={"source": data.source, "examples": str(len(data))})
-        os.replace(tmp, path)
-        logger.info("cached teacher logits for %s at %s", data.source, path)
+    rows = read_cached(path, _unpack, len(data), "teacher logits", data.source) if use_cache else None
+    if rows is None:
+        rows = teacher.logits(data.examples, batch_size=batch_size, progress="teacher outputs")
+        if use_cache:
+            write_cached(path, _pack(rows), data, "teacher logits")
     return rows
+
+
+def read_cached(path: Path, unpack: Any, rows: int, what: str, source: str) -> list | None:
+    """The cached rows at ``path`` (``unpack`` of its tensors) when the file is there, readable and holds
+    ``rows`` rows; else None (an unreadable file is logged and ignored: it is computed again)."""
+    if not path.is_file():
+        return None
+    try:
+        out = unpack(load_file(str(path)))
+    except Exception as err:
+        logger.warning("ignoring unreadable teacher cache %s (%s)", path, err)
+        return None
+    if len(out) != rows:
+        return None
+    logger.info("%s for %s from cache %s", what, source, path)
+    return out
+
+
+def write_cached(path: Path, tensors: dict[str, torch.Tensor], data: TaskData, what: str) -> None:
+    """Write ``tensors`` to ``path`` atomically (a temporary file, then a rename), with the data's source."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp")
+    save_file(tensors, str(tmp), metadata={"source": data.source, "examples": str(len(data))})
+    os.replace(tmp, path)
+    logger.info("cached %s for %s at %s", what, data.source, path)
