@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from test_staged_contract import FACTORIES, _data, _texts
+from test_staged_contract import FACTORIES, _data, _texts, check_batched_equals_one_by_one
 from toy import median_threshold, sentiment_rows, write_jsonl
 
 import summon
@@ -302,13 +302,7 @@ def test_learned_policy_batched_equals_one_by_one(kind):
     predictor = kind["predictor"]
     assert predictor.calibration.policy == "learned" and predictor.readout().needs_lengths
     texts = _texts(24, 7)
-    threshold = _split_threshold(predictor, texts)
-    batched = predictor.predict(texts, threshold=threshold, batch_size=5)
-    assert len({p.stage for p in batched}) >= 2, "the threshold should split the rows"
-    for text, together in zip(texts, batched, strict=True):
-        alone = predictor.predict([text], threshold=threshold, batch_size=1)[0]
-        assert (alone.label, alone.stage, alone.cost) == (together.label, together.stage, together.cost)
-        np.testing.assert_allclose(alone.probs, together.probs, atol=1e-5)
+    check_batched_equals_one_by_one(predictor, texts, _split_threshold(predictor, texts))
 
 
 def test_learned_scores_round_trip_through_the_manifest(kind):

@@ -134,16 +134,19 @@ def test_calibration_is_typed_and_read_back_from_the_manifest(kind):
     assert Calibration.from_dict(saved).to_dict() == json.loads(json.dumps(calibration.to_dict()))
 
 
-def test_batched_equals_one_by_one(kind):
-    predictor = kind["predictor"]
-    texts = _texts(24, 5)
-    threshold = _split_threshold(predictor, texts)
+def check_batched_equals_one_by_one(predictor, texts, threshold: float) -> None:
+    """At ``threshold`` (one that splits the rows across stages), batches of 5 answer as each row alone does."""
     batched = predictor.predict(texts, threshold=threshold, batch_size=5)
     assert len({p.stage for p in batched}) >= 2, "the threshold should split the rows"
     for text, together in zip(texts, batched, strict=True):
         alone = predictor.predict([text], threshold=threshold, batch_size=1)[0]
         assert (alone.label, alone.stage, alone.cost) == (together.label, together.stage, together.cost)
         np.testing.assert_allclose(alone.probs, together.probs, atol=1e-5)
+
+
+def test_batched_equals_one_by_one(kind):
+    predictor, texts = kind["predictor"], _texts(24, 5)
+    check_batched_equals_one_by_one(predictor, texts, _split_threshold(predictor, texts))
 
 
 def test_one_threshold_per_row_equals_each_row_at_its_own(kind):
