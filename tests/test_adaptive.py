@@ -471,9 +471,12 @@ def test_unknown_freeze_prefix_lists_the_prefixes():
         build_model(ModelConfig(name="tiny-bert", exits="all", freeze=["encoder"]), "classification", 3)
 
 
-def test_exits_on_token_classification_raise():
-    with pytest.raises(ValueError, match="token classification"):
-        build_model(ModelConfig(name="tiny-bert", exits="all"), "token_classification", 5)
+def test_exits_on_token_classification_are_token_heads_and_a_crf_with_exits_is_refused():
+    built = build_model(ModelConfig(name="tiny-bert", exits="all"), "token_classification", 5)
+    batch = {"input_ids": torch.tensor([[1, 5, 6, 2]]), "attention_mask": torch.ones(1, 4, dtype=torch.long)}
+    assert built.model(batch).shape == (1, built.model.num_stages, 4, 5)  # [B, S, L, C]: one tagging per exit
+    with pytest.raises(ValueError, match=r"crf: not available with model\.exits"):
+        build_model(ModelConfig(name="tiny-bert", exits="all", crf=True), "token_classification", 5)
 
 
 # --- 5. the early-exit training step --------------------------------------------------------------------------

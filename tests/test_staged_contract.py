@@ -22,16 +22,18 @@ from summon.adaptive.calibration import Calibration, CalibrationSpec
 from summon.adaptive.cascade import build_cascade
 from summon.adaptive.kinds import KINDS, staged_kind
 from summon.adaptive.knob import Knob
+from summon.adaptive.scoring import pad_words
 from summon.adaptive.staged import StagedPredictor
 from summon.data.spec import TaskData
 from summon.evaluate.adaptive import evaluate_adaptive
 from summon.evaluate.runner import evaluate_staged
 from summon.models import ModelConfig, build_model
 from summon.models.member import hidden_width
-from summon.predictor import Predictor
+from summon.predictor import Predictor, canonical_inputs
 from summon.saved import read_json_manifest, save_ensemble
 
 LABELS = ["neg", "pos"]
+TAGS = ["O", "B-GOOD", "I-GOOD"]
 WORDS = "good bad great awful fine dull fun boring nice poor film plot story acting music".split()
 
 
@@ -40,10 +42,23 @@ def _texts(n: int, seed: int) -> list[str]:
     return [" ".join(gen.choice(WORDS, size=int(gen.integers(1, 12)))) for _ in range(n)]
 
 
-def _data(n: int = 120, seed: int = 0) -> TaskData:
+def _data(n: int = 120, seed: int = 0, *, kind: str = "") -> TaskData:
     texts = _texts(n, seed)
+    if kind in TAGGERS:  # a word is a GOOD entity when it is a good word (a run of them is one span)
+        examples = []
+        for t in texts:
+            words = t.split()
+            good = [w in ("good", "great", "fun") for w in words]
+            tags = [0 if not g else (2 if i and good[i - 1] else 1) for i, g in enumerate(good)]
+            examples.append({"tokens": words, "tags": tags})
+        return TaskData("token_classification", TAGS, examples, f"synthetic-tags:{seed}")
     examples = [{"text": t, "label": int(("good" in t) or ("great" in t) or ("fun" in t))} for t in texts]
     return TaskData("classification", LABELS, examples, f"synthetic:{seed}")
+
+
+def _answer(p) -> tuple:
+    """What must match between two runs of one row: the label or the tags, the stage and the cost."""
+    return p.label, tuple(p.tags or ()), p.stage, p.cost
 
 
 def _save_plain(cfg: ModelConfig, directory) -> str:
@@ -56,6 +71,14 @@ def _save_plain(cfg: ModelConfig, directory) -> str:
 def early_exit(root) -> str:
     cfg = ModelConfig(kind="random", name="tiny-bert", num_layers=3, exits="all", max_length=32, init_seed=1)
     return _save_plain(cfg, root / "exits")
+
+
+def token_early_exit(root) -> str:
+    cfg = ModelConfig(kind="random", name="tiny-bert", num_layers=3, exits="all", max_length=32, init_seed=7)
+    built = build_model(cfg, "token_classification", len(TAGS))
+    Predictor(built.model, built.featurizer, "token_classification", TAGS, {"architecture": built.architecture}).save(
+        root / "tagger", architecture=built.architecture)
+    return str(root / "tagger")
 
 
 def cascade(root) -> str:
@@ -85,7 +108,9 @@ def progressive(root) -> str:
                              "classification", LABELS))
 
 
-FACTORIES = {"early_exit": early_exit, "cascade": cascade, "progressive": progressive}
+FACTORIES = {"early_exit": early_exit, "cascade": cascade, "progressive": progressive,
+             "token_early_exit": token_early_exit}
+TAGGERS = {"token_early_exit"}  # kinds that tag words: their data and answers are tag sequences
 
 
 def test_every_registered_kind_has_a_contract_factory():
@@ -98,15 +123,17 @@ def kind(request, tmp_path_factory):
     root = tmp_path_factory.mktemp(request.param)
     path = FACTORIES[request.param](root)
     predictor = summon.load(path, device="cpu")
-    data = _data()
+    data = _data(kind=request.param)
     summon.calibrate(predictor, data, max_drop=0.05, latency=False)
     return {"name": request.param, "path": path, "predictor": summon.load(path, device="cpu"), "data": data}
 
 
 def _split_threshold(predictor, texts) -> float:
     """A threshold between stage-0 scores, so some rows stop at once and some go on."""
-    raws = predictor.stage_logits([{"text": t} for t in texts])
-    scores = predictor.readout()(0, torch.from_numpy(raws[0]))[1].numpy()
+    raws = predictor.stage_logits(canonical_inputs(predictor.task, texts))
+    first = pad_words(raws[0], len(predictor.labels)) if predictor.task == "token_classification" else \
+        torch.from_numpy(raws[0])
+    scores = predictor.readout()(0, first)[1].numpy()
     values = np.unique(scores)
     mids = (values[:-1] + values[1:]) / 2
     return float(mids[len(mids) // 2])
@@ -140,8 +167,9 @@ def check_batched_equals_one_by_one(predictor, texts, threshold: float) -> None:
     assert len({p.stage for p in batched}) >= 2, "the threshold should split the rows"
     for text, together in zip(texts, batched, strict=True):
         alone = predictor.predict([text], threshold=threshold, batch_size=1)[0]
-        assert (alone.label, alone.stage, alone.cost) == (together.label, together.stage, together.cost)
-        np.testing.assert_allclose(alone.probs, together.probs, atol=1e-5)
+        assert _answer(alone) == _answer(together)
+        if alone.probs is not None:
+            np.testing.assert_allclose(alone.probs, together.probs, atol=1e-5)
 
 
 def test_batched_equals_one_by_one(kind):
@@ -164,13 +192,15 @@ def test_save_and_load_round_trip(kind, tmp_path):
     again = summon.load(kind["path"], device="cpu")
     assert again.calibration.to_dict() == predictor.calibration.to_dict()
     after = [p.to_dict() for p in again.predict(texts)]
-    assert [(a["label"], a["stage"], a["cost"]) for a in after] == [(b["label"], b["stage"], b["cost"]) for b in before]
-    np.testing.assert_allclose([a["probs"] for a in after], [b["probs"] for b in before], atol=1e-6)
+    keys = ("label", "tags", "stage", "cost")
+    assert [[a.get(k) for k in keys] for a in after] == [[b.get(k) for k in keys] for b in before]
+    if "probs" in before[0]:
+        np.testing.assert_allclose([a["probs"] for a in after], [b["probs"] for b in before], atol=1e-6)
 
 
 def test_the_knob_is_monotone_in_cost(kind):
     predictor = kind["predictor"]
-    texts = [ex["text"] for ex in kind["data"].examples]
+    texts = [ex.get("text") or " ".join(ex["tokens"]) for ex in kind["data"].examples]
     thresholds = sorted({p.threshold for p in predictor.calibration.table.points})[:: 5]
     costs = [np.mean([p.cost for p in predictor.predict(texts, threshold=t)]) for t in thresholds]
     assert all(b >= a - 1e-12 for a, b in itertools.pairwise(costs)), costs
@@ -187,11 +217,12 @@ def test_streaming_predictions_equal_predict(kind):
     knob = Knob(max_drop=0.1)
     streamed = [p.to_dict() for p in predictor.iter_predict(iter(texts), knob=knob, window=7)]
     direct = [p.to_dict() for p in predictor.predict(texts, max_drop=0.1)]
-    assert [(s["label"], s["stage"]) for s in streamed] == [(d["label"], d["stage"]) for d in direct]
+    assert [(s.get("label"), s.get("tags"), s["stage"]) for s in streamed] == \
+        [(d.get("label"), d.get("tags"), d["stage"]) for d in direct]
 
 
 def test_one_evaluation_for_every_kind(kind, tmp_path):
-    predictor, data = kind["predictor"], _data(60, 9)
+    predictor, data = kind["predictor"], _data(60, 9, kind=kind["name"])
     result = evaluate_adaptive(predictor, data, out_dir=tmp_path, title=kind["name"])
     assert result["kind"] == kind["name"] and len(result["exit_accuracy"]) == predictor.num_stages
     assert result["oracle_agree_end"]["accuracy"] == pytest.approx(result["full_accuracy"])
@@ -199,3 +230,5 @@ def test_one_evaluation_for_every_kind(kind, tmp_path):
     entry = evaluate_staged(predictor, data, name=kind["name"], latency=True, batch_sizes=(1, 8), max_seconds=0.5)
     assert sum(entry["metrics"]["answered_by_stage"]) == 60 and entry["cost"]["machine"]["device"] == "cpu"
     assert set(entry["cost"]["latency"]) == {"1", "8"}
+    if kind["name"] in TAGGERS:  # span F1 per exit, and the answer's F1 from the one adaptive run
+        assert len(result["exit_f1"]) == predictor.num_stages and 0.0 <= entry["metrics"]["f1"] <= 1.0

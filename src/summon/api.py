@@ -94,7 +94,7 @@ def calibrate(predictor: Any, data: str | DatasetSpec | TaskData, *, budget: flo
               guaranteed: float | None = None, delta: float = 0.1, policy: str = "max_prob", unit: str = "flops",
               temperature_fraction: float = 0.3, seed: int = 0, latency: bool = True, against: str = "reference",
               data_dir: str | None = None, limit: int | None = None, save: bool = True,
-              learned_target: str = "reference", learned_l2: float = 1e-3) -> Calibration:
+              learned_target: str = "reference", learned_l2: float = 1e-3, token_reduce: str = "min") -> Calibration:
     """Calibrate a staged predictor (or its directory) on held-out ``data`` (a TaskData or ``"sst2:dev"``).
 
     One of ``budget``, ``max_drop`` (``against`` the reference model's answers or ``"gold"`` labels) or
@@ -102,14 +102,15 @@ def calibrate(predictor: Any, data: str | DatasetSpec | TaskData, *, budget: flo
     With ``save`` the calibration is written into the saved predictor (the previous one kept).
     ``policy="learned"`` fits a logistic score per stage on the temperature rows
     (:mod:`summon.adaptive.learned`), predicting agreement with the reference model (``learned_target=
-    "reference"``) or correctness (``"gold"``), with weight penalty ``learned_l2``.
+    "reference"``) or correctness (``"gold"``), with weight penalty ``learned_l2``. A tagger with exits scores
+    each word and reduces over the sentence by ``token_reduce`` (``min``, ``mean`` or ``path``).
     """
     predictor = _as_predictor(predictor)
     if not isinstance(predictor, StagedPredictor):
         raise ValueError(f"{predictor.path or 'this predictor'} has no stages to calibrate: train it with "
                          "model.exits (e.g. 'all'), or build a cascade with summon.cascade([...])")
     spec = CalibrationSpec(policy=policy, cost_unit=unit, temperature_fraction=temperature_fraction, seed=seed,
-                           delta=delta, learned_target=learned_target, learned_l2=learned_l2,
+                           delta=delta, learned_target=learned_target, learned_l2=learned_l2, token_reduce=token_reduce,
                            **_rule(budget, max_drop, guaranteed, against))
     calibration = predictor.calibrate(_data(predictor, data, data_dir, limit), spec, latency=latency)
     if save and predictor.path is not None:
@@ -134,7 +135,8 @@ def quantize(predictor: Any, *, dtype: str = "int8", calibrate_on: str | Dataset
              out: str | os.PathLike | None = None, budget: float | None = None, max_drop: float | None = None,
              guaranteed: float | None = None, delta: float = 0.1, policy: str = "max_prob", unit: str = "flops",
              temperature_fraction: float = 0.3, seed: int = 0, latency: bool = True, against: str = "reference",
-             data_dir: str | None = None, limit: int | None = None, learned_target: str = "reference") -> Any:
+             data_dir: str | None = None, limit: int | None = None, learned_target: str = "reference",
+             token_reduce: str = "min") -> Any:
     """An int8 copy of a predictor (an object, or a folder loaded on the CPU): every ``nn.Linear`` of its torch
     models replaced by a dynamic int8 one (``torch.ao.nn.quantized.dynamic.Linear``; :mod:`summon.models.quantize`).
 
@@ -179,7 +181,8 @@ def quantize(predictor: Any, *, dtype: str = "int8", calibrate_on: str | Dataset
     if calibrate_on is not None:
         calibrate(quantized, calibrate_on, budget=budget, max_drop=max_drop, guaranteed=guaranteed, delta=delta,
                   policy=policy, unit=unit, temperature_fraction=temperature_fraction, seed=seed, latency=latency,
-                  against=against, data_dir=data_dir, limit=limit, save=False, learned_target=learned_target)
+                  against=against, data_dir=data_dir, limit=limit, save=False, learned_target=learned_target,
+                  token_reduce=token_reduce)
     if out is None:
         return quantized
     quantized.save(out)

@@ -88,6 +88,9 @@ def predict_logits(
 
 
 def _tagging_rows(model: nn.Module, logits: torch.Tensor, batch: dict[str, torch.Tensor]) -> list[np.ndarray]:
+    if logits.ndim == 4:  # a tagger with exits: [B, S, L, C] -> per example [S, num_words, C]
+        stages = [split_word_logits(logits[:, k], batch) for k in range(logits.shape[1])]
+        return [np.stack(rows) for rows in zip(*stages, strict=True)]
     if hasattr(model, "word_scores"):
         return split_word_rows(model.word_scores(batch, logits), batch)
     return split_word_logits(logits, batch)

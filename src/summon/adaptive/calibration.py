@@ -27,7 +27,8 @@ import torch.nn.functional as F
 from summon.adaptive.costs import StageCosts
 from summon.adaptive.gate import Gate
 from summon.adaptive.learned import TARGETS, LearnedScores, check_features, fit_learned
-from summon.adaptive.scoring import Readout, check_scorer, score_all
+from summon.adaptive.policies import TOKEN_REDUCTIONS
+from summon.adaptive.scoring import Readout, TokenReadout, check_scorer, score_all, token_view
 from summon.adaptive.stages import split_defer
 from summon.adaptive.thresholds import OperatingPoint, ThresholdTable
 from summon.measure.metrics import expected_calibration_error
@@ -94,6 +95,7 @@ class CalibrationSpec:
 
     ``learned_target`` (``reference``: agree with the last stage; ``gold``: be right), ``learned_l2`` and
     ``learned_features`` (None: all of :data:`~summon.adaptive.learned.FEATURES`) shape the ``learned`` scorer.
+    ``token_reduce`` (``min``, ``mean``, ``path``) turns a tagger's per-word scores into one per sentence.
     """
 
     policy: str = "max_prob"
@@ -106,9 +108,12 @@ class CalibrationSpec:
     learned_target: Literal["reference", "gold"] = "reference"
     learned_l2: float = 1e-3
     learned_features: tuple[str, ...] | None = None
+    token_reduce: Literal["min", "mean", "path"] = "min"
 
     def __post_init__(self) -> None:
         check_scorer(self.policy)
+        if self.token_reduce not in TOKEN_REDUCTIONS:
+            raise ValueError(f"token_reduce must be one of {', '.join(TOKEN_REDUCTIONS)}, got {self.token_reduce!r}")
         if self.learned_target not in TARGETS:
             raise ValueError(f"learned_target must be one of {', '.join(TARGETS)}, got {self.learned_target!r}")
         if isinstance(self.learned_l2, bool) or not isinstance(self.learned_l2, int | float) or not (
@@ -170,8 +175,11 @@ class Calibration:
     data: str = ""
     rows: dict[str, int] = field(default_factory=dict)
     spec: CalibrationSpec | None = None
+    token_reduce: str | None = None  # taggers: how per-word scores become one per sentence (None: not a tagger)
 
-    def readout(self, num_labels: int) -> Readout:
+    def readout(self, num_labels: int) -> Readout | TokenReadout:
+        if self.token_reduce is not None:
+            return TokenReadout(self.policy, self.temperatures, num_labels, self.token_reduce)
         return Readout(self.policy, self.temperatures, num_labels, self.gates, self.learned)
 
     def fractions(self, unit: str | None = None) -> list[float]:
@@ -189,6 +197,8 @@ class Calibration:
             out["learned"] = self.learned.to_dict()
         if self.spec is not None:
             out["spec"] = asdict(self.spec)
+        if self.token_reduce is not None:
+            out["token_reduce"] = self.token_reduce
         return out
 
     @classmethod
@@ -202,7 +212,8 @@ class Calibration:
                        default=DefaultPoint.from_dict(data["default"]), report=list(data.get("calibration", [])),
                        gates=None if gates is None else [Gate(**g) if g else None for g in gates], learned=learned,
                        data=data.get("data", ""), rows=dict(data.get("rows", {})),
-                       spec=CalibrationSpec(**data["spec"]) if data.get("spec") else None)
+                       spec=CalibrationSpec(**data["spec"]) if data.get("spec") else None,
+                       token_reduce=data.get("token_reduce"))
         except (KeyError, TypeError, ValueError) as err:
             raise ValueError(f"{where}: the 'adaptive' (calibration) section is damaged ({type(err).__name__}: "
                              f"{err}); recalibrate with `summon calibrate`") from None
@@ -331,3 +342,47 @@ def fit_calibration(raws: Sequence[np.ndarray] | np.ndarray, gold: np.ndarray, c
                        default=default, report=report, gates=gates, learned=learned, data=data,
                        rows={"temperature": len(fit_rows), "thresholds": len(test_rows), "seed": spec.seed},
                        spec=spec)
+
+
+def fit_token_calibration(raws: Sequence[Sequence[np.ndarray]], gold: Sequence[np.ndarray], costs: StageCosts,
+                          spec: CalibrationSpec, *, num_labels: int, data: str = "",
+                          rows: tuple[np.ndarray, np.ndarray] | None = None) -> Calibration:
+    """:func:`fit_calibration` for taggers (a pure function): one temperature per exit fitted by word-level NLL
+    on the temperature sentences; the threshold table on the other sentences, where a sentence's answer is its
+    whole tag sequence (:func:`~summon.adaptive.scoring.token_view`): ``max_drop`` bounds the share of sentences
+    whose tags differ from the last exit's, ``max_drop_gold`` the drop in whole-sentence accuracy.
+
+    Args:
+        raws: per stage, one ``[words, K]`` array of raw word logits per sentence.
+        gold: per sentence, its gold tag ids ``[words]``.
+    """
+    n = len(gold)
+    if any(len(r) != n for r in raws):
+        raise ValueError(f"stage logits have {[len(r) for r in raws]} sentences for {n} gold tag sequences")
+    if len(costs.flops) != len(raws):
+        raise ValueError(f"{len(costs.flops)} stage costs for {len(raws)} stages")
+    bad = next((i for i in range(n) if len(raws[0][i]) != len(gold[i])), None)
+    if bad is not None:
+        raise ValueError(f"sentence {bad}: {len(raws[0][bad])} words of logits for {len(gold[bad])} gold tags")
+    TokenReadout(spec.policy, [1.0] * len(raws), num_labels, spec.token_reduce)  # refuses sentence-only scorers
+    fit_rows, test_rows = rows if rows is not None else split_rows(n, spec.temperature_fraction, spec.seed)
+
+    def words(k: int, idx: np.ndarray) -> np.ndarray:
+        return np.concatenate([np.asarray(raws[k][i], np.float64).reshape(-1, num_labels) for i in idx])
+
+    fit_gold = torch.from_numpy(np.concatenate([np.asarray(gold[i], np.int64) for i in fit_rows]))
+    temps = [fit_temperature(torch.from_numpy(words(k, fit_rows)), fit_gold) for k in range(len(raws))]
+    test_gold = torch.from_numpy(np.concatenate([np.asarray(gold[i], np.int64) for i in test_rows]))
+    report = calibration_report(torch.from_numpy(np.stack([words(k, test_rows) for k in range(len(raws))], axis=1)),
+                                test_gold, temps)
+    readout = TokenReadout(spec.policy, temps, num_labels, spec.token_reduce)
+    view = token_view([[r[i] for i in test_rows] for r in raws], readout, [gold[i] for i in test_rows])
+    table = ThresholdTable.build(spec.policy, spec.cost_unit, view["scores"], view["preds"],
+                                 np.asarray(costs.fractions(spec.cost_unit)), view["gold"])
+    point, tests = choose(table, spec.rule, spec.value, spec.delta)
+    default = DefaultPoint(spec.rule, spec.value, spec.delta if spec.rule == "guaranteed" else None, point,
+                           None if tests is None else len(tests))
+    return Calibration(policy=spec.policy, cost_unit=spec.cost_unit, temperatures=temps, costs=costs, table=table,
+                       default=default, report=report, data=data,
+                       rows={"temperature": len(fit_rows), "thresholds": len(test_rows), "seed": spec.seed},
+                       spec=spec, token_reduce=spec.token_reduce)

@@ -90,6 +90,9 @@ class CascadeRunner:
     def unpack(self, stage: int, examples: list[Any], rows: Sequence[int]) -> list[tuple[Any, int]]:
         return [(examples[i], example_length(examples[i])) for i in rows]
 
+    def follow(self, stage: int, examples: list[Any]) -> list[Any]:
+        return examples
+
 
 class CascadePredictor(StagedBase):
     """A chain of stages with one run-time knob; build it from stages or load it from a cascade directory."""

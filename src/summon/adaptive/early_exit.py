@@ -54,6 +54,10 @@ class ExitRunner:
     def unpack(self, stage: int, state: Any, rows: Sequence[int]) -> list[tuple[Any, int]]:
         return self.model.unpack(state, torch.tensor(list(rows), device=state.mask.device))
 
+    def follow(self, stage: int, state: Any) -> Any:
+        """A batch that goes on whole continues from its hidden states as they are."""
+        return state
+
 
 class EarlyExitPredictor(StagedBase, Predictor):
     """A :class:`~summon.predictor.Predictor` whose model answers in stages, one per exit."""

@@ -20,6 +20,10 @@ row; regrouping keeps every stage's batches full, so measured time follows the c
 The policy's per-row carry (patience's run, the ``learned`` scorer's previous-stage features and input length,
 read from ``runner.length`` at stage 0) follows each row through the regrouping.
 
+What a row's answer is belongs to the read-out: ``[K]`` class logits for sentence kinds (:class:`~summon.adaptive.
+scoring.Readout`), one ``[words, K]`` array per row for taggers (:class:`~summon.adaptive.tokens.TokenReadout`),
+kept by its ``blank``/``store``/``rows_of``/``stack``.
+
 Thresholds may differ per row (requests with different knobs share a forward pass). A stage that cannot
 answer (:class:`~summon.adaptive.stages.StageUnavailable`, e.g. a remote teacher that timed out) leaves its
 rows with the answer of the last stage that did answer, marked ``fallback``. Each row's answer equals
@@ -29,8 +33,9 @@ running it alone (up to float rounding), which the contract tests check for ever
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Protocol
 
 import numpy as np
@@ -55,12 +60,15 @@ class StageRunner(Protocol):
 
     def unpack(self, stage: int, state: Any, rows: Sequence[int]) -> list[tuple[Any, int]]: ...
 
+    # optional: ``follow(stage, state) -> state`` turns stage ``stage``'s state into stage ``stage + 1``'s input
+    # for a batch that goes on whole (runners without it always unpack and regroup)
+
 
 @dataclass
 class Execution:
     """Per input row: calibrated logits of the answering stage, that stage, its score, and fallbacks."""
 
-    logits: np.ndarray  # [N, K] float32, divided by the answering stage's temperature
+    logits: np.ndarray  # [N, K] float32 divided by the answering stage's temperature (taggers: [N] of [words, K])
     stage: np.ndarray  # [N] int64
     score: np.ndarray  # [N] float64
     fallback: np.ndarray  # [N] bool: a later stage was asked and could not answer
@@ -93,6 +101,15 @@ class _Pending:
     carry: torch.Tensor | None
 
 
+@dataclass
+class _Whole:
+    """A batch all of whose rows go on: kept as the runner's state (no unpacking, no regrouping copies)."""
+
+    rows: np.ndarray
+    state: Any
+    carry: torch.Tensor | None
+
+
 def _chunks(items: list[_Pending], size: int) -> list[list[_Pending]]:
     return [items[i:i + size] for i in range(0, len(items), size)]
 
@@ -102,6 +119,9 @@ def execute(runner: StageRunner, items: Sequence[Any], readout: Readout,
             threshold: float | Sequence[float] | np.ndarray, *, batch_size: int = 64,
             collect: list[list[np.ndarray | None]] | None = None) -> Execution:
     """Run ``items`` (stage-0 pieces) adaptively; see the module docstring.
+
+    A batch none of whose rows stops goes on as it is when the runner can hand a stage's state to the next
+    (``runner.follow``: early exit, taggers, cascades); only batches that lost rows are unpacked and regrouped.
 
     Args:
         threshold: one number, one per row, or ``[rows, stages]``.
@@ -113,26 +133,34 @@ def execute(runner: StageRunner, items: Sequence[Any], readout: Readout,
         raise ValueError(f"batch_size must be positive, got {batch_size}")
     n, stages = len(items), runner.num_stages
     limits = row_thresholds(threshold, n, stages)
-    out = Execution(logits=np.zeros((n, readout.num_labels), np.float32), stage=np.zeros(n, np.int64),
-                    score=np.zeros(n, np.float64), fallback=np.zeros(n, bool))
-    pending = [_Pending(i, item, runner.length(item), None) for i, item in enumerate(items)]
+    out = Execution(logits=readout.blank(n), stage=np.zeros(n, np.int64), score=np.zeros(n, np.float64),
+                    fallback=np.zeros(n, bool))
+    pending: list[_Pending | _Whole] = [_Pending(i, item, runner.length(item), None) for i, item in enumerate(items)]
     for k in range(stages):
-        pending.sort(key=lambda p: -p.length)
-        going: list[_Pending] = []
-        for chunk in _chunks(pending, batch_size):
-            going += _run_chunk(runner, readout, k, chunk, limits, out, collect)
+        loose = sorted((p for p in pending if isinstance(p, _Pending)), key=lambda p: -p.length)
+        going: list[_Pending | _Whole] = []
+        for whole in (p for p in pending if isinstance(p, _Whole)):
+            going += _run_batch(runner, readout, k, whole.rows, partial(runner.follow, k - 1, whole.state),
+                                whole.carry, None, limits, out, collect)
+        for chunk in _chunks(loose, batch_size):
+            rows = np.array([p.row for p in chunk])
+            carry = None if chunk[0].carry is None else torch.stack([p.carry for p in chunk])
+            lengths = np.array([p.length for p in chunk]) if k == 0 and readout.needs_lengths else None
+            going += _run_batch(runner, readout, k, rows, partial(runner.begin, k, [p.piece for p in chunk]),
+                                carry, lengths, limits, out, collect)
         pending = going
         if not pending:
             break
     return out
 
 
-def _run_chunk(runner: StageRunner, readout: Readout, k: int, chunk: list[_Pending], limits: np.ndarray,
-               out: Execution, collect: list[list[np.ndarray | None]] | None) -> list[_Pending]:
-    """Run stage ``k`` on one batch; record every row's answer (final or provisional); return the rows going on."""
-    rows = np.array([p.row for p in chunk])
+def _run_batch(runner: StageRunner, readout: Readout, k: int, rows: np.ndarray, start: Callable[[], Any],
+               carry: torch.Tensor | None, lengths: np.ndarray | None, limits: np.ndarray, out: Execution,
+               collect: list[list[np.ndarray | None]] | None) -> list[_Pending | _Whole]:
+    """Run stage ``k`` on one batch (``start()`` gives the runner's state for it); record every row's answer
+    (final or provisional); return what goes on: the whole batch, or its remaining rows."""
     try:
-        state, raw = runner.run(k, runner.begin(k, [p.piece for p in chunk]))
+        state, raw = runner.run(k, start())
     except StageUnavailable as err:
         if k == 0:
             raise
@@ -140,13 +168,10 @@ def _run_chunk(runner: StageRunner, readout: Readout, k: int, chunk: list[_Pendi
         out.fallback[rows] = True
         return []
     if collect is not None:
-        raw_rows = raw.float().cpu().numpy()
-        for i, row in enumerate(rows):
-            collect[k][row] = raw_rows[i]
-    carry = None if chunk[0].carry is None else torch.stack([p.carry for p in chunk])
-    lengths = np.array([p.length for p in chunk]) if k == 0 and readout.needs_lengths else None
+        for row, raw_row in zip(rows, readout.rows_of(raw), strict=True):
+            collect[k][row] = raw_row
     logits, score, carry = readout(k, raw, carry, lengths)
-    out.logits[rows] = logits.float().cpu().numpy()
+    readout.store(out.logits, rows, logits)
     out.stage[rows] = k
     scores = score.cpu().numpy()
     out.score[rows] = scores
@@ -155,6 +180,8 @@ def _run_chunk(runner: StageRunner, readout: Readout, k: int, chunk: list[_Pendi
     going = np.flatnonzero(scores < limits[rows, k]).tolist()
     if not going:
         return []
+    if len(going) == len(rows) and getattr(runner, "follow", None) is not None:
+        return [_Whole(rows, state, carry)]
     pieces = runner.unpack(k, state, going)
     return [_Pending(int(rows[i]), piece, length, None if carry is None else carry[i])
             for i, (piece, length) in zip(going, pieces, strict=True)]
@@ -169,4 +196,4 @@ def collect_stage_logits(runner: StageRunner, items: Sequence[Any], readout: Rea
         raise ValueError(f"{int(result.fallback.sum())} rows could not reach every stage (a stage was unavailable: "
                          "see the warning above); calibration and evaluation need every stage to answer. Start or "
                          "reach the missing stage and run again")
-    return [np.stack(rows) if rows else np.zeros((0, readout.num_labels), np.float32) for rows in collect]
+    return [readout.stack(rows) for rows in collect]

@@ -72,3 +72,27 @@ def stage_scores(probs: torch.Tensor, policy: Policy) -> torch.Tensor:
         score, carry = policy(probs[:, k], carry)
         scores.append(score)
     return torch.stack(scores, dim=1)
+
+
+# --- taggers: one score per sentence from one score per word ---------------------------------------
+
+TOKEN_POLICIES = ("max_prob", "margin", "entropy")  # per-word scores a tagger's exits may use
+TOKEN_REDUCTIONS = ("min", "mean", "path")
+
+
+def sentence_score(word_scores: torch.Tensor, mask: torch.Tensor, how: str) -> torch.Tensor:
+    """A sentence's score from its words' scores ``[B, W]`` (``mask`` marks real words): ``min`` (the least
+    confident word decides), ``mean``, or ``path`` — the product over words, which for ``max_prob`` is the
+    probability of the best tag path of a tagger whose words are tagged independently (a softmax head).
+    A sentence without words scores 1 (nothing to get wrong)."""
+    if how not in TOKEN_REDUCTIONS:
+        raise ValueError(f"unknown token reduction {how!r}; choose from {', '.join(TOKEN_REDUCTIONS)}")
+    scores = word_scores.masked_fill(~mask, 1.0)
+    if scores.shape[1] == 0:
+        return torch.ones(scores.shape[0], dtype=scores.dtype, device=scores.device)
+    if how == "min":
+        return scores.min(dim=1).values
+    if how == "mean":
+        words = mask.sum(dim=1)
+        return torch.where(words > 0, (scores * mask).sum(dim=1) / words.clamp_min(1), 1.0)
+    return scores.clamp_min(1e-300).log().sum(dim=1).exp()

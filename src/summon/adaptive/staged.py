@@ -206,8 +206,9 @@ class StagedBase:
         if deadline_ms is not None:
             limit = row_thresholds(limit, len(inputs), self.num_stages).copy()
             limit[:, self.deadline_stage(deadline_ms, len(inputs)):] = -np.inf  # stop there at the latest
-        result = self.run_examples(canonical_inputs(self.task, inputs), limit, batch_size=batch_size)
-        return self.predictions(result, unit=unit)
+        examples = canonical_inputs(self.task, inputs)
+        result = self.run_examples(examples, limit, batch_size=batch_size)
+        return self.predictions(result, unit=unit, inputs=inputs, examples=examples)
 
     def deadline_stage(self, deadline_ms: float, rows: int) -> int:
         """The last stage whose measured latency (per example, at the calibration's batch size) lets ``rows``
@@ -224,8 +225,10 @@ class StagedBase:
             return 0
         return fits[-1]
 
-    def predictions(self, result: Execution, *, unit: str | None = None) -> list[Prediction]:
-        """:class:`Prediction` objects of an execution result."""
+    def predictions(self, result: Execution, *, unit: str | None = None, inputs: Sequence[Any] | None = None,
+                    examples: Sequence[dict[str, Any]] | None = None) -> list[Prediction]:
+        """:class:`Prediction` objects of an execution result (``inputs``/``examples``: what it answered, which
+        taggers need for their words and spans)."""
         fractions = self.stage_fractions(unit)
         probs = softmax(result.logits.astype(np.float64))
         out = []
@@ -243,8 +246,9 @@ class StagedBase:
         limit = self.threshold_for(knob)
         iterator = as_stream(inputs)
         while chunk := list(itertools.islice(iterator, window)):
-            result = self.run_examples(canonical_inputs(self.task, chunk), limit, batch_size=batch_size)
-            yield from self.predictions(result, unit=knob.unit)
+            examples = canonical_inputs(self.task, chunk)
+            result = self.run_examples(examples, limit, batch_size=batch_size)
+            yield from self.predictions(result, unit=knob.unit, inputs=chunk, examples=examples)
 
     # --- calibration ------------------------------------------------------------------------------
 
@@ -257,6 +261,9 @@ class StagedBase:
         spec = spec or CalibrationSpec()
         if not data.has_labels:
             raise ValueError(f"{data.source}: calibration needs labels (temperatures are fitted by NLL)")
+        if spec.token_reduce != CalibrationSpec.token_reduce:
+            raise ValueError(f"token_reduce={spec.token_reduce!r} turns a tagger's word scores into a sentence score; "
+                             f"this {self.kind} predictor answers whole inputs: leave token_reduce out")
         raws = self.stage_logits(data.examples, batch_size=batch_size, progress="calibration pass")
         gold = np.array([ex["label"] for ex in data.examples])
         lengths = row_lengths(self, data.examples) if spec.policy == "learned" else None

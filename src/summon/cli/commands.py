@@ -91,6 +91,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def _print_adaptive(result: dict) -> None:
     chosen = result["chosen"]
+    if "exit_f1" in result:  # a tagger: accuracy below is whole-sentence accuracy (every tag right)
+        print(f"  span F1 per exit: {', '.join(f'{f:.4f}' for f in result['exit_f1'])}; 'accuracy' below is the share "
+              "of sentences tagged entirely right")
     print(f"  {result['kind']} ({result['scorer']}, device {result.get('device') or 'cpu'}): full model accuracy "
           f"{result['full_accuracy']:.4f}; at threshold {float(chosen['threshold']):.4g}: accuracy "
           f"{chosen['accuracy']:.4f}, cost {chosen['cost']:.3f}, stages {chosen['exit_counts']}")
@@ -110,7 +113,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
                                    policy=args.policy, unit=args.unit or "flops",
                                    temperature_fraction=args.temperature_fraction, seed=args.seed,
                                    latency=not args.no_latency, data_dir=args.data_dir, limit=args.limit,
-                                   learned_target=args.learned_target)
+                                   learned_target=args.learned_target, token_reduce=args.token_reduce)
     _print_calibration(calibration, args.table_rows)
     return 0
 
@@ -122,7 +125,7 @@ CALIBRATION_FLAGS = {
     "--against": lambda a: a.against != "reference", "--temperature-fraction": lambda a: a.temperature_fraction != 0.3,
     "--no-latency": lambda a: a.no_latency, "--seed": lambda a: a.seed != 0,
     "--data-dir": lambda a: a.data_dir is not None, "--limit": lambda a: a.limit is not None,
-    "--learned-target": lambda a: a.learned_target != "reference"}
+    "--learned-target": lambda a: a.learned_target != "reference", "--token-reduce": lambda a: a.token_reduce != "min"}
 
 
 def cmd_quantize(args: argparse.Namespace) -> int:
@@ -140,7 +143,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
                            policy=args.policy, unit=args.unit or "flops",
                            temperature_fraction=args.temperature_fraction, seed=args.seed,
                            latency=not args.no_latency, against=args.against, data_dir=args.data_dir,
-                           limit=args.limit, learned_target=args.learned_target)
+                           limit=args.limit, learned_target=args.learned_target, token_reduce=args.token_reduce)
     layers = sum(dynamic_linears(model) for model in _models(int8))
     print(f"quantized {args.model} ({getattr(int8, 'kind', 'plain')}): {layers} linear layers dynamic int8 "
           f"({int8.quantization.dtype}, engine {int8.quantization.engine}); runs on the CPU")

@@ -209,6 +209,9 @@ def _add_calibration_options(p: argparse.ArgumentParser) -> None:
                    "agreement run, input length)")
     p.add_argument("--learned-target", choices=["reference", "gold"], default="reference",
                    help="--policy learned: predict agreement with the full model's answer or with the gold label")
+    p.add_argument("--token-reduce", choices=["min", "mean", "path"], default="min",
+                   help="taggers with exits: a sentence's score from its words' (the least sure word, the mean, or "
+                   "the product: the best tag path's probability)")
     add_knob_arguments(p, threshold=False)
     p.add_argument("--against", choices=["reference", "gold"], default="reference",
                    help="--max-drop: measure the drop against the full model's answers or the gold labels")

@@ -20,11 +20,11 @@ from typing import Any
 
 import numpy as np
 
-from summon.adaptive.scoring import score_all
+from summon.adaptive.scoring import TokenReadout, score_all, token_view
 from summon.adaptive.staged import row_lengths
 from summon.adaptive.thresholds import OperatingPoint, ThresholdTable, sweep
 from summon.inference import softmax
-from summon.measure.metrics import reliability_bins
+from summon.measure.metrics import reliability_bins, span_f1
 
 Curve = list[tuple[float, float]]  # (cost fraction, accuracy), ascending cost
 
@@ -222,16 +222,30 @@ def plot_reliability(bins: Sequence[dict[str, Any]], path: Path, title: str) -> 
 # --- one call: everything about a calibrated staged predictor on one split -------------------------
 
 
-def stage_view(predictor: Any, data: Any, *, batch_size: int = 64) -> dict[str, np.ndarray]:
+def stage_view(predictor: Any, data: Any, *, batch_size: int = 64) -> dict[str, Any]:
     """Every stage's raw logits on ``data`` read out by the predictor's calibration: ``raws`` (per stage),
-    ``scores`` and ``preds`` ``[N, S]``, calibrated ``probs`` ``[N, S, K]`` and ``gold`` ``[N]``."""
+    ``scores`` and ``preds`` ``[N, S]``, ``gold`` ``[N]``, and for reliability diagrams the calibrated ``probs``
+    ``[M, S, K]`` of the ``reliability_raw`` logits (per stage) against ``reliability_gold`` ``[M]``: the rows
+    for sentence kinds, the words for taggers (whose ``preds``/``gold`` are tag-sequence ids and ``tags`` each
+    stage's tag ids per sentence, :func:`~summon.adaptive.scoring.token_view`)."""
     calibration = predictor.require_calibration("adaptive evaluation")
     raws = predictor.stage_logits(data.examples, batch_size=batch_size, progress="stage logits")
     readout = calibration.readout(len(predictor.labels))
+    if isinstance(readout, TokenReadout):
+        gold_tags = [np.asarray(ex["tags"], np.int64) for ex in data.examples]
+        view = token_view(raws, readout, gold_tags)
+        words = [np.concatenate([np.asarray(r, np.float64).reshape(-1, readout.num_labels) for r in raw])
+                 for raw in raws]
+        probs = np.stack([softmax(w / t) for w, t in zip(words, readout.temperatures, strict=True)], axis=1)
+        return {**view, "raws": raws, "probs": probs, "reliability_raw": words,
+                "reliability_gold": np.concatenate(gold_tags) if gold_tags else np.zeros(0, np.int64),
+                "gold_tags": gold_tags}
     lengths = row_lengths(predictor, data.examples) if readout.needs_lengths else None
     scores, preds, probs = score_all(raws, readout, lengths)
     gold = np.array([ex["label"] for ex in data.examples])
-    return {"raws": raws, "scores": scores, "preds": preds, "probs": probs, "gold": gold}
+    k = len(predictor.labels)
+    return {"raws": raws, "scores": scores, "preds": preds, "probs": probs, "gold": gold,
+            "reliability_raw": [raw[:, :k] for raw in raws], "reliability_gold": gold}
 
 
 def evaluate_adaptive(predictor: Any, data: Any, *, out_dir: Path | None = None, threshold: float | None = None,
@@ -248,20 +262,27 @@ def evaluate_adaptive(predictor: Any, data: Any, *, out_dir: Path | None = None,
     chosen_t = calibration.default.threshold if threshold is None else float(threshold)
     chosen = sweep(scores, preds, fractions, gold, thresholds=np.array([chosen_t]))[0]
     result = curves(preds, gold, fractions, table.points)
-    k = len(predictor.labels)
-    raw_probs = [softmax(raw[:, :k].astype(np.float64)) for raw in view["raws"]]
-    reliability = [{"temperature": t, "before": reliability_bins(raw_probs[s], gold),
-                    "after": reliability_bins(probs[:, s], gold)} for s, t in enumerate(calibration.temperatures)]
+    raw_probs = [softmax(np.asarray(raw, np.float64)) for raw in view["reliability_raw"]]
+    bins_gold = view["reliability_gold"]
+    reliability = [{"temperature": t, "before": reliability_bins(raw_probs[s], bins_gold),
+                    "after": reliability_bins(probs[:, s], bins_gold)} for s, t in enumerate(calibration.temperatures)]
     result.update({"kind": getattr(predictor, "kind", "staged"), "scorer": calibration.policy,
                    "cost_unit": calibration.cost_unit, "device": calibration.costs.device,
                    "chosen": chosen.to_dict(), "chosen_rule": calibration.default.to_dict(),
                    "table": table.to_dict(), "reliability": reliability,
                    "exit_accuracy": [float((preds[:, s] == gold).mean()) for s in range(preds.shape[1])]})
+    if "tags" in view:  # a tagger: span F1 of each exit (exit_accuracy is whole-sentence accuracy)
+        result["exit_f1"] = [exit_span_f1(predictor.labels, view["gold_tags"], tags) for tags in view["tags"]]
     if speed:
         result["speedup"] = measure_speedup(predictor, predictor.inputs(data.examples), chosen_t, batch_sizes)
     if out_dir is not None:
         result["plots"] = _plots(result, Path(out_dir), title or data.source, chosen, chosen_t)
     return result
+
+
+def exit_span_f1(labels: Sequence[str], gold: Sequence[np.ndarray], tags: Sequence[np.ndarray]) -> float:
+    """Span F1 (seqeval) of one stage's tag ids against the gold tag ids."""
+    return span_f1([[labels[t] for t in g] for g in gold], [[labels[t] for t in row] for row in tags])["f1"]
 
 
 def _plots(result: dict[str, Any], out_dir: Path, title: str, chosen: OperatingPoint, threshold: float) -> dict:

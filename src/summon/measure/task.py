@@ -24,6 +24,12 @@ def score(task: str, labels: Sequence[str], examples: Sequence[dict[str, Any]],
         raise ValueError(f"{len(rows)} predictions for {len(examples)} examples")
     if task == "token_classification":
         gold = [[labels[t] for t in ex["tags"]] for ex in examples]
+        if rows and np.asarray(rows[0]).ndim == 3:  # a tagger with exits: [S, words, C]; the last is the full model
+            stages = np.asarray(rows[0]).shape[0]
+            per_exit = [span_f1(gold, [[labels[k] for k in row[s].argmax(axis=-1)] for row in rows])["f1"]
+                        for s in range(stages)]
+            return {**span_f1(gold, [[labels[k] for k in row[-1].argmax(axis=-1)] for row in rows]),
+                    "exit_f1": per_exit, "n": len(examples)}
         pred = [[labels[k] for k in row.argmax(axis=-1)] for row in rows]
         return {**span_f1(gold, pred), "n": len(examples)}
     stacked = np.stack(rows).astype(np.float64)

@@ -336,8 +336,7 @@ def _build_encoder_model(cfg: EncoderModelConfig, task: str, num_labels: int, so
 
 
 def _exits_architecture(arch: dict[str, Any], encoder: nn.Module, exits: Exits) -> dict[str, Any]:
-    if arch["task"] == "token_classification":
-        raise ValueError("exits are implemented for sequence tasks; token classification has none yet")
+    """Exits after the chosen layers: sequence heads, or token heads for taggers (summon.adaptive.token_exit)."""
     return {**arch, "type": "exits", "exit_layers": resolve_exits(exits, Backbone(encoder).num_layers)}
 
 

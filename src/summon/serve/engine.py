@@ -799,8 +799,9 @@ class _Lane:
             result = self.predictor.run_examples([ex for r in requests for ex in r.examples], limits,
                                                  batch_size=self.config.max_batch_rows)
         out, start = [], 0
-        for plan, n in zip(plans, sizes, strict=True):
-            out.append(self.predictor.predictions(slice_execution(result, start, start + n), unit=plan.knob.unit))
+        for request, plan, n in zip(requests, plans, sizes, strict=True):
+            out.append(self.predictor.predictions(slice_execution(result, start, start + n), unit=plan.knob.unit,
+                                                  inputs=request.inputs, examples=request.examples))
             start += n
         return out
 
