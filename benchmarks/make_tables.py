@@ -134,14 +134,29 @@ def cascade(r: dict) -> str:
 
 
 def structured_kd(r: dict) -> str:
-    lines = [f"## Sub-structured KD: CoNLL-2003 {r['task']} (`{Path(r['command'].split()[1]).name}`)\n",
+    reproduction = r.get("settings") == "reproduction"
+    title = " (reproduction: the released code's settings)" if reproduction else ""
+    lines = [f"## Sub-structured KD: CoNLL-2003 {r['task']}{title} (`{Path(r['command'].split()[1]).name}`)\n",
              provenance(r),
-             f"- teacher: {r['teacher']}; student: {r['student']}\n- training sentences: {r['train_subset']}; "
-             f"student epochs: {r['epochs']}, teacher epochs: {r['teacher_epochs']}; test sentences: "
-             f"{r['test_subset']}\n",
-             "| method | test span F1 (%) | token accuracy (%) | epoch (s) | teacher fwd (s) | student fwd (s) | "
-             "backward (s) | epoch / marginal_kl's |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+             f"- teacher: {r['teacher']}; student: {r['student']}\n- training sentences: "
+             f"{r.get('train_sentences', r['train_subset'])}; student epochs: {r['epochs']}, teacher epochs: "
+             f"{r['teacher_epochs']}; test sentences: {r['test_subset']}"
+             + (f"; teacher outputs in the F1 runs: {r['teacher_outputs']}; learning-rate schedule: "
+                f"{r['lr_schedule']}" if "teacher_outputs" in r else "") + "\n"]
     ratio = r.get("epoch_time_ratio_vs_marginal", {})
+    if reproduction:  # epoch times with cached teacher outputs (the F1 runs) and with the teacher online
+        lines += ["| method | test span F1 (%) | token F1 (%) | epoch, cached (s) | epoch, online (s) | "
+                  "KD term (s) | epoch / marginal_kl's, cached | epoch / marginal_kl's, online |",
+                  "|---|---:|---:|---:|---:|---:|---:|---:|"]
+        for name, f1 in r["f1"].items():
+            online = r.get("epoch_seconds_online", {}).get(name)
+            lines.append(f"| {name} | {pct(f1)} | {pct(r.get('token_f1', {}).get(name))} | "
+                         f"{r['epoch_seconds'][name]:.1f} | {frac(online, 1)} | "
+                         f"{frac(r.get('kd_term_seconds', {}).get(name), 2)} | "
+                         f"{frac(ratio.get('cached', {}).get(name), 2)} | {frac(ratio.get('online', {}).get(name), 2)} |")
+        return "\n".join(lines) + "\n"
+    lines += ["| method | test span F1 (%) | token accuracy (%) | epoch (s) | teacher fwd (s) | student fwd (s) | "
+              "backward (s) | epoch / marginal_kl's |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for name, f1 in r["f1"].items():
         parts = r["epoch_seconds_parts"].get(name, {})
         lines.append(f"| {name} | {pct(f1)} | {pct(r['token_accuracy'].get(name))} | "
@@ -250,6 +265,8 @@ def multi_teacher(r: dict) -> str:
 SECTIONS = {"foundation_sst2.json": foundation, "early_exit_sst2.json": early_exit,
             "early_exit_ag_news.json": early_exit, "cascade_sst2.json": cascade, "cascade_ag_news.json": cascade,
             "structured_kd_ner.json": structured_kd, "structured_kd_chunking.json": structured_kd,
+            "structured_kd_ner_reproduction.json": structured_kd,
+            "structured_kd_chunking_reproduction.json": structured_kd,
             "progressive_ag_news.json": progressive, "progressive_sst2.json": progressive,
             "serve_load.json": serve_load, "int8.json": int8, "multi_teacher_sst2.json": multi_teacher,
             "multi_teacher_mrpc.json": multi_teacher}

@@ -15,7 +15,7 @@ from toy import FIXTURE_DATA, run_config, tagging_files
 
 from summon import recipe
 from summon.cli.main import main
-from summon.config import ConfigError, from_dict
+from summon.config import ConfigError, from_dict, to_dict
 from summon.data.features import collate
 from summon.data.spec import TaskData
 from summon.measure.metrics import span_f1
@@ -188,6 +188,17 @@ def test_reproduction_recipe_builds_the_released_codes_optimizer_groups():
         optimizer.step()
         scheduler.step()
     assert [g["lr"] for g in optimizer.param_groups] == pytest.approx([2e-4 * (50 / 90) ** 2] * 4)
+
+
+@pytest.mark.parametrize("role", ["crf_teacher", "substructure_kd"])
+def test_ner_reproduction_recipes_are_the_chunking_ones_on_ner_tags(role):
+    ner, chunking = (to_dict(recipe.load_run_config(f"conll2003_{task}{role}_paper")) for task in ("", "chunking_"))
+    assert ner["data"]["train"]["columns"] == {} and ner["data"]["train"]["labels"] is None  # conll2003's NER tags
+    assert ner["output_dir"] == f"runs/conll2003/{role}_paper"
+    if role == "substructure_kd":
+        assert ner["teacher"] == "runs/conll2003/crf_teacher_paper/model"
+    differ = ("data", "output_dir", "teacher", "description")
+    assert {k: v for k, v in ner.items() if k not in differ} == {k: v for k, v in chunking.items() if k not in differ}
 
 
 def test_reproduction_recipes_run_end_to_end_on_a_tiny_model(tmp_path):
