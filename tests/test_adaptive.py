@@ -33,7 +33,7 @@ from summon.adaptive.calibration import (
     fit_temperatures,
     split_rows,
 )
-from summon.adaptive.costs import StageCosts, measure_stage_costs
+from summon.adaptive.costs import StageCosts, measure_stage_costs, stage_flops
 from summon.adaptive.early_exit import EarlyExitPredictor, ExitRunner
 from summon.adaptive.executor import Execution, collect_stage_logits, execute, row_thresholds
 from summon.adaptive.policies import POLICIES, entropy, get_policy, margin, max_prob, patience, stage_scores
@@ -405,7 +405,7 @@ def _batch(featurizer, texts=TEXTS) -> dict[str, torch.Tensor]:
 def test_resolve_exits():
     assert resolve_exits("all", 3) == [1, 2, 3]
     assert resolve_exits([3, 1, 3], 3) == [1, 3]
-    for bad in ([0], [4], [], "some"):
+    for bad in ([-1], [4], [], "some"):
         with pytest.raises(ValueError):
             resolve_exits(bad, 3)
 
@@ -540,11 +540,63 @@ def test_self_distillation_mixes_ce_with_kl_from_the_detached_last_exit():
     assert not torch.allclose(grads[alpha][:, 0], grads[0.0][:, 0])  # ... while the earlier exits do change
 
 
+def test_teacher_distillation_mixes_every_exits_ce_with_kl_from_the_teacher():
+    logits, batch = _logits_and_labels(2)
+    teacher = torch.randn(5, 4, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    alpha, t = 0.7, 2.0
+    losses = exit_losses(logits, batch["label"], EarlyExitConfig(distill_teacher=alpha, temperature=t), teacher)
+    for k in range(3):  # the last exit too: the teacher is outside the model
+        expected = (1 - alpha) * _naive_ce(logits[:, k], batch["label"]) + alpha * _naive_kl(teacher, logits[:, k], t)
+        torch.testing.assert_close(losses[k], expected)
+    out = step(_FixedLogits(logits), {**batch, "teacher_logits": teacher}, EarlyExitConfig(distill_teacher=alpha,
+                                                                                          temperature=t))
+    torch.testing.assert_close(out["loss"], sum(losses))
+    with pytest.raises(ValueError, match="teacher's logits in the batch"):
+        step(_FixedLogits(logits), batch, EarlyExitConfig(distill_teacher=alpha))
+
+
+def test_consistency_adds_kl_from_the_detached_next_exit():
+    logits, batch = _logits_and_labels(4)
+    beta, t = 0.5, 2.0
+    losses = exit_losses(logits, batch["label"], EarlyExitConfig(consistency=beta, temperature=t))
+    for k in range(2):
+        expected = _naive_ce(logits[:, k], batch["label"]) + beta * _naive_kl(logits[:, k + 1], logits[:, k], t)
+        torch.testing.assert_close(losses[k], expected)
+    torch.testing.assert_close(losses[2], _naive_ce(logits[:, 2], batch["label"]))
+    grads = {}
+    for b in (0.0, beta):  # the term pulls exit k toward k+1 and never k+1 toward k
+        model = _FixedLogits(logits)
+        step(model, batch, EarlyExitConfig(consistency=b, temperature=t))["loss"].backward()
+        grads[b] = model.logits.grad
+    torch.testing.assert_close(grads[beta][:, -1], grads[0.0][:, -1])
+    assert not torch.allclose(grads[beta][:, 0], grads[0.0][:, 0])
+
+
+def test_an_exit_on_the_embeddings_reads_them_before_the_first_layer():
+    assert resolve_exits("embeddings+all", 3) == [0, 1, 2, 3] and resolve_exits([2, 0], 3) == [0, 2]
+    with pytest.raises(ValueError, match=r"0\.\.3"):
+        resolve_exits([-1, 2], 3)
+    built = build_model(ModelConfig(kind="random", name="tiny-bert", num_layers=2, exits="embeddings+all",
+                                    max_length=16), "classification", 2)
+    model = built.model.eval()
+    batch = {"input_ids": torch.tensor([[1, 5, 6, 2]]), "attention_mask": torch.ones(1, 4, dtype=torch.long)}
+    state = model.begin(batch)
+    assert model.run_to(0, state).layer == 0  # no layer runs for exit 0
+    torch.testing.assert_close(model.exit_logits(0, state), model.heads[0](state.hidden, state.mask))
+    assert model(batch).shape == (1, 3, 2)
+    flops, full = stage_flops(model, [batch])
+    assert flops[0] < 0.05 * full < flops[1]  # nearly free: the embeddings and one linear read-out
+
+
 def test_early_exit_step_needs_exits_and_valid_options():
     with pytest.raises(ValueError, match="model with exits"):
         step(_FixedLogits(torch.zeros(2, 3)), {"label": torch.tensor([0, 1])}, EarlyExitConfig())
     with pytest.raises(ValueError, match="distill_last"):
         EarlyExitConfig(distill_last=1.5)
+    with pytest.raises(ValueError, match="set one of them"):
+        EarlyExitConfig(distill_last=0.5, distill_teacher=0.5)
+    with pytest.raises(ValueError, match="consistency"):
+        EarlyExitConfig(consistency=-1.0)
     with pytest.raises(ValueError, match="temperature"):
         EarlyExitConfig(temperature=0.0)
 

@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -21,6 +22,7 @@ from summon import load
 from summon.config import dump_yaml, to_dict
 from summon.predictor import Predictor
 from summon.saved import read_manifest
+from summon.train.config import method_config
 from summon.train.loop import train
 
 REPO = Path(__file__).resolve().parent.parent
@@ -206,3 +208,16 @@ def test_settings_added_after_a_run_started_do_not_block_its_resumption(caplog):
         assert changed_keys(saved, now) == []
     assert "model.defer_output" in caplog.text
     assert changed_keys(now, saved) == ["model.defer_output: False -> None"]  # a setting removed still counts
+
+
+def test_early_exit_distils_the_teacher_into_every_exit_when_asked(data, teacher, tmp_path):
+    model = {"kind": "pretrained", "name": "tiny-bert", "max_length": 32, "exits": "embeddings+all"}
+    args = {"method_args": {"distill_teacher": 0.5, "consistency": 0.2}}
+    cfg = run_config(tmp_path / "ee", data["train"], data["dev"], method="early_exit", model=model, epochs=1)
+    with pytest.raises(ValueError, match=r"needs 'teacher:' for the options it was given"):
+        train(replace(cfg, method_args=method_config("early_exit", args["method_args"])))
+    cfg = replace(cfg, method_args=method_config("early_exit", args["method_args"]), teacher=str(teacher))
+    out = train(cfg)
+    predictor = load(out)
+    assert predictor.num_stages == 3 and read_manifest(out)["architecture"]["exit_layers"] == [0, 1, 2]
+    assert list((tmp_path / "cache").rglob("*")), "the teacher's logits were cached for the exits to read"

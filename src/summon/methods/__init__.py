@@ -46,6 +46,14 @@ class Method:
     # teacher_rows(teacher model, batch, method_cfg) -> per-row dicts of arrays: what an online-teacher method
     # reads from its teacher, cached once before training when the config says ``teacher_outputs: cached``
     teacher_rows: Callable[[Any, Any, Any], list[dict[str, Any]]] | None = None
+    # uses_teacher(method_cfg) -> bool: a method that needs no teacher but reads cached teacher logits when its
+    # config asks (early exit's distill_teacher)
+    uses_teacher: Callable[[Any], bool] | None = None
+
+    def wants_teacher_logits(self, method_cfg: Any) -> bool:
+        """Whether rows carry cached ``teacher_logits`` (always for distilling methods, else when the config asks)."""
+        return self.needs_teacher or (self.uses_teacher is not None and method_cfg is not None
+                                     and self.uses_teacher(method_cfg))
 
     def runs_teacher_online(self, method_cfg: Any) -> bool:
         """Whether ``step`` gets the teacher model every batch (else its outputs come cached in the batch)."""
@@ -63,7 +71,9 @@ METHODS.register("finetune", Method("finetune", finetune.FinetuneConfig, finetun
 METHODS.register("kd", Method("kd", kd.KDConfig, kd.step, True,
                               "Hinton KD: T²·KL to cached teacher logits mixed with cross-entropy by alpha"))
 METHODS.register("early_exit", Method("early_exit", early_exit.EarlyExitConfig, early_exit.step, False,
-                                      "Right Tool: sum of the exits' cross-entropies (optionally distilling the last exit)"))
+                                      "Right Tool: sum of the exits' cross-entropies (optionally distilling the last "
+                                      "exit or a teacher, or with neighbouring exits kept consistent)",
+                                      uses_teacher=early_exit.uses_teacher))
 METHODS.register("easy_kd", Method("easy_kd", easy_kd.EasyKDConfig, easy_kd.step, True,
                                    "Titans (reconstructed): distil on easy inputs, defer the hardest budget share",
                                    epoch_start=easy_kd.epoch_start))

@@ -53,7 +53,7 @@ from summon.models.ngram import NgramClassifier
 from summon.models.pretrained import load_encoder
 from summon.models.tagger import CRFTagger
 
-Exits = list[int] | Literal["all"] | None
+Exits = list[int] | Literal["all", "embeddings+all"] | None
 
 
 @dataclass(kw_only=True)
@@ -114,7 +114,7 @@ class _EncoderCore(ModelConfig):
     """Fields of every kind built on a transformer encoder, Hugging Face classifiers included."""
 
     encoder_dropout: float | None = None  # replaces every dropout rate inside the encoder (default: its config's)
-    exits: Exits = None  # exit heads after these layers (1-based) or all
+    exits: Exits = None  # exit heads after these many layers (0: on the embeddings), all, or embeddings+all
 
     def __post_init__(self) -> None:
         super().__post_init__()

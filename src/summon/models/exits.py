@@ -29,14 +29,19 @@ from summon.models.backbone import Backbone, EncoderState
 
 
 def resolve_exits(exits: Sequence[int] | str, num_layers: int) -> list[int]:
-    """Exit positions as layer counts (1-based): ``'all'`` -> 1..L; a list is checked and sorted."""
-    if exits == "all":
-        return list(range(1, num_layers + 1))
+    """Exit positions as layer counts: ``'all'`` -> 1..L; ``'embeddings+all'`` -> 0..L; a list is checked and sorted.
+
+    Exit 0 reads the embeddings before the first layer (with mean pooling: a nearly free bag of word vectors).
+    Our addition, not the paper's, whose earliest exit follows the first layer.
+    """
+    if exits in ("all", "embeddings+all"):
+        return list(range(0 if exits == "embeddings+all" else 1, num_layers + 1))
     if isinstance(exits, str):
-        raise ValueError(f"exits must be 'all' or a list of layer numbers, got {exits!r}")
+        raise ValueError(f"exits must be 'all', 'embeddings+all' or a list of layer numbers, got {exits!r}")
     chosen = sorted({int(e) for e in exits})
-    if not chosen or chosen[0] < 1 or chosen[-1] > num_layers:
-        raise ValueError(f"exits must be layer numbers in 1..{num_layers} (after that layer), got {list(exits)}")
+    if not chosen or chosen[0] < 0 or chosen[-1] > num_layers:
+        raise ValueError(f"exits must be layer numbers in 0..{num_layers} (after that many layers; 0 reads the "
+                         f"embeddings), got {list(exits)}")
     return chosen
 
 

@@ -154,7 +154,7 @@ def check_same_tokenizer(teacher: Predictor, built: Built) -> None:
 def build_run(cfg: RunConfig) -> Run:
     method, method_cfg = build_method(cfg)
     train_data, eval_data = build_data(cfg)
-    teacher = build_teacher(cfg, method, train_data)
+    teacher = build_teacher(cfg, method, train_data, method_cfg)
     source = None
     if teacher is not None and needs_source(cfg.model):
         source = Source.of(teacher.model, getattr(teacher.featurizer, "tokenizer", None))
@@ -169,7 +169,7 @@ def build_run(cfg: RunConfig) -> Run:
                                     cache_dir=cfg.cache_dir, batch_size=cfg.train.eval_batch_size)
     elif method.multi_teacher:
         rows, fingerprints = multi_teacher_logits(cfg, train_data, teacher)
-    elif method.needs_teacher:
+    elif method.wants_teacher_logits(method_cfg):
         rows = teacher_logits(teacher, train_data, cache_dir=cfg.cache_dir, batch_size=cfg.train.eval_batch_size)
     if method.method_module is not None:
         num_teachers = len(cfg.teachers) if cfg.teachers else 1

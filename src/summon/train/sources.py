@@ -3,6 +3,8 @@ cached outputs of the ``teachers``."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from summon.data.loading import load_split
@@ -32,7 +34,7 @@ def teacher_source(cfg: RunConfig) -> str | None:
     return cfg.teacher or (cfg.teachers[0] if cfg.teachers else None)
 
 
-def build_teacher(cfg: RunConfig, method: Method, task: TaskData) -> Predictor | None:
+def build_teacher(cfg: RunConfig, method: Method, task: TaskData, method_cfg: Any = None) -> Predictor | None:
     """The teacher predictor: needed by distilling methods, and as the source of truncated/random/copy students.
 
     ``teacher:`` is a saved summon predictor, a Hugging Face classifier folder (``save_pretrained``) or
@@ -44,9 +46,10 @@ def build_teacher(cfg: RunConfig, method: Method, task: TaskData) -> Predictor |
                          "this data is token_classification (tag with one teacher: method kd or structured_kd)")
     source = teacher_source(cfg)
     if not source:
-        if method.needs_teacher:
-            raise ValueError(f"method '{method.name}' needs 'teacher:' (a saved predictor directory, a Hugging Face "
-                             "classifier folder or hf:HUB_ID)")
+        if method.wants_teacher_logits(method_cfg):
+            why = "" if method.needs_teacher else " for the options it was given (e.g. distill_teacher)"
+            raise ValueError(f"method '{method.name}' needs 'teacher:'{why} (a saved predictor directory, a Hugging "
+                             "Face classifier folder or hf:HUB_ID)")
         return None
     return load_teacher(source, task, key="teacher" if cfg.teacher else "teachers[0]")
 
