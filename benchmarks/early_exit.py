@@ -3,7 +3,13 @@
 Schedules compared, each trained once through the shipped recipes and the one training loop:
   joint      all exits trained together, sum of cross-entropies (the paper);
   distill    joint, earlier exits also distil the last exit (method_args.distill_last=0.5);
-  two_stage  DeeBERT: fine-tune the teacher, then train exits 1-5 on its frozen copy.
+  two_stage  DeeBERT: fine-tune the teacher, then train exits 1-5 on its frozen copy;
+  distill_teacher  joint, every exit also distils the fine-tuned teacher (method_args.distill_teacher=0.5);
+  consistency      joint, each exit also learns the next one's answer (method_args.consistency=0.5);
+  embedding        joint, with one more exit on the embeddings before the first layer (exits: embeddings+all).
+The winner is the schedule with the lowest mean cost at the max-drop-1-point threshold. On the winner, every
+exit score (max_prob, margin, entropy, patience, learned) is compared at the same halvings (``policies``).
+Speed-ups are measured from the texts (tokenisation included) and from featurized inputs (model only).
 
 Thresholds are always chosen on data disjoint from the data reported. The evaluation split (SST-2 dev,
 or AG News test descriptions) is halved at random many times: one half calibrates (30% of it fits the
@@ -13,6 +19,8 @@ halvings. The guarantee (Learn-then-Test, epsilon = 1 point, delta = 0.1) is che
 Usage (from the repository root):
     python benchmarks/early_exit.py --dataset sst2 --train-limit 20000
     python benchmarks/early_exit.py --dataset ag_news
+    python benchmarks/early_exit.py --dataset sst2 --epochs 1 \
+        --schedules joint,distill,two_stage,distill_teacher,consistency,embedding   # whole training set
 Training resumes if interrupted. Writes benchmarks/results/early_exit_<dataset>.json and plots.
 """
 
@@ -29,14 +37,17 @@ from _common import REPO, provenance, repo_relative, run_paths, setup_logging, t
 from summon import load
 from summon.adaptive.calibration import CalibrationSpec, calibration_report, choose, fit_calibration
 from summon.adaptive.scoring import score_all
+from summon.adaptive.staged import row_lengths
 from summon.adaptive.thresholds import ThresholdTable, sweep
 from summon.data.spec import TaskData
 from summon.evaluate.adaptive import curves, evaluate_adaptive, measure_speedup
 from summon.evaluate.runner import load_for
 from summon.recipe import load_run_config
+from summon.saved import read_manifest
 from summon.train.loop import train
 
 EPSILON, DELTA = 0.01, 0.1
+SCHEDULES = ("joint", "distill", "two_stage", "distill_teacher", "consistency", "embedding")
 
 
 def parse_args() -> argparse.Namespace:
@@ -44,7 +55,11 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--dataset", choices=["sst2", "ag_news"], required=True)
     p.add_argument("--data-dir", default=str(REPO.parent / "shared" / "data"))
     p.add_argument("--train-limit", type=int, default=None, help="random subset of N training rows")
-    p.add_argument("--schedules", default="joint,distill,two_stage")
+    p.add_argument("--schedules", default="joint,distill,two_stage",
+                   help=f"comma-separated, from {', '.join(SCHEDULES)}")
+    p.add_argument("--epochs", type=int, default=1, help="epochs of every training run")
+    p.add_argument("--policies", default="max_prob,margin,entropy,patience,learned",
+                   help="exit scores compared on the winning schedule, at the same halvings")
     p.add_argument("--eval-limit", type=int, default=None, help="random subset of N evaluation rows (default all)")
     p.add_argument("--speedup-rows", type=int, default=None,
                    help="time the speed-up on the first N report rows (default all of the report half)")
@@ -63,22 +78,29 @@ def parse_args() -> argparse.Namespace:
 
 def train_schedules(args: argparse.Namespace, work: Path) -> dict[str, tuple[Path, float]]:
     base = [f"data.data_dir={args.data_dir}", f"cache_dir={work / 'cache'}", f"train.seed={args.seed}",
-            "train.progress=false", "train.eval_every=1000000"]  # evaluate once at the end: no selection on eval
+            "train.progress=false", "train.eval_every=1000000",  # evaluate once at the end: no selection on eval
+            f"train.epochs={args.epochs}"]
     if args.train_limit:
         base += [f"data.train.limit={args.train_limit}", f"data.train.shuffle_seed={args.seed}"]
     base += args.override
     ds = args.dataset
+    teacher = work / "teacher" / "model"
     runs = {"joint": (f"{ds}_early_exit", []),
             "distill": (f"{ds}_early_exit", ["method_args.distill_last=0.5"]),
-            "two_stage": (f"{ds}_early_exit_two_stage", [f"teacher={work / 'teacher' / 'model'}"])}
-    out = {}
+            "two_stage": (f"{ds}_early_exit_two_stage", [f"teacher={teacher}"]),
+            "distill_teacher": (f"{ds}_early_exit", ["method_args.distill_teacher=0.5", f"teacher={teacher}"]),
+            "consistency": (f"{ds}_early_exit", ["method_args.consistency=0.5"]),
+            "embedding": (f"{ds}_early_exit", ["model.exits=embeddings+all"])}
+    out, teacher_seconds = {}, None
     for name in args.schedules.split(","):
-        if name == "two_stage":  # stage one: the ordinary fine-tuned teacher
-            seconds = timed(f"{ds}_finetune", [*base, f"output_dir={work / 'teacher'}"])
+        if name not in runs:
+            raise ValueError(f"--schedules: unknown schedule {name!r}; choose from {', '.join(runs)}")
         recipe, extra = runs[name]
-        out[name] = (work / name / "model", timed(recipe, [*base, *extra, f"output_dir={work / name}"]))
-        if name == "two_stage":
-            out[name] = (out[name][0], out[name][1] + seconds)
+        needs_teacher = any(e.startswith("teacher=") for e in extra)
+        if needs_teacher and teacher_seconds is None:  # the ordinary fine-tuned teacher, trained once
+            teacher_seconds = timed(f"{ds}_finetune", [*base, f"output_dir={work / 'teacher'}"])
+        seconds = timed(recipe, [*base, *extra, f"output_dir={work / name}"])
+        out[name] = (work / name / "model", seconds + (teacher_seconds if name == "two_stage" else 0.0))
     return out
 
 
@@ -107,13 +129,15 @@ def halves(n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np
 
 
 def split_result(logits, gold, costs, temp_rows, thr_rows, report_rows, policy="max_prob",
-                 rules=("reference", "gold", "guaranteed"), with_curves=True) -> dict:
+                 rules=("reference", "gold", "guaranteed"), with_curves=True, lengths=None) -> dict:
     """Calibrate on the calibration rows (summon's one calibration, on the benchmark's own split) and report
     each rule's operating point on the report rows."""
     spec = CalibrationSpec(policy=policy, rule="max_drop", value=EPSILON, delta=DELTA)
-    calibration = fit_calibration(logits, gold, costs, spec, num_labels=logits.shape[2], rows=(temp_rows, thr_rows))
+    calibration = fit_calibration(logits, gold, costs, spec, num_labels=logits.shape[2], rows=(temp_rows, thr_rows),
+                                  lengths=lengths)
     table, temps, fractions = calibration.table, calibration.temperatures, calibration.fractions()
-    scores_rep, preds_rep, _ = score_all(logits[report_rows].transpose(1, 0, 2), calibration.readout(logits.shape[2]))
+    scores_rep, preds_rep, _ = score_all(logits[report_rows].transpose(1, 0, 2), calibration.readout(logits.shape[2]),
+                                         None if lengths is None else lengths[report_rows])
     full = float((preds_rep[:, -1] == gold[report_rows]).mean())
     rule_names = {"reference": "max_drop", "gold": "max_drop_gold", "guaranteed": "guaranteed"}
     out = {"full_accuracy": full}
@@ -173,6 +197,24 @@ def evaluate_schedule(predictor, data: TaskData, halvings: int, seed: int) -> tu
             "stage_cost_fractions": fractions}, logits
 
 
+def compare_policies(logits: np.ndarray, gold: np.ndarray, costs, lengths: np.ndarray, policies: list[str],
+                     halvings: int, seed: int) -> dict:
+    """Every exit score at the same protocol as the schedules (the same halvings: calibrate on one half, report
+    the other): mean cost and drop at the max-drop-1-point threshold, and the guaranteed rule's."""
+    out = {}
+    for policy in policies:
+        rng = np.random.default_rng(seed)
+        splits = [split_result(logits, gold, costs, *halves(len(gold), rng), policy=policy, with_curves=False,
+                               lengths=lengths) for _ in range(halvings)]
+        ref, guar = [s["reference"] for s in splits], [s["guaranteed"] for s in splits]
+        out[policy] = {"cost_at_drop_1pt": mean(r["cost"] for r in ref), "drop_points": 100 * mean(r["drop"] for r in ref),
+                       "share_within_1pt": mean(float(r["drop"] <= EPSILON + 1e-12) for r in ref),
+                       "guaranteed_cost": mean(r["cost"] for r in guar),
+                       "guaranteed_disagreement": mean(r["disagreement"] for r in guar)}
+        print("policy", policy, json.dumps(out[policy]), flush=True)
+    return out
+
+
 def guarantee(logits: np.ndarray, gold: np.ndarray, costs, splits: int, seed: int) -> dict:
     rng = np.random.default_rng(seed + 1)
     results = [split_result(logits, gold, costs, *halves(len(gold), rng), rules=("guaranteed",),
@@ -210,22 +252,35 @@ def main() -> None:
     report = TaskData(data.task, data.labels, [data.examples[i] for i in report_rows], data.source)
     plots = out_json.parent / f"early_exit_{args.dataset}"
     detail = evaluate_adaptive(predictor, report, out_dir=plots, speed=False, title=f"{args.dataset}: {winner} schedule")
-    features = predictor.featurizer.encode(report.examples[: args.speedup_rows], report.task)
-    speed = measure_speedup(predictor, features, predictor.calibration.default.threshold)
+    lengths = row_lengths(predictor, data.examples)
+    policies = compare_policies(logits_of[winner], gold, predictor.calibration.costs, lengths,
+                                args.policies.split(","), args.halvings, args.seed)
+    timed_rows = report.examples[: args.speedup_rows]
+    features = predictor.featurizer.encode(timed_rows, report.task)
+    speed = measure_speedup(predictor, features, predictor.calibration.default.threshold, examples=timed_rows)
+    manifest = read_manifest(trained[winner][0])
     win = schedules[winner]["summary"]
     result = {
         "benchmark": f"early_exit_{args.dataset}", **provenance(args.seed),
         "model": "all-MiniLM-L6-v2, 6 exits (after every layer), mean-pooled linear heads",
-        "train_subset": args.train_limit or "all", "epochs": 1, "eval_data": data.source, "eval_rows": len(data),
+        "train_subset": args.train_limit or "all", "train_rows": manifest["training"]["train_examples"],
+        "epochs": args.epochs, "train_minutes": schedules[winner]["train_seconds"] / 60.0,
+        "train_minutes_per_schedule": {k: v["train_seconds"] / 60.0 for k, v in schedules.items()},
+        "eval_data": data.source, "eval_rows": len(data),
         "halvings": args.halvings, "winner": winner, "speedup_rows": len(features),
         "full_accuracy": win["full_accuracy"],
         "cost_at_drop_1pt": win["reference"]["cost"],
         "drop_at_that_cost": win["reference"]["drop"],
         "oracle_cost_at_drop_1pt": win["oracle_agree_cost_at_drop_1pt"],
         "oracle_correct_cost_at_drop_1pt": win["oracle_correct_cost_at_drop_1pt"],
-        "speedup_realized_over_theoretical": {f"bs{bs}": s["realised_over_theoretical"] for bs, s in speed.items()},
+        "speedup_realized_over_theoretical": {f"bs{bs}": s["realised_over_theoretical_with_tokenisation"]
+                                              for bs, s in speed.items()},
+        "speedup_realized_over_theoretical_model_only": {f"bs{bs}": s["realised_over_theoretical"]
+                                                         for bs, s in speed.items()},
+        "policies": policies,
         "speedup": speed, "speedup_threshold": predictor.calibration.default.threshold,
-        "guarantee": guar, "schedules": schedules,
+        "guarantee": guar, "schedules": schedules, "winner_rule": "the schedule with the lowest mean cost at the "
+        "max-drop-1-point threshold (calibration halves), reported on the other halves",
         "plots": {k: repo_relative(v) for k, v in detail["plots"].items()},
         "notes": "cost = FLOPs per example (torch.utils.flop_counter) of answering at an exit, over the plain "
                  "full model's; thresholds chosen on the calibration half (max drop 1 point against the full "
