@@ -262,6 +262,34 @@ def multi_teacher(r: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def early_exit_conll(r: dict) -> str:
+    lines = ["## Early exit for a tagger: CoNLL-2003 NER (`early_exit_conll2003.py`)\n", provenance(r),
+             f"- {r['model']}; training sentences: {r['train_subset']}, epochs {r['epochs']} "
+             f"({r['train_minutes']:.1f} min); thresholds from {r['calibration_split']}, reported on "
+             f"{r['report_split']}\n",
+             f"Full tagger span F1 {r['full_f1']:.2f}; per exit: {', '.join(f'{f:.2f}' for f in r['exit_f1'])}; "
+             f"oracle (earliest exit agreeing with the last) within 1 point at cost "
+             f"{frac(r['oracle_cost_at_drop_1pt'])}.\n",
+             "| sentence score | cost at the dev threshold | test span F1 | drop (points) |", "|---|---:|---:|---:|"]
+    for name, p in r["policies"].items():
+        lines.append(f"| {name} | {p['cost_at_drop_1pt']:.3f} | {p['f1']:.2f} | {p['drop_points']:+.2f} |")
+    lines += ["", f"Target (within 1 point at <= 0.6 of the FLOPs): {'met' if r['target_met'] else 'missed'}.",
+              "", f"![F1 against cost](results/{Path(r['plot']).name})"]
+    return "\n".join(lines) + "\n"
+
+
+def executor_overhead(r: dict) -> str:
+    lines = ["## Executor overhead and realised speed-up (`executor_overhead.py`)\n", provenance(r),
+             f"- {r['model']}; {r['rows']} rows ({r['rows_source']}); budget {r['budget']}\n",
+             "| batch | adaptive at inf / full | regroup always at inf / full | realised / promised (model only) "
+             "| realised / promised (tokenisation included) |", "|---|---:|---:|---:|---:|"]
+    for bs, o in r["overhead_at_inf"].items():
+        sp = r["speedup"][bs]
+        lines.append(f"| {bs} | {o['adaptive_over_full']:.3f} | {o['regroup_always_over_full']:.3f} | "
+                     f"{sp['realised_over_theoretical']:.3f} | {sp['realised_over_theoretical_with_tokenisation']:.3f} |")
+    return "\n".join(lines) + "\n"
+
+
 SECTIONS = {"foundation_sst2.json": foundation, "early_exit_sst2.json": early_exit,
             "early_exit_ag_news.json": early_exit, "cascade_sst2.json": cascade, "cascade_ag_news.json": cascade,
             "structured_kd_ner.json": structured_kd, "structured_kd_chunking.json": structured_kd,
@@ -269,7 +297,8 @@ SECTIONS = {"foundation_sst2.json": foundation, "early_exit_sst2.json": early_ex
             "structured_kd_chunking_reproduction.json": structured_kd,
             "progressive_ag_news.json": progressive, "progressive_sst2.json": progressive,
             "serve_load.json": serve_load, "int8.json": int8, "multi_teacher_sst2.json": multi_teacher,
-            "multi_teacher_mrpc.json": multi_teacher}
+            "multi_teacher_mrpc.json": multi_teacher, "early_exit_conll2003.json": early_exit_conll,
+            "executor_overhead.json": executor_overhead}
 
 
 def main() -> None:
