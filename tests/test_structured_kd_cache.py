@@ -143,7 +143,7 @@ def test_a_cached_run_skips_the_teacher_and_times_each_part(tmp_path, monkeypatc
 
     cached = run("cached")
     assert set(cached) == {"teacher_forward", "student_forward", "kd", "gold_nll", "backward", "train"}
-    assert cached["teacher_forward"] < 0.01 and cached["kd"] > 0 and cached["student_forward"] > 0
+    assert cached["teacher_forward"] == 0.0 and cached["kd"] > 0 and cached["student_forward"] > 0
     assert len(list((tmp_path / "cache" / "teacher").glob("crf-*.safetensors"))) == 1
     online = run("online", teacher_outputs="online")
     assert online["teacher_forward"] > cached["teacher_forward"]
@@ -155,7 +155,7 @@ def test_a_cached_run_skips_the_teacher_and_times_each_part(tmp_path, monkeypatc
 
     monkeypatch.setattr(structured_cache, "compute_rows", no_teacher)
     again = run("again")  # the same teacher, featurizer and data: the cache answers
-    assert again["teacher_forward"] < 0.01
+    assert again["teacher_forward"] == 0.0
 
 
 # --- the reproduction settings -------------------------------------------------------------------------------

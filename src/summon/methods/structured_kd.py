@@ -192,9 +192,10 @@ def step(model: nn.Module, batch: dict[str, torch.Tensor], cfg: StructuredKDConf
         if teacher is None:
             raise ValueError("teacher_outputs: 'online' needs the teacher model (step(..., teacher=))")
         from_teacher = teacher_outputs(teacher, batch, cfg)
-    else:
+        after_teacher = clock(device)
+    else:  # no teacher runs: reading its cached rows from the batch counts as the student's forward
         from_teacher = cached_outputs(batch, cfg)
-    after_teacher = clock(device)
+        after_teacher = start
     tagger = crf_model(model, "structured_kd")
     emissions, mask, tags = tagger.crf_inputs(batch, model(batch))
     after_student = clock(device)
