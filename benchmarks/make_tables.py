@@ -258,7 +258,7 @@ def multi_teacher(r: dict) -> str:
         lines += ["", "Mean policy weight per teacher: " + "; ".join(
             f"{s}: " + ", ".join(f"{t} {w:.2f}" for t, w in ws.items()) for s, ws in r["mean_weight_per_teacher"].items())]
     if r.get("plot"):
-        lines += ["", f"![policy weight by teacher agreement]({Path(r['plot']).relative_to('benchmarks')})"]
+        lines += ["", f"![policy weight by teacher agreement](results/{Path(r['plot']).name})"]
     return "\n".join(lines) + "\n"
 
 
