@@ -21,7 +21,7 @@ The policy's per-row carry (patience's run, the ``learned`` scorer's previous-st
 read from ``runner.length`` at stage 0) follows each row through the regrouping.
 
 What a row's answer is belongs to the read-out: ``[K]`` class logits for sentence kinds (:class:`~summon.adaptive.
-scoring.Readout`), one ``[words, K]`` array per row for taggers (:class:`~summon.adaptive.tokens.TokenReadout`),
+scoring.Readout`), one ``[words, K]`` array per row for taggers (:class:`~summon.adaptive.scoring.TokenReadout`),
 kept by its ``blank``/``store``/``rows_of``/``stack``.
 
 Thresholds may differ per row (requests with different knobs share a forward pass). A stage that cannot
