@@ -118,13 +118,14 @@ class TokenExitPredictor(EarlyExitPredictor):
     @torch.inference_mode()
     def run_full(self, items: Sequence[Any], *, batch_size: int = 64) -> np.ndarray:
         """The full tagger without exits (every layer, the last head only): one ``[words, K]`` array per row."""
-        out = self.readout().blank(len(items))
+        readout, device = self.readout(), device_of(self.model)
+        out = readout.blank(len(items))
         self.model.eval()
         for idx in length_sorted_batches(items, batch_size):
-            batch = to_device(collate([items[i] for i in idx], self.featurizer.pad_id), device_of(self.model))
+            batch = to_device(collate([items[i] for i in idx], self.featurizer.pad_id), device)
             token = self.model.full_logits(batch)
             raw = word_logits(token, batch["word_starts"], batch["word_mask"].sum(dim=1), batch["num_words"])
-            self.readout().store(out, np.asarray(idx), raw)
+            readout.store(out, np.asarray(idx), raw)
         return out
 
     def calibrate(self, data: TaskData, spec: CalibrationSpec | None = None, *, latency: bool = True,
