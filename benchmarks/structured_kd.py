@@ -39,8 +39,8 @@ Smoke tests (tiny model, a few sentences; tiny-bert has 2 layers, so the reprodu
         --student-layers 1 --train-limit 24 --test-limit 12 --dev-limit 12 --epochs 1 \\
         --override train.batch_size=8 --override model.max_length=48 --work /tmp/skd_repro \\
         --out /tmp/skd_repro/result.json
-Training resumes if interrupted. Writes benchmarks/results/structured_kd_<task>.json
-(structured_kd_<task>_reproduction.json for the reproduction).
+Training resumes if interrupted. Writes benchmarks/results/structured_kd_<task>.json for the reproduction (the
+file the issue names) and structured_kd_<task>_ours.json for our settings.
 """
 
 from __future__ import annotations
@@ -98,8 +98,9 @@ def parse_args() -> argparse.Namespace:
                         "with the teacher online, for its epoch time only (0: no such runs)")
     p.add_argument("--seed", type=int, default=None, help="default 42 (ours) or 44 (reproduction, the code's)")
     p.add_argument("--work", default=None,
-                   help="run folders (default benchmarks/work/structured_kd_<task>[_reproduction])")
-    p.add_argument("--out", default=None, help="default benchmarks/results/structured_kd_<task>[_reproduction].json")
+                   help="run folders (default benchmarks/work/structured_kd_<task>_<settings>)")
+    p.add_argument("--out", default=None, help="default benchmarks/results/structured_kd_<task>.json (reproduction) or "
+                   "structured_kd_<task>_ours.json")
     p.add_argument("--override", action="append", default=[], help="extra key=value for every training run "
                    "(e.g. train.batch_size=8)")
     args = p.parse_args()
@@ -316,8 +317,9 @@ def descriptions(args: argparse.Namespace, layers: Any) -> dict[str, str]:
 def main() -> None:
     args = parse_args()
     setup_logging()
-    suffix = "_reproduction" if args.settings == "reproduction" else ""
-    work, out_json = run_paths(args.work, args.out, f"structured_kd_{args.task}{suffix}")
+    suffix = "" if args.settings == "reproduction" else "_ours"
+    work, out_json = run_paths(args.work or str(REPO / "benchmarks" / "work" / f"structured_kd_{args.task}_{args.settings}"),
+                               args.out, f"structured_kd_{args.task}{suffix}")
     runs, timing = train_all(args, work)
     summary = summarise(args, runs, timing)
     result = {
