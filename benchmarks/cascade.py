@@ -7,13 +7,23 @@ shipped recipes and the one training loop:
   kd               standard KD on every input (alpha 0.5, T 2);
   easy_selective   easy-example KD, hard inputs pushed to uniform (budget 0.3);
   easy_defer       easy-example KD with a learned defer output (budget 0.3).
-Cascades defer on the calibrated max probability (all students), the learned defer output (easy_defer)
-or a learned gate. Thresholds are chosen on one random half of the evaluation split (30% of it fits the
-temperatures and gates, 70% tabulates thresholds) and reported on the other half; means over halvings.
+Further transformer students (``--students``): ``truncated_2``/``truncated_3``, the teacher's first 2 or 3
+layers fine-tuned the same three ways. And the cascade that continues (``continue_1``..``continue_3``): the
+student is the teacher's own first k layers, *frozen*, with a new head after layer k distilled from the
+teacher's answer (the early-exit method with ``distill_last``, alpha 0.5, T 2, as ``kd`` above); a deferred row
+does not start the teacher from scratch but runs its remaining layers on the student's hidden states, so the
+deferred rows cost the teacher alone. This is an early-exit model with two exits (k and the teacher's own
+head): the early exit and the cascade meet, and it runs on the same executor.
+Cascades defer on the calibrated max probability (all students), the learned defer output (easy_defer),
+a learned gate, or the learned score (``learned``). Thresholds are chosen on one random half of the evaluation
+split (30% of it fits the temperatures, gates and learned scores, 70% tabulates thresholds) and reported on the
+other half; means over halvings.
 
 Usage (from the repository root, after the foundation / early-exit benchmarks trained the teachers):
     python benchmarks/cascade.py --dataset sst2 --train-limit 20000
     python benchmarks/cascade.py --dataset ag_news
+    python benchmarks/cascade.py --dataset sst2 --teacher benchmarks/work/early_exit_sst2/teacher/model \
+        --students ngram,truncated_1,truncated_2,continue_1,continue_2
 Writes benchmarks/results/cascade_<dataset>.json and a plot.
 """
 
@@ -29,11 +39,13 @@ from summon import load
 from summon.adaptive.calibration import CalibrationSpec, fit_calibration
 from summon.adaptive.cascade import CascadePredictor
 from summon.adaptive.scoring import score_all
+from summon.adaptive.staged import row_lengths
 from summon.adaptive.stages import LocalStage
 from summon.adaptive.thresholds import sweep
-from summon.evaluate.adaptive import _figure, _interleaved_medians, envelope
+from summon.evaluate.adaptive import _figure, _interleaved_medians, envelope, measure_speedup
 from summon.evaluate.runner import load_for
 from summon.recipe import load_run_config
+from summon.saved import read_manifest
 from summon.train.loop import train
 
 BUDGETS = (0.1, 0.2, 0.3)  # cascade cost as a fraction of the teacher's
@@ -65,6 +77,10 @@ STUDENT_MODELS = {
     "truncated_1": ["model={kind: truncated, first: 1, pooling: mean, max_length: 96}", "train.lr=1.0e-4",
                     "train.batch_size=32", "train.epochs=1", "train.weight_decay=0.01", "train.warmup_ratio=0.06"],
 }
+for _k in (2, 3):
+    STUDENT_MODELS[f"truncated_{_k}"] = [m.replace("first: 1", f"first: {_k}") for m in STUDENT_MODELS["truncated_1"]]
+CONTINUING = {f"continue_{k}": k for k in (1, 2, 3)}  # the teacher's first k layers, frozen, + a distilled head
+CONTINUE_TRAINING = "kd"  # the one training of a continuing student: KD from the teacher's answer, as "kd" below
 TRAININGS = {
     "kd": ["method=kd", "method_args={temperature: 2.0, alpha: 0.5}"],
     "easy_selective": ["method_args.variant=selective"],
@@ -88,8 +104,15 @@ def train_all(args: argparse.Namespace, work: Path) -> tuple[Path, dict[str, dic
         teacher = work / "teacher" / "model"
     students: dict[str, dict[str, tuple[Path, float]]] = {}
     for student in args.students.split(","):
+        if student in CONTINUING:
+            out = work / student / CONTINUE_TRAINING
+            train(load_run_config(f"{args.dataset}_early_exit_two_stage",
+                                  [*base, *continuing_overrides(teacher, CONTINUING[student]), f"output_dir={out}"]))
+            students[student] = {CONTINUE_TRAINING: (out / "model", train_seconds(out))}
+            continue
         if student not in STUDENT_MODELS:
-            raise ValueError(f"--students: unknown student {student!r}; choose from {', '.join(STUDENT_MODELS)}")
+            known = ", ".join([*STUDENT_MODELS, *CONTINUING])
+            raise ValueError(f"--students: unknown student {student!r}; choose from {known}")
         model_args = STUDENT_MODELS[student]
         students[student] = {}
         for training, method_args in TRAININGS.items():
@@ -98,6 +121,16 @@ def train_all(args: argparse.Namespace, work: Path) -> tuple[Path, dict[str, dic
                                                               *model_args, *method_args]))
             students[student][training] = (out / "model", train_seconds(out))
     return teacher, students
+
+
+def continuing_overrides(teacher: Path, k: int) -> list[str]:
+    """Exits after layer k and the teacher's last layer on a frozen copy of the teacher; only exit k trains,
+    learning from the last exit (the teacher's own answer) as the ``kd`` students learn from the teacher."""
+    layers = read_manifest(teacher)["architecture"]["hf_config"]["num_hidden_layers"]
+    if not 1 <= k < layers:
+        raise ValueError(f"continue_{k}: the teacher has {layers} layers; k must be in 1..{layers - 1}")
+    return [f"teacher={teacher}", f"model.exits=[{k}, {layers}]", "model.freeze=[backbone, heads.1]",
+            "method_args={distill_last: 0.5, temperature: 2.0}"]
 
 
 # --- evaluation -----------------------------------------------------------------------------------
@@ -116,14 +149,15 @@ def oracle_accuracy(student_ok: np.ndarray, teacher_ok: np.ndarray, rate: float)
     return float(student_ok.mean()) + min(rate, gain)
 
 
-def evaluate_split(raws, gold, costs, rows, scorer: str) -> dict:
+def evaluate_split(raws, gold, costs, rows, scorer: str, lengths: np.ndarray | None = None) -> dict:
     """summon's one calibration on this halving's calibration rows, reported on its report rows."""
     fit, thr, rep = rows
     k = raws[-1].shape[1]
     calibration = fit_calibration(raws, gold, costs, CalibrationSpec(policy=scorer, rule="max_drop", value=DROP),
-                                  num_labels=k, rows=(fit, thr))
+                                  num_labels=k, rows=(fit, thr), lengths=lengths)
     table, fractions = calibration.table, calibration.fractions()
-    sc_rep, pr_rep, _ = score_all([r[rep] for r in raws], calibration.readout(k))
+    sc_rep, pr_rep, _ = score_all([r[rep] for r in raws], calibration.readout(k),
+                                  None if lengths is None else lengths[rep])
     full = float((pr_rep[:, -1] == gold[rep]).mean())
 
     def at(threshold: float):
@@ -185,18 +219,22 @@ def main() -> None:
     gold = np.array([ex["label"] for ex in data.examples])
     teacher_stage = LocalStage("teacher", teacher, str(teacher_dir))
     teacher_raw = teacher_stage.logits(data.examples, 128)
-    results, costs_of = {}, {}
+    results, costs_of, continuing_check = {}, {}, {}
     for student, trainings in students.items():
         for training, (model_dir, seconds) in trainings.items():
-            stage = LocalStage(student, load(model_dir), str(model_dir))
-            cascade = CascadePredictor([stage, teacher_stage], teacher.task, teacher.labels)
-            costs = cascade.measure_costs(data.examples, latency=False)
+            predictor = cascade_of(student, model_dir, teacher_stage, teacher)
+            costs = predictor.measure_costs(data.examples, latency=False)
             fractions = costs.fractions("flops")
-            raws = [stage.logits(data.examples, 256), teacher_raw]
-            scorers = ["max_prob", "gate"] + (["defer"] if training == "easy_defer" else [])
+            if student in CONTINUING:  # its last exit is the teacher: same answers, checked here
+                raws = predictor.stage_logits(data.examples, batch_size=128)
+                continuing_check[student] = float(np.abs(raws[-1] - teacher_raw).max())
+            else:
+                raws = [predictor.stages[0].logits(data.examples, 256), teacher_raw]
+            lengths = row_lengths(predictor, data.examples)
+            scorers = ["max_prob", "gate", "learned"] + (["defer"] if training == "easy_defer" else [])
             for scorer in scorers:
                 rng = np.random.default_rng(args.seed)
-                splits = [evaluate_split(raws, gold, costs, halves(len(gold), rng), scorer)
+                splits = [evaluate_split(raws, gold, costs, halves(len(gold), rng), scorer, lengths)
                           for _ in range(args.halvings)]
                 results[f"{student}/{training}/{scorer}"] = {**summarise(splits), "train_seconds": seconds,
                                                              "stage_cost_fractions": fractions}
@@ -204,12 +242,19 @@ def main() -> None:
             print(student, training, {k: v["cost_at_drop_0_5pt"] for k, v in results.items()
                                       if k.startswith(f"{student}/{training}")}, flush=True)
     result = summary_result(args, teacher_dir, data, results, costs_of)
+    result["continuing_last_exit_max_abs_diff_vs_teacher"] = continuing_check
+    result.update(training_record(students, args))
     if args.early_exit:
         result["early_exit_same_teacher"] = early_exit_at_budgets(Path(args.early_exit), data, gold, args)
     name = result["best_cascade"]
     student, training, scorer = name.split("/")
-    result["measured_time"] = measured_time(students[student][training][0], teacher_stage, teacher, data, gold,
-                                            scorer, args)
+    chosen = cascade_of(student, students[student][training][0], teacher_stage, teacher)
+    result["measured_time"], speed = measured_time(chosen, name, teacher_stage, data, gold, scorer, args)
+    result["speedup_realized_over_theoretical"] = {
+        f"bs{bs}": row["realised_over_theoretical_with_tokenisation"] for bs, row in speed.items()}
+    result["speedup_realized_over_theoretical_model_only"] = {
+        f"bs{bs}": row["realised_over_theoretical"] for bs, row in speed.items()}
+    result["speedup"] = speed
     result["plot"] = repo_relative(plot_cascades(result, out_json.with_suffix(".png"), args.dataset))
     write_result(out_json, result)
 
@@ -218,26 +263,50 @@ def subset(data, rows: np.ndarray):
     return type(data)(data.task, data.labels, [data.examples[i] for i in rows], data.source)
 
 
-def measured_time(student_dir: Path, teacher_stage, teacher, data, gold: np.ndarray, scorer: str, args) -> dict:
+def cascade_of(student: str, model_dir: Path, teacher_stage, teacher):
+    """The staged predictor of a student: the continuing cascade is the student's own two-exit model (its
+    last exit the teacher); any other student goes in front of the teacher as a separate stage."""
+    if student in CONTINUING:
+        return load(model_dir)
+    return CascadePredictor([LocalStage(student, load(model_dir), str(model_dir)), teacher_stage],
+                            teacher.task, teacher.labels)
+
+
+def training_record(students: dict, args: argparse.Namespace) -> dict:
+    """Training rows, epochs and minutes of every student run (from each run's saved manifest)."""
+    runs = {f"{s}/{t}": path for s, trainings in students.items() for t, (path, _) in trainings.items()}
+    rows = {name: read_manifest(path)["training"]["train_examples"] for name, path in runs.items()}
+    return {"train_rows": max(rows.values()), "train_rows_per_student": rows,
+            "epochs": {name: read_manifest(path)["training"]["config"]["train"]["epochs"]
+                       for name, path in runs.items()},
+            "train_minutes": {name: seconds / 60.0 for s, trainings in students.items()
+                              for t, (_, seconds) in trainings.items() for name in [f"{s}/{t}"]}}
+
+
+def measured_time(cascade, name: str, teacher_stage, data, gold: np.ndarray, scorer: str,
+                  args) -> tuple[dict, dict]:
     """Wall-clock cost of the chosen cascade: calibrated on the first halving's calibration half (max drop
     0.5 point against the teacher), run stage-major at batch 32 on the report half, timed alternately with
-    the teacher alone on the same rows (median of 3; tokenisation included for both)."""
-    cascade = CascadePredictor([LocalStage("student", load(student_dir), str(student_dir)), teacher_stage],
-                               teacher.task, teacher.labels)
+    the teacher alone on the same rows (median of 3; tokenisation included for both). Then the realised
+    speed-up over the FLOPs-promised one at batch 1, 32 and 128 on the same rows (``measure_speedup``, with
+    and without tokenisation; the reference is the last stage alone, i.e. the teacher)."""
     fit, thr, rep = halves(len(gold), np.random.default_rng(args.seed))
     cascade.calibrate(subset(data, np.sort(np.concatenate([fit, thr]))),
                       CalibrationSpec(policy=scorer, rule="max_drop", value=DROP, seed=args.seed), latency=True)
     report = subset(data, rep)
     threshold = cascade.threshold_for()
-    run = cascade.run(report.examples, threshold, batch_size=32)  # also the warm-up
+    run = cascade.run_examples(report.examples, threshold, batch_size=32)  # also the warm-up
     teacher_stage.logits(report.examples, 32)
-    t_cascade, t_teacher = _interleaved_medians(lambda: cascade.run(report.examples, threshold, batch_size=32),
-                                                lambda: teacher_stage.logits(report.examples, 32), 3)
+    t_cascade, t_teacher = _interleaved_medians(
+        lambda: cascade.run_examples(report.examples, threshold, batch_size=32),
+        lambda: teacher_stage.logits(report.examples, 32), 3)
     costs = cascade.calibration.costs
     flops = np.asarray(costs.flops)
     ms = np.asarray(costs.fractions("ms")) if costs.ms else None
     answered = np.bincount(run.stage, minlength=2)
-    return {"cascade": f"{student_dir} -> teacher, scorer {scorer}", "rows": len(rep), "batch_size": 32,
+    speed = measure_speedup(cascade, cascade.inputs(report.examples), threshold, repeats=3,
+                            examples=report.examples)
+    return {"cascade": f"{name} (student -> teacher), scorer {scorer}", "rows": len(rep), "batch_size": 32,
             "deferral_rate": float(answered[1] / len(rep)),
             "accuracy": float((run.logits.argmax(1) == gold[rep]).mean()),
             "teacher_accuracy_same_rows": float((teacher_stage.logits(report.examples, 32).argmax(1)
@@ -245,7 +314,7 @@ def measured_time(student_dir: Path, teacher_stage, teacher, data, gold: np.ndar
             "flops_fraction": float(np.mean(flops[run.stage]) / costs.flops_full),
             "stage_ms_fractions": None if ms is None else ms.tolist(),
             "cascade_seconds": t_cascade, "teacher_seconds": t_teacher,
-            "time_fraction": t_cascade / t_teacher}
+            "time_fraction": t_cascade / t_teacher}, speed
 
 
 def plot_cascades(result: dict, path: Path, dataset: str) -> Path:
@@ -309,10 +378,23 @@ def best(results: dict, student: str, trainings: tuple[str, ...], key) -> tuple[
     return name, cands[name]
 
 
+def policies(results: dict) -> dict:
+    """Per deferral score: the cheapest cascade within 0.5 point of the teacher (held-out thresholds) and its cost."""
+    out = {}
+    for name, r in results.items():
+        scorer = name.split("/")[2]
+        if scorer not in out or r["cost_at_drop_0_5pt"] < out[scorer]["cost_at_drop_0_5pt"]:
+            out[scorer] = {"cascade": name, "cost_at_drop_0_5pt": r["cost_at_drop_0_5pt"],
+                           "drop_there_points": 100 * r["drop_there"]}
+    return out
+
+
 def summary_result(args, teacher_dir: Path, data, results: dict, costs_of: dict) -> dict:
     b = str(EQUAL_COST)
     head = {}
     for student in costs_of:
+        if student in CONTINUING:  # trained one way only (KD): nothing to compare
+            continue
         acc = lambda r: (r["budgets"].get(b) or {}).get("accuracy") or -1.0  # noqa: E731
         easy_name, easy = best(results, student, ("easy_selective", "easy_defer"), acc)
         kd_name, kd = best(results, student, ("kd",), acc)
@@ -332,6 +414,7 @@ def summary_result(args, teacher_dir: Path, data, results: dict, costs_of: dict)
         "equal_cost_budget": EQUAL_COST,
         "easy_kd_minus_standard_kd_at_equal_cost": head,
         "oracle_gap": {k: v["oracle_gap"] for k, v in chosen["budgets"].items()},
+        "policies": policies(results),
         "student_cost_fractions": {s: c[0] for s, c in costs_of.items()},
         "cascades": results,
         "notes": "cost = FLOPs per example of every stage run (student always, teacher when deferred) over the "
