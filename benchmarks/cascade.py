@@ -328,6 +328,10 @@ def plot_cascades(result: dict, path: Path, dataset: str) -> Path:
             curve = np.asarray(cascades[key]["first_halving"]["curve"])
             ax.step(curve[:, 0], 100 * curve[:, 1], style, where="post", label=f"cascade {key}")
             ax.plot(curve[0, 0], 100 * cascades[key]["student_accuracy"], "o", ms=4, color="grey")
+    for name, r in cascades.items():  # the continuing cascades (one training each), on the max-prob score
+        if name.split("/")[0] in CONTINUING and name.endswith("/max_prob"):
+            curve = np.asarray(r["first_halving"]["curve"])
+            ax.step(curve[:, 0], 100 * curve[:, 1], "-.", where="post", label=f"continuing {name}")
     best = cascades[result["best_cascade"]]
     oracle = np.asarray(best["first_halving"]["oracle_curve"])
     ax.plot(oracle[:, 0], 100 * oracle[:, 1], ":", color="black", label=f"oracle deferral ({result['best_cascade']})")
