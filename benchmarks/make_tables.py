@@ -154,6 +154,11 @@ def structured_kd(r: dict) -> str:
                          f"{r['epoch_seconds'][name]:.1f} | {frac(online, 1)} | "
                          f"{frac(r.get('kd_term_seconds', {}).get(name), 2)} | "
                          f"{frac(ratio.get('cached', {}).get(name), 2)} | {frac(ratio.get('online', {}).get(name), 2)} |")
+        f1 = r["f1"]
+        lines.append(f"\nSub-structure MSE minus gold only: {100 * (f1['substructure'] - f1['gold_only']):+.2f} points "
+                     f"(target +1.0); minus marginal KL: {100 * (f1['substructure'] - f1['marginal_kl']):+.2f} points "
+                     f"(target ≥ −0.3); its KD term costs {r['kd_term_ratio_vs_marginal']['substructure']:.3f}× "
+                     "marginal KL's (target ≤ 0.5).")
         return "\n".join(lines) + "\n"
     lines += ["| method | test span F1 (%) | token accuracy (%) | epoch (s) | teacher fwd (s) | student fwd (s) | "
               "backward (s) | epoch / marginal_kl's |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
