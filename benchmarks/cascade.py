@@ -243,7 +243,7 @@ def main() -> None:
                                       if k.startswith(f"{student}/{training}")}, flush=True)
     result = summary_result(args, teacher_dir, data, results, costs_of)
     result["continuing_last_exit_max_abs_diff_vs_teacher"] = continuing_check
-    result.update(training_record(students, args))
+    result.update(training_record(students))
     if args.early_exit:
         result["early_exit_same_teacher"] = early_exit_at_budgets(Path(args.early_exit), data, gold, args)
     name = result["best_cascade"]
@@ -272,7 +272,7 @@ def cascade_of(student: str, model_dir: Path, teacher_stage, teacher):
                             teacher.task, teacher.labels)
 
 
-def training_record(students: dict, args: argparse.Namespace) -> dict:
+def training_record(students: dict) -> dict:
     """Training rows, epochs and minutes of every student run (from each run's saved manifest)."""
     runs = {f"{s}/{t}": path for s, trainings in students.items() for t, (path, _) in trainings.items()}
     rows = {name: read_manifest(path)["training"]["train_examples"] for name, path in runs.items()}
