@@ -66,6 +66,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--halvings", type=int, default=20)
     p.add_argument("--guarantee-splits", type=int, default=200)
     p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--train-only", action="store_true",
+                   help="train (or resume) the schedules and stop: no evaluation, no result file")
     p.add_argument("--work", default=None, help="run folders (default benchmarks/work/early_exit_<dataset>)")
     p.add_argument("--out", default=None, help="default benchmarks/results/early_exit_<dataset>.json")
     p.add_argument("--override", action="append", default=[], help="extra key=value for every training run "
@@ -236,6 +238,8 @@ def main() -> None:
     setup_logging()
     work, out_json = run_paths(args.work, args.out, f"early_exit_{args.dataset}")
     trained = train_schedules(args, work)
+    if args.train_only:
+        return
     schedules, logits_of, data = {}, {}, None
     for name, (model_dir, seconds) in trained.items():
         predictor = load(model_dir)
