@@ -27,6 +27,13 @@ def frac(x: float | None, digits: int = 3) -> str:
     return "-" if x is None else f"{x:.{digits}f}"
 
 
+def in_benchmarks(path: str) -> str:
+    """A result's file path relative to benchmarks/ (results written from a worktree or with --out record
+    absolute paths)."""
+    parts = Path(path).parts
+    return str(Path(*parts[len(parts) - parts[::-1].index("benchmarks"):])) if "benchmarks" in parts else path
+
+
 def provenance(r: dict) -> str:
     m = r["machine"]
     when = "" if "commit_at_finish" in r else " (read when the run finished; older scripts recorded HEAD then)"
@@ -59,7 +66,7 @@ def foundation(r: dict) -> str:
 def early_exit(r: dict) -> str:
     lines = [f"## Early exit: {r['benchmark'].removeprefix('early_exit_')} (`{Path(r['command'].split()[1]).name}`)\n",
              provenance(r),
-             f"- {r['model']}; training rows: {r['train_subset']}, {r['epochs']} epoch; evaluation data: "
+             f"- {r['model']}; training rows: {r.get('train_rows', r['train_subset'])}, {r['epochs']} epoch; evaluation data: "
              f"{r['eval_data']} ({r['eval_rows']} rows), {r['halvings']} random halvings (calibrate on one half, "
              "report the other)\n",
              "| schedule | full accuracy (%) | cost at ≤1 pt drop | drop there (points) | share of halvings within 1 pt | "
@@ -74,24 +81,55 @@ def early_exit(r: dict) -> str:
                      f"{m['area_to_oracle_agree']:.4f} | {s['train_seconds'] / 60:.1f} |")
     g = r["guarantee"]
     sp = r["speedup"]
+    lines += policies_table(r)
     lines += ["", f"Guaranteed mode (Learn-then-Test, ε = {g['epsilon']}, δ = {g['delta']}) over {g['splits']} "
               f"splits: violation rate {g['violation_rate']:.3f} (disagreement > ε on the report half; accuracy-drop "
               f"violations {g['accuracy_drop_violation_rate']:.3f}), mean cost {g['mean_cost']:.3f} against "
-              f"{r['cost_at_drop_1pt']:.3f} without the guarantee.", "",
+              f"{r['cost_at_drop_1pt']:.3f} without the guarantee." + learned_guarantee(r), "",
               f"Speed-up on {r.get('speedup_rows', 'the report half of the')} evaluation rows at the winner's "
               "default threshold. FLOPs speed-up counts each row's FLOPs by its length (longer inputs tend to go "
-              "deeper); the length-blind figure (every row as the average one) is in the last column.", "",
-              "| batch size | full model (s) | adaptive (s) | measured speed-up | FLOPs speed-up | measured / FLOPs | "
-              "measured / length-blind FLOPs |",
-              "|---:|---:|---:|---:|---:|---:|---:|"]
+              "deeper); the length-blind figure (every row as the average one) is in the last column. Times are the "
+              "model's alone (featurized inputs); the last two columns time both sides from the texts, tokenisation "
+              "included.", "", *speedup_table(sp)]
+    plots = r.get("plots", {})
+    if plots:
+        lines += ["", " ".join(f"![{k}]({in_benchmarks(v)})" for k, v in plots.items())]
+    return "\n".join(lines) + "\n"
+
+
+def speedup_table(sp: dict) -> list[str]:
+    lines = ["| batch size | full model (s) | adaptive (s) | measured speed-up | FLOPs speed-up | measured / FLOPs | "
+             "measured / length-blind FLOPs | with tokenisation: speed-up | with tokenisation: measured / FLOPs |",
+             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for bs, s in sp.items():
         blind = s.get("realised_over_theoretical_uniform")
         lines.append(f"| {bs} | {s['full_seconds']:.2f} | {s['adaptive_seconds']:.2f} | {s['realised']:.2f} | "
-                     f"{s['theoretical']:.2f} | {s['realised_over_theoretical']:.2f} | {frac(blind, 2)} |")
-    plots = r.get("plots", {})
-    if plots:
-        lines += ["", " ".join(f"![{k}]({Path(v).relative_to('benchmarks')})" for k, v in plots.items())]
-    return "\n".join(lines) + "\n"
+                     f"{s['theoretical']:.2f} | {s['realised_over_theoretical']:.2f} | {frac(blind, 2)} | "
+                     f"{frac(s.get('realised_with_tokenisation'), 2)} | "
+                     f"{frac(s.get('realised_over_theoretical_with_tokenisation'), 2)} |")
+    return lines
+
+
+def policies_table(r: dict) -> list[str]:
+    """Every exit score on the winner at the same halvings (absent from older result files)."""
+    pol = r.get("policies")
+    if not pol:
+        return []
+    lines = ["", f"Exit scores on the winner (`{r['winner']}`), same halvings:", "",
+             "| exit score | cost at ≤1 pt drop | drop there (points) | share of halvings within 1 pt | "
+             "guaranteed-mode cost |", "|---|---:|---:|---:|---:|"]
+    for name, p in pol.items():
+        lines.append(f"| {name} | {frac(p['cost_at_drop_1pt'])} | {p['drop_points']:.2f} | "
+                     f"{frac(p['share_within_1pt'], 2)} | {frac(p.get('guaranteed_cost'))} |")
+    return lines
+
+
+def learned_guarantee(r: dict) -> str:
+    g = r.get("guarantee_learned")
+    if not g:
+        return ""
+    return (f" With the learned exit score: violation rate {g['violation_rate']:.3f} over {g['splits']} splits, "
+            f"mean cost {g['mean_cost']:.3f}.")
 
 
 def cascade(r: dict) -> str:
@@ -129,7 +167,7 @@ def cascade(r: dict) -> str:
                      f"{t['teacher_seconds']:.2f} s (time fraction {t['time_fraction']:.2f}; FLOPs fraction "
                      f"{t['flops_fraction']:.2f}; deferral rate {t['deferral_rate']:.2f})")
     if r.get("plot"):
-        lines += ["", f"![accuracy vs cost]({Path(r['plot']).relative_to('benchmarks')})"]
+        lines += ["", f"![accuracy vs cost]({in_benchmarks(r['plot'])})"]
     return "\n".join(lines) + "\n"
 
 
@@ -200,7 +238,7 @@ def progressive(r: dict) -> str:
                          f"({'condition held' if rd['condition_held'] else 'condition not met'})")
         lines.append(f"- {label}: " + "; ".join(steps))
     if r.get("plot"):
-        lines += ["", f"![accuracy vs cost]({Path(r['plot']).relative_to('benchmarks')})"]
+        lines += ["", f"![accuracy vs cost]({in_benchmarks(r['plot'])})"]
     return "\n".join(lines) + "\n"
 
 
@@ -227,7 +265,7 @@ def serve_load(r: dict) -> str:
     lines += ["", "Realised cost minus budget (early exit, budget " + str(r["settings"]["budget"]) + "): "
               + ", ".join(f"{k} {v:+.3f}" for k, v in r["realised_cost_minus_budget"].items()) + "."]
     if r.get("screenshot"):
-        lines += ["", f"![demo page]({Path(r['screenshot']).relative_to('benchmarks')})"]
+        lines += ["", f"![demo page]({in_benchmarks(r['screenshot'])})"]
     return "\n".join(lines) + "\n"
 
 
