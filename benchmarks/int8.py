@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from pathlib import Path
 
 import numpy as np
 import serve_load
@@ -26,6 +27,7 @@ from _common import provenance, repo_relative, run_paths, setup_logging, write_r
 
 import summon
 from summon.data.spec import TaskData
+from summon.saved import read_manifest
 
 
 def parse_args() -> argparse.Namespace:
@@ -98,13 +100,19 @@ def main() -> None:
                      "repeats": args.repeats, "torch_threads": torch.get_num_threads(),
                      "teacher": repo_relative(args.teacher), "early_exit": repo_relative(args.early_exit),
                      "calibration": calib.source, "report": report.source,
-                     "models": "teacher: MiniLM-L6 fine-tuned 1 epoch on 4,000 SST-2 training rows; early exit: "
-                               "two-stage exits on that frozen teacher (benchmarks/progressive.py --dataset sst2 "
-                               "--train-limit 4000), not yet the whole-data models item 6 asks for"},
+                     "models": {"teacher": training_of(args.teacher), "early_exit": training_of(args.early_exit)}},
         "notes": "accuracy in percent on the report half; cost_fraction: mean FLOPs fraction of the full model "
                  "(1.0 for the plain full models); throughput includes tokenisation.",
     }
     write_result(out_json, result)
+
+
+def training_of(model_dir: str) -> dict:
+    """What a saved model was trained on, from its manifest."""
+    training = read_manifest(Path(model_dir)).get("training", {})
+    config = training.get("config", {})
+    return {"train_data": training.get("train_data"), "train_rows": training.get("train_examples"),
+            "epochs": config.get("train", {}).get("epochs")}
 
 
 if __name__ == "__main__":

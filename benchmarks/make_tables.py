@@ -132,6 +132,14 @@ def learned_guarantee(r: dict) -> str:
             f"mean cost {g['mean_cost']:.3f}.")
 
 
+def models_of(models: str | dict) -> str:
+    """int8's model description: a sentence (older files) or each model's training data, rows and epochs."""
+    if isinstance(models, str):
+        return models
+    return "; ".join(f"{name}: trained on {m['train_rows']} rows of {Path(m['train_data']).parent.name}, "
+                     f"{m['epochs']} epoch(s)" for name, m in models.items())
+
+
 def cascade(r: dict) -> str:
     lines = [f"## Cascade: {r['benchmark'].removeprefix('cascade_')} (`{Path(r['command'].split()[1]).name}`)\n",
              provenance(r),
@@ -270,7 +278,7 @@ def serve_load(r: dict) -> str:
 
 
 def int8(r: dict) -> str:
-    lines = ["## int8 stages (`int8.py`)\n", provenance(r), f"- {r['settings']['models']}; {r['notes']}\n",
+    lines = ["## int8 stages (`int8.py`)\n", provenance(r), f"- {models_of(r['settings']['models'])}; {r['notes']}\n",
              "| configuration | accuracy (%) | rows/s (batch 32) | cost (FLOPs fraction) |", "|---|---:|---:|---:|"]
     for name, c in r["configs"].items():
         lines.append(f"| {name} | {c['accuracy']:.2f} | {c['rows_per_second_bs32']:.1f} | {c['cost_fraction']:.3f} |")
