@@ -162,6 +162,36 @@ def split_result(logits, gold, costs, temp_rows, thr_rows, report_rows, policy="
     return out
 
 
+def against_teacher(logits: np.ndarray, gold: np.ndarray, costs, teacher_pred: np.ndarray, halvings: int,
+                    seed: int) -> dict:
+    """The cheapest threshold within 1 point of the fine-tuned teacher's accuracy (not the schedule's own last
+    exit, which joint training can leave below the teacher), at the same halvings: chosen on the calibration
+    half's threshold rows (gold accuracy ≥ the teacher's there − 1 point), reported on the other half. A split
+    where no threshold of this schedule reaches that accuracy counts as infeasible."""
+    rng = np.random.default_rng(seed)
+    spec = CalibrationSpec(policy="max_prob", rule="max_drop", value=EPSILON, delta=DELTA)
+    rows = []
+    for _ in range(halvings):
+        temp_rows, thr_rows, report_rows = halves(len(gold), rng)
+        calibration = fit_calibration(logits, gold, costs, spec, num_labels=logits.shape[2], rows=(temp_rows, thr_rows))
+        target = float((teacher_pred[thr_rows] == gold[thr_rows]).mean()) - EPSILON
+        ok = [p for p in calibration.table.points if p.accuracy is not None and p.accuracy >= target - 1e-12]
+        teacher_acc = float((teacher_pred[report_rows] == gold[report_rows]).mean())
+        if not ok:
+            rows.append({"feasible": False, "teacher_accuracy": teacher_acc})
+            continue
+        point = min(ok, key=lambda p: (p.cost, -p.threshold))
+        scores, preds, _ = score_all(logits[report_rows].transpose(1, 0, 2), calibration.readout(logits.shape[2]))
+        at = sweep(scores, preds, np.asarray(calibration.fractions()), gold[report_rows], np.array([point.threshold]))[0]
+        rows.append({"feasible": True, "teacher_accuracy": teacher_acc, "cost": at.cost, "accuracy": at.accuracy,
+                     "drop": teacher_acc - at.accuracy})
+    feasible = [r for r in rows if r["feasible"]]
+    return {"share_feasible": len(feasible) / len(rows), "teacher_accuracy": mean(r["teacher_accuracy"] for r in rows),
+            "cost": mean(r["cost"] for r in feasible) if feasible else None,
+            "drop_points": 100 * mean(r["drop"] for r in feasible) if feasible else None,
+            "share_within_1pt": mean(float(r["feasible"] and r["drop"] <= EPSILON + 1e-12) for r in rows)}
+
+
 def mean(values) -> float:
     values = [v for v in values if v is not None]
     return float(np.mean(values)) if values else float("nan")
@@ -251,9 +281,14 @@ def main() -> None:
         result, logits_of[name] = evaluate_schedule(predictor, data, args.halvings, args.seed)
         schedules[name] = {**result, "train_seconds": seconds, "path": str(model_dir)}
         print(name, json.dumps(result["summary"]["reference"]), flush=True)
+    gold = np.array([ex["label"] for ex in data.examples])
+    if "two_stage" in logits_of:  # its last exit is the fine-tuned teacher, frozen: the teacher's answers
+        teacher_pred = logits_of["two_stage"][:, -1].argmax(-1)
+        for name in schedules:
+            schedules[name]["vs_teacher"] = against_teacher(logits_of[name], gold, load(trained[name][0]).calibration.costs,
+                                                            teacher_pred, args.halvings, args.seed)
     winner = min(schedules, key=lambda s: schedules[s]["summary"]["reference"]["cost"])
     predictor = load(trained[winner][0])
-    gold = np.array([ex["label"] for ex in data.examples])
     guar = guarantee(logits_of[winner], gold, predictor.calibration.costs, args.guarantee_splits, args.seed)
     report_rows = halves(len(data), np.random.default_rng(args.seed))[2]
     report = TaskData(data.task, data.labels, [data.examples[i] for i in report_rows], data.source)
@@ -282,6 +317,7 @@ def main() -> None:
         "drop_at_that_cost": win["reference"]["drop"],
         "oracle_cost_at_drop_1pt": win["oracle_agree_cost_at_drop_1pt"],
         "oracle_correct_cost_at_drop_1pt": win["oracle_correct_cost_at_drop_1pt"],
+        "cost_within_1pt_of_teacher": {k: v["vs_teacher"]["cost"] for k, v in schedules.items() if "vs_teacher" in v},
         "speedup_realized_over_theoretical": {f"bs{bs}": s["realised_over_theoretical_with_tokenisation"]
                                               for bs, s in speed.items()},
         "speedup_realized_over_theoretical_model_only": {f"bs{bs}": s["realised_over_theoretical"]
