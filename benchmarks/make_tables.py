@@ -99,7 +99,7 @@ def early_exit(r: dict) -> str:
               f"{r['cost_at_drop_1pt']:.3f} without the guarantee." + learned_guarantee(r), "",
               f"Speed-up on {r.get('speedup_rows', 'the report half of the')} evaluation rows at the winner's "
               "default threshold. FLOPs speed-up counts each row's FLOPs by its length (longer inputs tend to go "
-              "deeper); the length-blind figure (every row as the average one) is in the last column. Times are the "
+              "deeper); the length-blind figure (every row as the average one) has its own column. Times are the "
               "model's alone (featurized inputs); the last two columns time both sides from the texts, tokenisation "
               "included.", "", *speedup_table(sp)]
     plots = r.get("plots", {})
