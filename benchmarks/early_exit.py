@@ -272,7 +272,7 @@ def main() -> None:
     trained = train_schedules(args, work)
     if args.train_only:
         return
-    schedules, logits_of, data = {}, {}, None
+    schedules, logits_of, costs_of, data = {}, {}, {}, None
     for name, (model_dir, seconds) in trained.items():
         predictor = load(model_dir)
         data = data or eval_data(args, predictor)
@@ -281,14 +281,15 @@ def main() -> None:
         predictor.calibrate(calib, CalibrationSpec(rule="max_drop", value=EPSILON))
         predictor.save_calibration()
         result, logits_of[name] = evaluate_schedule(predictor, data, args.halvings, args.seed)
+        costs_of[name] = predictor.calibration.costs
         schedules[name] = {**result, "train_seconds": seconds, "path": str(model_dir)}
         print(name, json.dumps(result["summary"]["reference"]), flush=True)
     gold = np.array([ex["label"] for ex in data.examples])
     if "two_stage" in logits_of:  # its last exit is the fine-tuned teacher, frozen: the teacher's answers
         teacher_pred = logits_of["two_stage"][:, -1].argmax(-1)
         for name in schedules:
-            schedules[name]["vs_teacher"] = against_teacher(logits_of[name], gold, load(trained[name][0]).calibration.costs,
-                                                            teacher_pred, args.halvings, args.seed)
+            schedules[name]["vs_teacher"] = against_teacher(logits_of[name], gold, costs_of[name], teacher_pred,
+                                                            args.halvings, args.seed)
     winner = min(schedules, key=lambda s: schedules[s]["summary"]["reference"]["cost"])
     predictor = load(trained[winner][0])
     guar = guarantee(logits_of[winner], gold, predictor.calibration.costs, args.guarantee_splits, args.seed)
