@@ -17,7 +17,7 @@ head): the early exit and the cascade meet, and it runs on the same executor.
 Cascades defer on the calibrated max probability (all students), the learned defer output (easy_defer),
 a learned gate, or the learned score (``learned``). Thresholds are chosen on one random half of the evaluation
 split (30% of it fits the temperatures, gates and learned scores, 70% tabulates thresholds) and reported on the
-other half; means over halvings.
+other half; means over halvings (``summon.evaluate.protocol``).
 
 Usage (from the repository root, after the foundation / early-exit benchmarks trained the teachers):
     python benchmarks/cascade.py --dataset sst2 --train-limit 20000
@@ -42,7 +42,9 @@ from summon.adaptive.scoring import score_all
 from summon.adaptive.staged import row_lengths
 from summon.adaptive.stages import LocalStage
 from summon.adaptive.thresholds import sweep
+from summon.evaluate import protocol
 from summon.evaluate.adaptive import _figure, _interleaved_medians, envelope, measure_speedup
+from summon.evaluate.protocol import mean, share_within
 from summon.evaluate.runner import load_for
 from summon.recipe import load_run_config
 from summon.saved import read_manifest
@@ -136,13 +138,6 @@ def continuing_overrides(teacher: Path, k: int) -> list[str]:
 # --- evaluation -----------------------------------------------------------------------------------
 
 
-def halves(n: int, rng: np.random.Generator):
-    order = rng.permutation(n)
-    calib, report = order[: n // 2], order[n // 2:]
-    cut = round(0.3 * len(calib))
-    return np.sort(calib[:cut]), np.sort(calib[cut:]), np.sort(report)
-
-
 def oracle_accuracy(student_ok: np.ndarray, teacher_ok: np.ndarray, rate: float) -> float:
     """Defer exactly the student's mistakes the teacher gets right, up to a deferral ``rate``."""
     gain = float(np.mean(~student_ok & teacher_ok))
@@ -186,17 +181,12 @@ def evaluate_split(raws, gold, costs, rows, scorer: str, lengths: np.ndarray | N
     return out
 
 
-def mean(xs) -> float | None:
-    xs = [x for x in xs if x is not None]
-    return float(np.mean(xs)) if xs else None
-
-
 def summarise(splits: list[dict]) -> dict:
     out = {"teacher_accuracy": mean(s["teacher_accuracy"] for s in splits),
            "student_accuracy": mean(s["student_accuracy"] for s in splits),
            "cost_at_drop_0_5pt": mean(s["at_drop"]["cost"] for s in splits),
            "drop_there": mean(s["at_drop"]["drop"] for s in splits),
-           "share_within_0_5pt": mean(float(s["at_drop"]["drop"] <= DROP + 1e-12) for s in splits), "budgets": {},
+           "share_within_0_5pt": share_within((s["at_drop"]["drop"] for s in splits), DROP), "budgets": {},
            "first_halving": {"curve": splits[0]["curve"], "oracle_curve": splits[0]["oracle_curve"]}}
     for b in BUDGETS:
         rows = [s["budgets"][str(b)] for s in splits if str(b) in s["budgets"]]
@@ -233,9 +223,8 @@ def main() -> None:
             lengths = row_lengths(predictor, data.examples)
             scorers = ["max_prob", "gate", "learned"] + (["defer"] if training == "easy_defer" else [])
             for scorer in scorers:
-                rng = np.random.default_rng(args.seed)
-                splits = [evaluate_split(raws, gold, costs, halves(len(gold), rng), scorer, lengths)
-                          for _ in range(args.halvings)]
+                splits = [evaluate_split(raws, gold, costs, split, scorer, lengths)
+                          for split in protocol.halvings(len(gold), args.halvings, args.seed)]
                 results[f"{student}/{training}/{scorer}"] = {**summarise(splits), "train_seconds": seconds,
                                                              "stage_cost_fractions": fractions}
             costs_of[student] = fractions
@@ -290,8 +279,9 @@ def measured_time(cascade, name: str, teacher_stage, data, gold: np.ndarray, sco
     the teacher alone on the same rows (median of 3; tokenisation included for both). Then the realised
     speed-up over the FLOPs-promised one at batch 1, 32 and 128 on the same rows (``measure_speedup``, with
     and without tokenisation; the reference is the last stage alone, i.e. the teacher)."""
-    fit, thr, rep = halves(len(gold), np.random.default_rng(args.seed))
-    cascade.calibrate(subset(data, np.sort(np.concatenate([fit, thr]))),
+    first = protocol.first_halving(len(gold), args.seed)
+    rep = first.report
+    cascade.calibrate(subset(data, first.calibration),
                       CalibrationSpec(policy=scorer, rule="max_drop", value=DROP, seed=args.seed), latency=True)
     report = subset(data, rep)
     threshold = cascade.threshold_for()
@@ -359,10 +349,8 @@ def early_exit_at_budgets(model_dir: Path, data, gold: np.ndarray, args) -> dict
     raws = exits.stage_logits(data.examples)
     costs = exits.measure_costs(data.examples, latency=False)
     fractions = costs.fractions("flops")
-    rng = np.random.default_rng(args.seed)
     rows_by_budget: dict[str, list[float]] = {str(b): [] for b in BUDGETS}
-    for _ in range(args.halvings):
-        fit, thr, rep = halves(len(gold), rng)
+    for fit, thr, rep in protocol.halvings(len(gold), args.halvings, args.seed):
         calibration = fit_calibration(raws, gold, costs, CalibrationSpec(), num_labels=raws[0].shape[1], rows=(fit, thr))
         scores, preds, _ = score_all([r[rep] for r in raws], calibration.readout(raws[0].shape[1]))
         for b in BUDGETS:

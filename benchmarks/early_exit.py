@@ -13,8 +13,9 @@ Speed-ups are measured from the texts (tokenisation included) and from featurize
 
 Thresholds are always chosen on data disjoint from the data reported. The evaluation split (SST-2 dev,
 or AG News test descriptions) is halved at random many times: one half calibrates (30% of it fits the
-per-exit temperatures, 70% tabulates thresholds), the other half is reported. Numbers are means over
-halvings. The guarantee (Learn-then-Test, epsilon = 1 point, delta = 0.1) is checked over 200 splits.
+per-exit temperatures, 70% tabulates thresholds), the other half is reported (``summon.evaluate.protocol``).
+Numbers are means over halvings. The guarantee (Learn-then-Test, epsilon = 1 point, delta = 0.1) is checked
+over 200 splits.
 "Within 1 point" is against each schedule's own last exit; ``vs_teacher`` also gives, per schedule, the cost
 within 1 point of the fine-tuned teacher (two_stage's frozen last exit), which joint training can fall below.
 
@@ -42,7 +43,9 @@ from summon.adaptive.scoring import score_all
 from summon.adaptive.staged import row_lengths
 from summon.adaptive.thresholds import ThresholdTable, sweep
 from summon.data.spec import TaskData
+from summon.evaluate import protocol
 from summon.evaluate.adaptive import curves, evaluate_adaptive, measure_speedup
+from summon.evaluate.protocol import mean, share_within, spread
 from summon.evaluate.runner import load_for
 from summon.recipe import load_run_config
 from summon.saved import read_manifest
@@ -124,14 +127,6 @@ def eval_data(args: argparse.Namespace, predictor) -> TaskData:
     return load_for(predictor, cfg.data.eval, args.data_dir)
 
 
-def halves(n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Temperature rows and threshold rows (the calibration half, 30/70) and the report half."""
-    order = rng.permutation(n)
-    calib, report = order[: n // 2], order[n // 2:]
-    cut = round(0.3 * len(calib))
-    return np.sort(calib[:cut]), np.sort(calib[cut:]), np.sort(report)
-
-
 def split_result(logits, gold, costs, temp_rows, thr_rows, report_rows, policy="max_prob",
                  rules=("reference", "gold", "guaranteed"), with_curves=True, lengths=None) -> dict:
     """Calibrate on the calibration rows (summon's one calibration, on the benchmark's own split) and report
@@ -170,11 +165,9 @@ def against_teacher(logits: np.ndarray, gold: np.ndarray, costs, teacher_pred: n
     exit, which joint training can leave below the teacher), at the same halvings: chosen on the calibration
     half's threshold rows (gold accuracy ≥ the teacher's there − 1 point), reported on the other half. A split
     where no threshold of this schedule reaches that accuracy counts as infeasible."""
-    rng = np.random.default_rng(seed)
     spec = CalibrationSpec(policy="max_prob", rule="max_drop", value=EPSILON, delta=DELTA)
     rows = []
-    for _ in range(halvings):
-        temp_rows, thr_rows, report_rows = halves(len(gold), rng)
+    for temp_rows, thr_rows, report_rows in protocol.halvings(len(gold), halvings, seed):
         calibration = fit_calibration(logits, gold, costs, spec, num_labels=logits.shape[2], rows=(temp_rows, thr_rows))
         target = float((teacher_pred[thr_rows] == gold[thr_rows]).mean()) - EPSILON
         ok = [p for p in calibration.table.points if p.accuracy is not None and p.accuracy >= target - 1e-12]
@@ -188,15 +181,10 @@ def against_teacher(logits: np.ndarray, gold: np.ndarray, costs, teacher_pred: n
         rows.append({"feasible": True, "teacher_accuracy": teacher_acc, "cost": at.cost, "accuracy": at.accuracy,
                      "drop": teacher_acc - at.accuracy})
     feasible = [r for r in rows if r["feasible"]]
+    drop = mean(r.get("drop") for r in rows)  # an infeasible split has no cost or drop: left out of the means
     return {"share_feasible": len(feasible) / len(rows), "teacher_accuracy": mean(r["teacher_accuracy"] for r in rows),
-            "cost": mean(r["cost"] for r in feasible) if feasible else None,
-            "drop_points": 100 * mean(r["drop"] for r in feasible) if feasible else None,
-            "share_within_1pt": mean(float(r["feasible"] and r["drop"] <= EPSILON + 1e-12) for r in rows)}
-
-
-def mean(values) -> float:
-    values = [v for v in values if v is not None]
-    return float(np.mean(values)) if values else float("nan")
+            "cost": mean(r.get("cost") for r in rows), "drop_points": None if drop is None else 100 * drop,
+            "share_within_1pt": share_within((r.get("drop") for r in rows), EPSILON)}
 
 
 def summarise(splits: list[dict]) -> dict:
@@ -204,8 +192,8 @@ def summarise(splits: list[dict]) -> dict:
     for rule in ("reference", "gold", "guaranteed"):
         rows = [s[rule] for s in splits]
         out[rule] = {"cost": mean(r["cost"] for r in rows), "drop": mean(r["drop"] for r in rows),
-                     "drop_std": float(np.std([r["drop"] for r in rows])),
-                     "share_within_1pt": mean(float(r["drop"] <= EPSILON + 1e-12) for r in rows),
+                     "drop_std": spread(r["drop"] for r in rows),
+                     "share_within_1pt": share_within((r["drop"] for r in rows), EPSILON),
                      "disagreement": mean(r["disagreement"] for r in rows)}
     out["oracle_agree_cost_at_drop_1pt"] = mean(s["oracle"]["oracle_agree"] for s in splits)
     out["oracle_correct_cost_at_drop_1pt"] = mean(s["oracle"]["oracle_correct"] for s in splits)
@@ -224,8 +212,7 @@ def evaluate_schedule(predictor, data: TaskData, halvings: int, seed: int) -> tu
     gold = np.array([ex["label"] for ex in data.examples])
     costs = predictor.calibration.costs
     fractions = costs.fractions("flops")
-    rng = np.random.default_rng(seed)
-    splits = [split_result(logits, gold, costs, *halves(len(gold), rng)) for _ in range(halvings)]
+    splits = [split_result(logits, gold, costs, *split) for split in protocol.halvings(len(gold), halvings, seed)]
     return {"summary": summarise(splits), "exit_accuracy": [float((logits[:, k].argmax(-1) == gold).mean())
                                                             for k in range(logits.shape[1])],
             "stage_cost_fractions": fractions}, logits
@@ -237,12 +224,11 @@ def compare_policies(logits: np.ndarray, gold: np.ndarray, costs, lengths: np.nd
     the other): mean cost and drop at the max-drop-1-point threshold, and the guaranteed rule's."""
     out = {}
     for policy in policies:
-        rng = np.random.default_rng(seed)
-        splits = [split_result(logits, gold, costs, *halves(len(gold), rng), policy=policy, with_curves=False,
-                               lengths=lengths) for _ in range(halvings)]
+        splits = [split_result(logits, gold, costs, *split, policy=policy, with_curves=False, lengths=lengths)
+                  for split in protocol.halvings(len(gold), halvings, seed)]
         ref, guar = [s["reference"] for s in splits], [s["guaranteed"] for s in splits]
         out[policy] = {"cost_at_drop_1pt": mean(r["cost"] for r in ref), "drop_points": 100 * mean(r["drop"] for r in ref),
-                       "share_within_1pt": mean(float(r["drop"] <= EPSILON + 1e-12) for r in ref),
+                       "share_within_1pt": share_within((r["drop"] for r in ref), EPSILON),
                        "guaranteed_cost": mean(r["cost"] for r in guar),
                        "guaranteed_disagreement": mean(r["disagreement"] for r in guar)}
         print("policy", policy, json.dumps(out[policy]), flush=True)
@@ -253,9 +239,8 @@ def guarantee(logits: np.ndarray, gold: np.ndarray, costs, splits: int, seed: in
               lengths: np.ndarray | None = None) -> dict:
     """The Learn-then-Test rule over many random splits. With ``policy="learned"`` the score models are fitted
     on each split's temperature rows only, so the threshold rows the guarantee rests on never shaped the score."""
-    rng = np.random.default_rng(seed + 1)
-    results = [split_result(logits, gold, costs, *halves(len(gold), rng), policy=policy, rules=("guaranteed",),
-                            with_curves=False, lengths=lengths)["guaranteed"] for _ in range(splits)]
+    results = [split_result(logits, gold, costs, *split, policy=policy, rules=("guaranteed",), with_curves=False,
+                            lengths=lengths)["guaranteed"] for split in protocol.halvings(len(gold), splits, seed + 1)]
     return {"policy": policy, "epsilon": EPSILON, "delta": DELTA, "splits": splits,
             "violation_rate": mean(float(r["disagreement"] > EPSILON) for r in results),
             "accuracy_drop_violation_rate": mean(float(r["drop"] > EPSILON) for r in results),
@@ -276,7 +261,7 @@ def main() -> None:
     for name, (model_dir, seconds) in trained.items():
         predictor = load(model_dir)
         data = data or eval_data(args, predictor)
-        first_calib = np.sort(np.concatenate(halves(len(data), np.random.default_rng(args.seed))[:2]))
+        first_calib = protocol.first_halving(len(data), args.seed).calibration
         calib = TaskData(data.task, data.labels, [data.examples[i] for i in first_calib], data.source)
         predictor.calibrate(calib, CalibrationSpec(rule="max_drop", value=EPSILON))
         predictor.save_calibration()
@@ -293,7 +278,7 @@ def main() -> None:
     winner = min(schedules, key=lambda s: schedules[s]["summary"]["reference"]["cost"])
     predictor = load(trained[winner][0])
     guar = guarantee(logits_of[winner], gold, predictor.calibration.costs, args.guarantee_splits, args.seed)
-    report_rows = halves(len(data), np.random.default_rng(args.seed))[2]
+    report_rows = protocol.first_halving(len(data), args.seed).report
     report = TaskData(data.task, data.labels, [data.examples[i] for i in report_rows], data.source)
     plots = out_json.parent / f"early_exit_{args.dataset}"
     detail = evaluate_adaptive(predictor, report, out_dir=plots, speed=False, title=f"{args.dataset}: {winner} schedule")

@@ -12,9 +12,10 @@ Compared at every prefix k of the B-DISTIL ensemble (the paper's Figure 2, cost 
                           half for a budget equal to the prefix's cost, accuracy and cost read on the report half.
 
 Each evaluation row set is halved at random ``--halvings`` times; calibration-half choices are reported on the
-other half, and every accuracy is the mean over the report halves. Costs: FLOPs counted by torch over the
-teacher's; milliseconds per example at batch 32 with featurization included, for the ensemble's prefixes and
-the teacher alike. Training resumes if interrupted (the runs live in benchmarks/work/progressive_<dataset>).
+other half, and every accuracy is the mean over the report halves (``summon.evaluate.protocol``). Costs:
+FLOPs counted by torch over the teacher's; milliseconds per example at batch 32 with featurization included,
+for the ensemble's prefixes and the teacher alike. Training resumes if interrupted (the runs live in
+benchmarks/work/progressive_<dataset>).
 
 Usage (from the repository root):
     python benchmarks/progressive.py --dataset ag_news --train-limit 6000 --eval-limit 2000
@@ -38,7 +39,6 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 from _common import REPO, provenance, repo_relative, run_paths, setup_logging, train_seconds, write_result
-from early_exit import halves, mean
 
 from summon import load
 from summon.adaptive.calibration import CalibrationSpec, fit_calibration
@@ -46,6 +46,8 @@ from summon.adaptive.scoring import score_all
 from summon.adaptive.thresholds import sweep
 from summon.data.features import collate
 from summon.data.loading import load_split
+from summon.evaluate import protocol
+from summon.evaluate.protocol import mean
 from summon.inference import length_sorted_batches, softmax
 from summon.measure.cost import count_flops
 from summon.methods.kd import KDConfig
@@ -226,16 +228,14 @@ def evaluate_all(args: argparse.Namespace, trained: dict) -> dict:
     taken, cumulative = trained["taken"], trained["cumulative_layers"]
     prefixes = len(stage_probs["bdistil"][0])
     fractions = [f / teacher_flops for f in costs.flops]
-    rng = np.random.default_rng(args.seed)
     per_split = []
-    for _ in range(args.halvings):
-        temp_rows, thr_rows, report = halves(len(gold), rng)
-        calib = np.sort(np.concatenate([temp_rows, thr_rows]))
+    for halving in protocol.halvings(len(gold), args.halvings, args.seed):
+        temp_rows, thr_rows, report = halving
         split = {"teacher": float((teacher_probs[report].argmax(1) == gold[report]).mean())}
         for name, probs in stage_probs.items():
             split[name] = [float((probs[report, k].argmax(1) == gold[report]).mean()) for k in range(prefixes)]
         members = [kd_probs[f"kd_{n}"] for n in taken]
-        weights = samme_weights(members, gold, calib)
+        weights = samme_weights(members, gold, halving.calibration)
         split["resched"] = [float((sum(w * p[report] for w, p in zip(weights[:k + 1], members[:k + 1], strict=True))
                                    .argmax(1) == gold[report]).mean()) for k in range(prefixes)]
         split["no_resched"] = [float((no_resched_probs(kd_probs, teacher_probs, layers, taken)[report].argmax(1)
@@ -274,13 +274,13 @@ def summarise(ev: dict) -> dict:
     for k in range(prefixes):
         acc = {m: mean(s[m][k] for s in splits) for m in METHODS if m != "early_exit"}
         ee = [s["early_exit"][k] for s in splits]
-        acc["early_exit"] = None if ee[0][0] is None else mean(a for a, _ in ee)
+        acc["early_exit"] = mean(a for a, _ in ee)  # None below the first exit's cost: no budget reaches it
         ms = ev["costs"].ms[k]
         out.append({"k": k + 1, "member": ev["taken"][k], "cost_fraction": ev["fractions"][k],
                     "measured_ms_per_example": ms, "measured_fraction": ms / ev["teacher_ms"],
                     "latency_over_flops_promise": (ev["fractions"][k] / (ms / ev["teacher_ms"])),
                     "no_resched_cost_fraction": no_resched_cost(ev, ev["cumulative"][k]),
-                    "early_exit_cost_fraction": None if ee[0][0] is None else mean(c for _, c in ee),
+                    "early_exit_cost_fraction": mean(c for _, c in ee),
                     "accuracy": acc})
     return {"teacher_accuracy": mean(s["teacher"] for s in splits), "prefixes": out}
 

@@ -124,17 +124,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def sst2_halves(data_dir: str, seed: int):
-    """SST-2 dev split at random: (calibration half, load half), TaskData both."""
+    """SST-2 dev split at random: (calibration half, load half), TaskData both: the two halves of the held-out
+    protocol's first halving for ``seed``."""
     from summon.data.loading import load_split
     from summon.data.spec import DatasetSpec, TaskData
+    from summon.evaluate.protocol import first_halving
 
     dev = load_split(DatasetSpec(name="sst2", split="dev"), data_dir=data_dir)
-    order = np.random.default_rng(seed).permutation(len(dev.examples))
-    half = len(order) // 2
-    calib, load = sorted(order[:half].tolist()), sorted(order[half:].tolist())
+    n = len(dev.examples)
+    halving = first_halving(n, seed)
     pick = lambda rows, name: TaskData(dev.task, dev.labels, [dev.examples[i] for i in rows],  # noqa: E731
-                                       f"{dev.source} ({name} half of {len(order)}, seed {seed}, {len(rows)} rows)")
-    return pick(calib, "calibration"), pick(load, "load")
+                                       f"{dev.source} ({name} half of {n}, seed {seed}, {len(rows)} rows)")
+    return pick(halving.calibration, "calibration"), pick(halving.report, "load")
 
 
 def imdb_sentences(data_dir: str, rows: int, seed: int) -> tuple[list[str], str]:
