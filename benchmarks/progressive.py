@@ -44,12 +44,13 @@ from summon import load
 from summon.adaptive.calibration import CalibrationSpec, fit_calibration
 from summon.adaptive.scoring import score_all
 from summon.adaptive.thresholds import sweep
-from summon.data.features import collate
 from summon.data.loading import load_split
 from summon.evaluate import protocol
 from summon.evaluate.protocol import mean
-from summon.inference import length_sorted_batches, softmax
-from summon.measure.cost import count_flops
+from summon.inference import softmax
+from summon.measure.device import device_of
+from summon.measure.profile import ModelRunner
+from summon.measure.stage_costs import measure_costs
 from summon.methods.kd import KDConfig
 from summon.models.build import ModelConfig
 from summon.predictor import load_predictor
@@ -183,10 +184,10 @@ def plain_ms(predictor, examples: list[dict], repeats: int = 7) -> float:
 
 
 def plain_flops(predictor, examples: list[dict]) -> float:
+    """FLOPs per example of the model on every example, in length-sorted batches of 64 (the one cost measurement)."""
     features = predictor.featurizer.encode(examples, predictor.task)
-    batches = [collate([features[i] for i in idx], predictor.featurizer.pad_id)
-               for idx in length_sorted_batches(features, 64)]
-    return count_flops(predictor.model, batches)
+    runner = ModelRunner(predictor.model, predictor.featurizer.pad_id, device_of(predictor.model))
+    return measure_costs(runner, features, latency=False, rows=len(features), batch_size=64).flops_full
 
 
 def samme_weights(probs: list[np.ndarray], gold: np.ndarray, rows: np.ndarray) -> np.ndarray:

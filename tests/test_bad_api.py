@@ -152,7 +152,9 @@ def test_a_very_long_text_is_cut_with_one_warning_and_answered(saved, monkeypatc
         again = bert.predict([long])
     cuts = [r for r in caplog.records if "before tokenisation" in r.getMessage()]
     assert len(cuts) == 1 and "100000 characters was cut to 3200" in cuts[0].getMessage()
-    assert first[0].probs == again[0].probs == bert.predict(["fine " * 640])[0].probs
+    cut = bert.predict(["fine " * 640])[0].probs  # the same answer, up to float rounding across batch shapes
+    np.testing.assert_allclose(first[0].probs, again[0].probs, atol=1e-6)
+    np.testing.assert_allclose(again[0].probs, cut, atol=1e-6)
 
 
 # --- predict: odd but valid inputs answer the same batched as one by one ------------------------------------

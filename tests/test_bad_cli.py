@@ -96,7 +96,7 @@ def test_delta_without_guaranteed_is_refused(saved, capsys):
 
 def test_a_knob_given_to_a_plain_predictor_is_refused(saved, capsys):
     err = fails(capsys, "predict", saved["plain"], "fine", "--budget", "0.5")
-    assert "is not a staged predictor, so it has no knob (got budget 0.5)" in err
+    assert "has one stage, so it has no knob (got budget 0.5)" in err
 
 
 @pytest.mark.parametrize(("flag", "value", "expected"), [

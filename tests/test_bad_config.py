@@ -17,10 +17,10 @@ import pytest
 import yaml
 
 from summon.adaptive.calibration import Calibration, DefaultPoint
-from summon.adaptive.costs import StageCosts
 from summon.adaptive.knob import Knob, operating_point, threshold_for
 from summon.adaptive.thresholds import OperatingPoint, ThresholdTable
 from summon.config import ConfigError, from_dict
+from summon.measure.stage_costs import StageCosts
 from summon.models import pretrained
 from summon.models.pretrained import load_encoder
 from summon.train.config import CostConfig, RunConfig, TrainConfig

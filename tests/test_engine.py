@@ -20,8 +20,8 @@ from test_staged_contract import _data, _split_threshold, _texts, cascade, early
 
 import summon
 from summon.adaptive.knob import Knob
+from summon.adaptive.plain import PlainPredictor
 from summon.models import ModelConfig, build_model
-from summon.predictor import Predictor
 from summon.serve.engine import (
     DeadlineUnmeetable,
     Draining,
@@ -46,8 +46,8 @@ def models(tmp_path_factory):
     chain = summon.load(cascade(root), device="cpu")
     summon.calibrate(chain, _data(120, 0), max_drop=0.05, latency=False)
     built = build_model(ModelConfig(kind="ngram", num_buckets=256, embed_dim=8, init_seed=7), "classification", 2)
-    plain = Predictor(built.model, built.featurizer, "classification", ["neg", "pos"],
-                      {"architecture": built.architecture})
+    plain = PlainPredictor(built.model, built.featurizer, "classification", ["neg", "pos"],
+                           {"architecture": built.architecture})  # what summon.load gives for a plain folder
     return {"early_exit": exits, "cascade": chain, "plain": plain}
 
 
@@ -94,7 +94,6 @@ def test_mixed_knobs_run_in_one_forward_pass(models):
     stats = engine.stats()["m"]
     assert stats.batches == 1 and sum(stats.exits) == stats.rows == 30 and stats.answered == 6
     assert stats.deferred_rows == sum(p.stage > 0 for r in results for p in r.predictions)
-    json.dumps([r.to_dict() for r in results])  # JSON-able for the transport
 
 
 @pytest.mark.parametrize("name", ["early_exit", "plain", "cascade"])
@@ -224,14 +223,15 @@ def test_a_plain_predictor_takes_no_knob(models):
     texts = _texts(6, 11)
     with Engine({"p": plain}) as engine:
         result = engine.submit("p", texts).result(timeout=10)
-        with pytest.raises(InfeasibleKnob, match="plain predictor"):
+        with pytest.raises(InfeasibleKnob, match="has one stage, so it has no knob"):
             engine.submit("p", texts, knob=Knob(budget=0.5))
         empty = engine.submit("p", []).result(timeout=1)
     assert [p.label for p in result.predictions] == [p.label for p in plain.predict(texts)]
     np.testing.assert_allclose([p.probs for p in result.predictions], [p.probs for p in plain.predict(texts)],
                                atol=1e-6)
-    assert result.threshold is None and result.knob is None and result.flops is None and empty.predictions == []
-    assert engine.thresholds_in_force() == {"p": None} and engine.info()["p"]["kind"] == "plain"
+    assert result.threshold == np.inf and result.knob == Knob() and result.flops is None and empty.predictions == []
+    assert engine.thresholds_in_force()["p"].default == np.inf and engine.info()["p"]["kind"] == "plain"
+    assert {p.stage for p in result.predictions} == {0} and {p.cost for p in result.predictions} == {1.0}
 
 
 def test_degrade_mode_lowers_the_budget_while_the_queue_is_past_half_full(models):
@@ -243,7 +243,7 @@ def test_degrade_mode_lowers_the_budget_while_the_queue_is_past_half_full(models
     first, _, last = (f.result(timeout=10) for f in futures)
     engine.stop()
     assert first.degraded and first.threshold < first.calibrated_threshold and first.knob.budget < 0.9
-    assert first.requested == knob and first.rows()[0]["degraded"] is True
+    assert first.requested == knob
     assert not last.degraded and last.threshold == predictor.threshold_for(knob)
     assert engine.stats()["m"].degraded_requests == 1
 

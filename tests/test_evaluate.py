@@ -7,24 +7,23 @@ import math
 
 import numpy as np
 import pytest
-import torch
 from torch import nn
 
+from summon.data.features import collate
 from summon.evaluate import (
     accuracy,
     classification_metrics,
-    cost_summary,
-    count_flops,
     count_parameters,
     expected_calibration_error,
     macro_f1,
     markdown_table,
-    measure_latency,
     nll,
     reliability_bins,
     span_f1,
     write_report,
 )
+from summon.measure.cost import FlopMeter
+from summon.measure.profile import LATENCY_INCLUDES, measure_costs
 
 # ---------------------------------------------------------------- naive reference implementations
 
@@ -164,15 +163,15 @@ def test_span_f1_length_mismatch():
 # ---------------------------------------------------------------- cost
 
 
-class FeatureLinear(nn.Module):
-    """Summon-style model: reads float features from the batch."""
+class IdsLinear(nn.Module):
+    """Summon-style model: a linear layer over the (float) input ids of a batch."""
 
     def __init__(self) -> None:
         super().__init__()
         self.lin = nn.Linear(16, 8)
 
     def forward(self, batch):
-        return self.lin(batch["features"])
+        return self.lin(batch["input_ids"].float())
 
 
 class Bag(nn.Module):
@@ -184,25 +183,39 @@ class Bag(nn.Module):
         return self.bag(batch["input_ids"])
 
 
-def linear_batch(bs):
-    return {"input_ids": torch.zeros(bs, 3, dtype=torch.long), "features": torch.randn(bs, 16)}
+def rows(*ids):
+    return [{"input_ids": list(row)} for row in ids]
 
 
-def test_count_flops_linear_and_mode_restored():
-    model = FeatureLinear()
+def flops(model, features, pad_id=0, **options):
+    return measure_costs(model, features, pad_id, latency=False, **options)["flops_per_example"]
+
+
+def test_model_flops_linear_and_mode_restored():
+    model = IdsLinear()
     model.train()
-    assert count_flops(model, [linear_batch(4)]) == 2 * 16 * 8
-    assert count_flops(model, (linear_batch(b) for b in (1, 3))) == 2 * 16 * 8
+    assert flops(model, rows(*[[1] * 16] * 4)) == 2 * 16 * 8
+    assert flops(model, rows(*[[1] * 16] * 40), flop_examples=33) == 2 * 16 * 8  # two batches: 32 and 1
     assert model.training and model.lin.training
     assert count_parameters(model) == 16 * 8 + 8
+    out = measure_costs(model, rows(*[[1] * 16] * 40), 0, latency=False, flop_examples=33)
+    assert out["flop_examples"] == 33 and out["params"] == 16 * 8 + 8 and "latency" not in out
 
 
-def test_count_flops_embedding_bag_2d():
-    ids = torch.tensor([[1, 2, 3, 4], [5, 6, 7, 8], [9, 1, 2, 3]])
-    assert count_flops(Bag(mode="mean"), [{"input_ids": ids}]) == 4 * 6  # indices x dim per example
-    # padding entries are skipped by the kernel and not counted
-    padded = torch.tensor([[1, 2, 0, 0], [3, 0, 0, 0]])
-    assert count_flops(Bag(mode="mean", padding_idx=0), [{"input_ids": padded}]) == (3 * 6) / 2
+def test_model_flops_embedding_bag_2d():
+    assert flops(Bag(mode="mean"), rows([1, 2, 3, 4], [5, 6, 7, 8], [9, 1, 2, 3])) == 4 * 6  # indices x dim
+    # padding entries (collation pads the shorter row with pad_id) are skipped by the kernel and not counted
+    assert flops(Bag(mode="mean", padding_idx=0), rows([1, 2], [3])) == (3 * 6) / 2
+
+
+def test_model_flops_equal_one_flop_meter_call_per_length_sorted_batch():
+    lengths = [3, 9, 1, 7, 7, 2] * 7  # 42 rows: batches of 32 and 10, longest first
+    features = rows(*[[1 + i % 19] * n for i, n in enumerate(lengths)])
+    meter, model, total = FlopMeter(), Bag(mode="sum", padding_idx=0), 0
+    order = sorted(range(len(features)), key=lambda i: -lengths[i])
+    for start in (0, 32):
+        total += meter(model, collate([features[i] for i in order[start:start + 32]], 0))[1]
+    assert flops(model, features) == total / len(features)
 
 
 def test_count_parameters_tied_once():
@@ -212,27 +225,23 @@ def test_count_parameters_tied_once():
     assert count_parameters(nn.ModuleList([emb, head])) == 40
 
 
-def test_count_flops_bad_batches():
-    with pytest.raises(ValueError, match="input_ids"):
-        count_flops(FeatureLinear(), [{"features": torch.randn(2, 16)}])
-    with pytest.raises(ValueError, match="no examples"):
-        count_flops(FeatureLinear(), [])
+def test_model_costs_refuse_bad_input():
+    with pytest.raises(ValueError, match="at least one example"):
+        measure_costs(IdsLinear(), [], 0)
+    with pytest.raises(ValueError, match="batch_sizes"):
+        measure_costs(IdsLinear(), rows([1] * 16), 0, batch_sizes=[0])
 
 
-def test_measure_latency_and_cost_summary():
-    model = FeatureLinear()
-    out = measure_latency(model, linear_batch, (1, 4), warmup=1, min_repeats=3, max_seconds=0.001)
-    assert set(out) == {1, 4}
-    for bs, stats in out.items():
+def test_model_latency_is_the_forward_alone_at_each_batch_size():
+    model = IdsLinear()
+    out = measure_costs(model, rows(*[[1] * 16] * 3), 0, batch_sizes=(1, 4), max_seconds=0.001)
+    assert set(out["latency"]) == {"1", "4"} and out["latency_includes"] == LATENCY_INCLUDES
+    assert "tokenisation" in LATENCY_INCLUDES and "not inside" in LATENCY_INCLUDES
+    for bs, stats in out["latency"].items():
         assert set(stats) == {"median_ms", "p90_ms", "per_example_ms", "runs"}
-        assert stats["runs"] >= 3 and stats["per_example_ms"] == pytest.approx(stats["median_ms"] / bs)
+        assert stats["runs"] >= 3 and stats["per_example_ms"] == pytest.approx(stats["median_ms"] / int(bs))
     assert model.training
-    summary = cost_summary(model, [linear_batch(2)], linear_batch, (1, 2), min_repeats=2, max_seconds=0.001)
-    assert set(summary) == {"params", "flops_per_example", "latency", "machine"}
-    assert set(summary["latency"]) == {"1", "2"}
-    json.dumps(summary)
-    with pytest.raises(ValueError, match="3 rows"):
-        measure_latency(model, lambda bs: linear_batch(3), (2,), max_seconds=0.0)
+    json.dumps(out)
 
 
 # ---------------------------------------------------------------- report

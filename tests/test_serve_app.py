@@ -33,6 +33,7 @@ from test_staged_contract import _data, _split_threshold, _texts, cascade, early
 import summon
 from summon.adaptive.cascade import CascadePredictor
 from summon.adaptive.knob import Knob
+from summon.adaptive.plain import PlainPredictor
 from summon.adaptive.remote import RemoteStage
 from summon.cli.main import build_parser, main
 from summon.models import ModelConfig, build_model
@@ -69,8 +70,8 @@ def models(tmp_path_factory):
     chain = summon.load(cascade(root), device="cpu")
     summon.calibrate(chain, _data(120, 0), max_drop=0.05, latency=False)
     built = build_model(ModelConfig(kind="ngram", num_buckets=256, embed_dim=8, init_seed=7), "classification", 2)
-    plain = Predictor(built.model, built.featurizer, "classification", ["neg", "pos"],
-                      {"architecture": built.architecture})
+    plain = PlainPredictor(built.model, built.featurizer, "classification", ["neg", "pos"],
+                           {"architecture": built.architecture})  # what summon.load gives for a plain folder
     return SimpleNamespace(exits=exits, chain=chain, plain=plain, root=root)
 
 
@@ -106,23 +107,26 @@ def main_server(models):
         yield s
 
 
-class Gated:
-    """A plain predictor whose ``predict`` waits until ``gate`` is set (open at first, for the warm-up)."""
+class Gated(PlainPredictor):
+    """A plain predictor whose runs wait until ``gate`` is set (open at first, for the warm-up)."""
 
-    def __init__(self, inner: Predictor):
-        self.inner, self.task, self.labels = inner, inner.task, inner.labels
+    def __init__(self, inner: PlainPredictor):
+        super().__init__(inner.model, inner.featurizer, inner.task, inner.labels, inner.manifest, inner.path)
         self.gate = threading.Event()
         self.gate.set()
 
-    def predict(self, inputs, *, batch_size: int = 64):
+    def run(self, items, threshold, **kwargs):
         assert self.gate.wait(timeout=20), "the test never opened the gate"
-        return self.inner.predict(inputs, batch_size=batch_size)
+        return super().run(items, threshold, **kwargs)
 
 
-class Broken:
-    task, labels = "classification", ["neg", "pos"]
+class Broken(PlainPredictor):
+    """A plain predictor whose every run fails with a message a client must not see."""
 
-    def predict(self, inputs, *, batch_size: int = 64):
+    def __init__(self, inner: PlainPredictor):
+        super().__init__(inner.model, inner.featurizer, inner.task, inner.labels, inner.manifest, inner.path)
+
+    def run(self, items, threshold, **kwargs):
         raise RuntimeError("secret /internal/path exploded")
 
 
@@ -200,9 +204,10 @@ def test_a_plain_model_answers_without_a_knob_and_refuses_one(main_server, model
     texts = _texts(4, 3)
     status, _, answer = predict(main_server.url, {"model": "plain", "inputs": texts})
     assert status == 200 and [r["label"] for r in answer["predictions"]] == [p.label for p in models.plain.predict(texts)]
-    assert answer["operating_point"]["knob"] is None and "flops" not in answer["predictions"][0]
+    assert answer["operating_point"]["knob"] == {} and "flops" not in answer["predictions"][0]
     status, _, answer = predict(main_server.url, {"model": "plain", "inputs": texts, "knob": {"budget": 0.5}})
-    assert status == 422 and "plain predictor" in answer["error"] and answer["reason"] == "infeasible_knob"
+    assert status == 422 and "has one stage, so it has no knob" in answer["error"]
+    assert answer["reason"] == "infeasible_knob"
     assert predict(main_server.url, {"inputs": []})[2]["predictions"] == []
 
 
@@ -308,7 +313,7 @@ def test_a_request_past_its_timeout_is_504(models):
 
 
 def test_an_unexpected_error_is_500_without_a_traceback_and_the_warmup_failure_keeps_it_unready(models):
-    with server({"broken": Broken()}, ready=False) as s:
+    with server({"broken": Broken(models.plain)}, ready=False) as s:
         _until(lambda: "warm-up failed" in call(s.url, "/ready")[2]["reason"])
         status, _, answer = call(s.url, "/ready")
         assert status == 503 and "RuntimeError" in answer["reason"]

@@ -26,12 +26,12 @@ from summon.adaptive.calibration import (
     fit_token_calibration,
     split_rows,
 )
-from summon.adaptive.costs import StageCosts
 from summon.adaptive.policies import POLICIES, sentence_score
 from summon.adaptive.scoring import TokenReadout, pad_words, sequence_ids, token_view
 from summon.adaptive.thresholds import exit_stage
 from summon.adaptive.token_exit import CUT_LOGIT, TokenExitPredictor, word_logits
 from summon.cli.main import main
+from summon.measure.stage_costs import StageCosts
 from summon.saved import read_manifest
 from summon.train.loop import train
 

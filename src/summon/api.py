@@ -24,17 +24,16 @@ import torch
 from summon import recipe as _recipe
 from summon.adaptive.calibration import Calibration, CalibrationSpec
 from summon.adaptive.cascade import CascadePredictor, build_cascade
-from summon.adaptive.kinds import staged_kind
+from summon.adaptive.kinds import as_staged
+from summon.adaptive.kinds import load as load_kind
 from summon.adaptive.knob import Knob
-from summon.adaptive.staged import StagedPredictor
 from summon.data.spec import DatasetSpec, TaskData
 from summon.evaluate.adaptive import evaluate_adaptive
 from summon.evaluate.report import write_report
 from summon.evaluate.runner import evaluate_entry, load_for, spec_for
-from summon.hf import load_plain
 from summon.models.quantize import Quantization
 from summon.predictor import Predictor
-from summon.saved import read_json_manifest, safe_name
+from summon.saved import safe_name
 from summon.train.loop import train as _train
 
 
@@ -45,12 +44,8 @@ def load(path: str | os.PathLike, *, device: str | torch.device | None = "auto")
     ``device``: ``"auto"`` (CUDA when present, else the CPU), ``"cpu"``, ``"cuda"``, ``"cuda:1"``. Nothing is
     unpickled: weights are safetensors, everything else JSON.
     """
-    directory = _predictor_path(path)
-    manifest = read_json_manifest(directory) if directory.is_dir() else None
-    kind = staged_kind(manifest)
-    if kind is None:
-        return load_plain(path, device=device)  # a summon predictor, a Hugging Face folder or hf:ID
-    return kind.load(directory, manifest, device=device)
+    _predictor_path(path)
+    return load_kind(path, device=device)
 
 
 def _predictor_path(path: Any) -> Path:
@@ -87,7 +82,8 @@ def _data(predictor: Any, data: str | DatasetSpec | TaskData, data_dir: str | No
 
 
 def _as_predictor(predictor: Any, device: Any = "auto") -> Any:
-    return load(predictor, device=device) if isinstance(predictor, str | os.PathLike) else predictor
+    """A folder loaded as its kind, or a predictor object as its kind (a plain one as the one-stage kind)."""
+    return load(predictor, device=device) if isinstance(predictor, str | os.PathLike) else as_staged(predictor)
 
 
 def calibrate(predictor: Any, data: str | DatasetSpec | TaskData, *, budget: float | None = None, max_drop: float | None = None,
@@ -106,9 +102,7 @@ def calibrate(predictor: Any, data: str | DatasetSpec | TaskData, *, budget: flo
     each word and reduces over the sentence by ``token_reduce`` (``min``, ``mean`` or ``path``).
     """
     predictor = _as_predictor(predictor)
-    if not isinstance(predictor, StagedPredictor):
-        raise ValueError(f"{predictor.path or 'this predictor'} has no stages to calibrate: train it with "
-                         "model.exits (e.g. 'all'), or build a cascade with summon.cascade([...])")
+    predictor.require_stages("calibration")
     spec = CalibrationSpec(policy=policy, cost_unit=unit, temperature_fraction=temperature_fraction, seed=seed,
                            delta=delta, learned_target=learned_target, learned_l2=learned_l2, token_reduce=token_reduce,
                            **_rule(budget, max_drop, guaranteed, against))
@@ -172,9 +166,8 @@ def quantize(predictor: Any, *, dtype: str = "int8", calibrate_on: str | Dataset
         raise ValueError(f"{out} is the folder of the predictor being quantized; write the int8 one to a folder of its "
                          "own (the fp32 one stays for comparison)")
     predictor = _as_predictor(predictor, device="cpu")
-    if calibrate_on is not None and not isinstance(predictor, StagedPredictor):
-        raise ValueError(f"{predictor.path or 'this predictor'} has no stages to calibrate; quantize it without "
-                         "calibrate_on (a plain predictor has no thresholds)")
+    if calibrate_on is not None:
+        predictor.require_stages("calibration")
     if not hasattr(predictor, "quantized"):
         raise TypeError(f"summon.quantize: a {type(predictor).__name__} cannot be quantized (it has no quantized())")
     quantized = predictor.quantized(spec)
@@ -215,11 +208,9 @@ def evaluate(predictors: Sequence[Any], data: str | DatasetSpec | TaskData, *, o
         predictor = _as_predictor(item, device)
         split = _data(predictor, data, data_dir, limit)
         name = names[i] if names else _name(predictor)
-        options = {"latency": latency, "max_seconds": max_seconds}
-        if not isinstance(predictor, StagedPredictor):
-            options["progress"] = progress
-        entry = evaluate_entry(predictor, split, name=name, knob=knob, **options)
-        if isinstance(predictor, StagedPredictor) and predictor.calibration is not None:
+        entry = evaluate_entry(predictor, split, name=name, knob=knob, latency=latency, max_seconds=max_seconds,
+                               progress=progress)
+        if predictor.calibration is not None:
             folder = Path(out) / safe_name(name) if out else None
             threshold = predictor.threshold_for(knob or Knob())
             entry["adaptive"] = evaluate_adaptive(predictor, split, out_dir=folder, threshold=threshold,

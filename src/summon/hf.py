@@ -166,9 +166,9 @@ def export_hf(predictor: Predictor, out: str | os.PathLike) -> Path:
             defer outputs, mean or CLS pooling, pooler pooling on ELECTRA/DistilBERT encoders, or an int8
             predictor; the message says what can be exported and how to train it.
     """
-    if not isinstance(predictor, Predictor):
-        raise ValueError(f"cannot export a {type(predictor).__name__}: an adaptive predictor (early exit or cascade) "
-                         "has several stages; export one of its plain stages instead")
+    if not all(hasattr(predictor, attr) for attr in ("model", "featurizer", "manifest")):
+        raise ValueError(f"cannot export a {type(predictor).__name__}: it has no single model (a cascade or an "
+                         "ensemble runs several); export one of its plain stages instead")
     arch = predictor.manifest.get("architecture") or {}
     problem = export_problem(arch)
     if predictor.quantization is not None:

@@ -24,7 +24,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from summon.adaptive.costs import StageCosts
 from summon.adaptive.gate import Gate
 from summon.adaptive.learned import TARGETS, LearnedScores, check_features, fit_learned
 from summon.adaptive.policies import TOKEN_REDUCTIONS
@@ -32,6 +31,7 @@ from summon.adaptive.scoring import Readout, TokenReadout, check_scorer, score_a
 from summon.adaptive.stages import split_defer
 from summon.adaptive.thresholds import OperatingPoint, ThresholdTable
 from summon.measure.metrics import expected_calibration_error
+from summon.measure.stage_costs import StageCosts
 
 RULES = ("budget", "max_drop", "max_drop_gold", "guaranteed")
 MIN_TEMPERATURE_ROWS, MIN_THRESHOLD_ROWS = 5, 10  # below these a calibration is noise, not a measurement
@@ -56,11 +56,6 @@ def fit_temperature(logits: torch.Tensor, labels: torch.Tensor, *, max_iter: int
 
     opt.step(closure)
     return float(log_t.detach().exp().clamp(0.05, 20.0))  # beyond this only separable toy data goes
-
-
-def fit_temperatures(stage_logits: torch.Tensor, labels: torch.Tensor) -> list[float]:
-    """One temperature per stage; stage_logits [N, S, C]."""
-    return [fit_temperature(stage_logits[:, k], labels) for k in range(stage_logits.shape[1])]
 
 
 def calibration_report(stage_logits: torch.Tensor, labels: torch.Tensor, temperatures: list[float],

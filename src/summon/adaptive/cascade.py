@@ -45,13 +45,12 @@ import numpy as np
 import torch
 
 from summon._version import __version__
-from summon.adaptive.costs import StageCosts
 from summon.adaptive.remote import RemoteStage
 from summon.adaptive.staged import StagedBase
 from summon.adaptive.stages import LocalStage, split_defer
 from summon.hf import HF_PREFIX, load_plain
 from summon.measure.cost import count_parameters
-from summon.measure.profile import measure_costs
+from summon.measure.stage_costs import COST_BATCH, COST_ROWS, StageCosts, StageMeasurement, measure_costs
 from summon.models.quantize import Quantization, manifest_quantization, quantized_device
 from summon.predictor import MANIFEST, int8_copy_manifest, quantize_loaded
 from summon.saved import FORMAT, header_problems, read_json_manifest
@@ -73,6 +72,7 @@ class CascadeRunner:
     """Drives a cascade for :func:`~summon.adaptive.executor.execute`: each stage on its own inputs."""
 
     stages: Sequence[Any]
+    stage_batch: int | None = None  # rows a local stage runs together (None: all it is given)
 
     @property
     def num_stages(self) -> int:
@@ -85,13 +85,19 @@ class CascadeRunner:
         return list(pieces)
 
     def run(self, stage: int, examples: list[Any]) -> tuple[list[Any], torch.Tensor]:
-        return examples, torch.from_numpy(self.stages[stage].logits(examples, len(examples)))
+        return examples, torch.from_numpy(self.stages[stage].logits(examples, self.stage_batch or len(examples)))
 
     def unpack(self, stage: int, examples: list[Any], rows: Sequence[int]) -> list[tuple[Any, int]]:
         return [(examples[i], example_length(examples[i])) for i in rows]
 
     def follow(self, stage: int, examples: list[Any]) -> list[Any]:
         return examples
+
+    def measure(self, stage: int, examples: Sequence[Any], *, latency: bool = True,
+                **rule: Any) -> StageMeasurement | None:
+        """What a stage that measures itself (remote) reports; None for a local stage (counted and timed here)."""
+        own = getattr(self.stages[stage], "measure", None)
+        return None if own is None else own(examples, latency=latency, **rule)
 
 
 class CascadePredictor(StagedBase):
@@ -138,26 +144,13 @@ class CascadePredictor(StagedBase):
         return classes
 
     def measure_costs(self, examples: Sequence[dict[str, Any]], *, latency: bool = True) -> StageCosts:
-        """Cumulative cost of answering at each stage (every earlier stage ran too), relative to the last alone."""
-        per_stage_flops, per_stage_ms, devices = [], [], []
-        for stage in self.stages:
-            if isinstance(stage, LocalStage):
-                p = stage.predictor
-                features = p.featurizer.encode(list(examples[:512]), self.task)
-                c = measure_costs(p.model, features, p.featurizer.pad_id, latency=latency, batch_sizes=[32],
-                                  max_seconds=4.0)
-                per_stage_flops.append(c["flops_per_example"])
-                per_stage_ms.append(c["latency"]["32"]["per_example_ms"] if latency else None)
-                devices.append(c["machine"]["device"])
-            else:
-                per_stage_flops.append(stage.flops_per_example)
-                per_stage_ms.append(stage.measure_ms(list(examples[:64])) if latency else None)
-                devices.append(f"remote {stage.url}")
-        flops = np.cumsum(per_stage_flops).tolist()
-        ms = np.cumsum(per_stage_ms).tolist() if latency and None not in per_stage_ms else None
-        return StageCosts(flops=flops, flops_full=per_stage_flops[-1], ms=ms,
-                          ms_full=per_stage_ms[-1] if ms else None, batch_size=32 if ms else None,
-                          device=", ".join(dict.fromkeys(devices)) if ms else None)
+        """Cumulative cost of answering at each stage (every earlier stage ran too), relative to the last stage
+        alone (:func:`~summon.measure.stage_costs.measure_costs`). Every stage is handed the counted examples at
+        once and batches them as it runs: by its own token lengths, 32 a batch; a remote stage reports its own
+        costs."""
+        return measure_costs(CascadeRunner(self.stages, stage_batch=COST_BATCH), examples, inputs=self.inputs,
+                             reference=-1, separate_models=True, latency=latency, device=self.device,
+                             batch_size=COST_ROWS)
 
     def quantized(self, quantization: Quantization | None = None) -> CascadePredictor:
         """An int8 copy: every local stage's linear layers dynamic int8 (on the CPU), a remote stage left as it is

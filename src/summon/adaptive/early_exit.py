@@ -18,12 +18,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from summon.adaptive.costs import StageCosts, measure_stage_costs
 from summon.adaptive.staged import StagedBase
 from summon.data.features import collate
 from summon.inference import length_sorted_batches, predict_logits, to_device
 from summon.measure.cost import count_parameters
 from summon.measure.device import device_of
+from summon.measure.stage_costs import StageCosts, measure_costs
 from summon.predictor import Predictor
 
 
@@ -98,13 +98,11 @@ class EarlyExitPredictor(StagedBase, Predictor):
         return out
 
     def measure_costs(self, examples: Sequence[dict[str, Any]], *, latency: bool = True) -> StageCosts:
-        """FLOPs of each stage counted on up to 512 examples; milliseconds timed on a batch of 32."""
-        features = self.inputs(examples[:512])
-        device = device_of(self.model)
-        batches = [to_device(collate([features[i] for i in idx], self.featurizer.pad_id), device)
-                   for idx in length_sorted_batches(features, 32)]
-        timing = to_device(collate([features[i % len(features)] for i in range(32)], self.featurizer.pad_id), device)
-        return measure_stage_costs(self.model, batches, timing if latency else None)
+        """Cost of answering at each exit (:func:`~summon.measure.stage_costs.measure_costs`); the reference is the
+        model without exits, every layer and only the last head (:meth:`run_full`)."""
+        return measure_costs(self.runner(), examples, inputs=self.inputs, reference=self._reference, latency=latency,
+                             device=device_of(self.model))
 
+    def _reference(self, items: Sequence[Any]) -> np.ndarray:
+        return self.run_full(items, batch_size=len(items))
 
-AdaptivePredictor = EarlyExitPredictor  # the name main used

@@ -17,13 +17,17 @@ the CLI flags, the Python keywords and a served request carry.
 
 from __future__ import annotations
 
+import logging
 import math
 import numbers
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from summon.adaptive.calibration import Calibration
 from summon.adaptive.thresholds import OperatingPoint, ThresholdTable
+
+logger = logging.getLogger(__name__)
 
 UNITS = ("flops", "ms")
 KNOBS = ("budget", "max_drop", "threshold", "guaranteed")
@@ -94,8 +98,27 @@ class Knob:
         return cls(**{k: v for k, v in values.items() if v is not None})
 
 
-def operating_point(calibration: Calibration | None, knob: Knob) -> OperatingPoint | None:
+def one_stage_message(where: Any, what: str, given: str | None = None) -> str:
+    """Why a one-stage predictor refuses ``what`` (a knob, calibration): there is nothing to choose."""
+    name = where or "this predictor"
+    if what == "calibration":
+        return (f"{name} has one stage, so it has no stages to calibrate: train it with model.exits (e.g. 'all'), "
+                "or build a cascade with summon.cascade([...])")
+    return (f"{name} has one stage, so it has no knob (got {given or what}); give the knob to an early-exit model or "
+            "a cascade, or drop it")
+
+
+def refuse_knob(knob: Knob, stages: int | None, where: Any = None) -> None:
+    """The one place a knob on a one-stage predictor is refused (``stages`` None: not known, nothing checked)."""
+    if stages == 1 and (not knob.empty or knob.unit is not None):
+        given = knob.describe() if not knob.empty else f"unit {knob.unit}"
+        raise ValueError(one_stage_message(where, "knob", given))
+
+
+def operating_point(calibration: Calibration | None, knob: Knob, *, stages: int | None = None,
+                    where: Any = None) -> OperatingPoint | None:
     """The table point the knob selects (None for a bare threshold, or uncalibrated with no knob)."""
+    refuse_knob(knob, stages, where)
     if knob.threshold is not None:
         return None
     if calibration is None:
@@ -130,10 +153,12 @@ def check_budget(table: ThresholdTable, budget: float) -> float:
                      f"Give {fix}")
 
 
-def check_threshold(threshold: float, calibration: Calibration | None) -> float:
+def check_threshold(threshold: float, calibration: Calibration | None, *, stages: int | None = None,
+                    where: Any = None) -> float:
     """``threshold`` if it is a number (or ±inf) that the calibrated score can meet or miss: a finite threshold
     outside the scorer's range ([0, 1]; [0, stages] for patience) cannot be meant, e.g. 90 for 90%."""
     threshold = check_knob_value("threshold", threshold)
+    refuse_knob(Knob(threshold=threshold), stages, where)
     if calibration is None or math.isinf(threshold):
         return threshold
     high = len(calibration.temperatures) if calibration.policy == "patience" else 1
@@ -144,9 +169,36 @@ def check_threshold(threshold: float, calibration: Calibration | None) -> float:
     return threshold
 
 
-def threshold_for(calibration: Calibration | None, knob: Knob) -> float:
-    """The confidence threshold the knob sets (``inf``, the full model, when uncalibrated with no knob)."""
+def threshold_for(calibration: Calibration | None, knob: Knob, *, stages: int | None = None,
+                  where: Any = None) -> float:
+    """The confidence threshold the knob sets (``inf``, the full model, when uncalibrated with no knob).
+    A one-stage predictor (``stages=1``) takes no knob (:func:`refuse_knob`)."""
+    refuse_knob(knob, stages, where)
     if knob.threshold is not None:
         return check_threshold(knob.threshold, calibration)
     point = operating_point(calibration, knob)
     return math.inf if point is None else point.threshold
+
+
+def deadline_stage(ms: Sequence[float] | None, deadline_ms: float, rows: int, *, stages: int,
+                   where: str | None = None) -> int:
+    """The last stage whose measured latency per row (``ms``: cumulative, per example) lets ``rows`` rows finish
+    within ``deadline_ms``; stage 0 when even that does not fit (it always answers). A one-stage predictor's
+    only stage answers whatever the deadline.
+
+    Raises:
+        ValueError: For a deadline that is not a positive number, or no measured latencies (a staged predictor
+            calibrated with latency off, or not calibrated).
+    """
+    if not deadline_ms > 0:
+        raise ValueError(f"deadline_ms must be a positive number of milliseconds, got {deadline_ms}")
+    if stages == 1:
+        return 0
+    if not ms:
+        raise ValueError("deadline_ms needs measured stage latencies; calibrate with latency on (the default)")
+    fits = [k for k, each in enumerate(ms) if each * rows <= deadline_ms]
+    if not fits:
+        logger.warning("deadline %.3g ms: even stage 0 needs %.3g ms for %d rows (measured on %s); it answers "
+                       "anyway", deadline_ms, ms[0] * rows, rows, where or "this machine")
+        return 0
+    return fits[-1]

@@ -54,7 +54,6 @@ from summon.adaptive.policies import entropy, margin, max_prob
 FEATURES = ("max_prob", "margin", "entropy", "prev_max_prob", "prev_margin", "prev_entropy", "agree_run",
             "agree_prev", "log_length")
 TARGETS = ("reference", "gold")
-CARRY_COLUMNS = 6  # max_prob, margin, entropy, class, agreement run, log length of the stage just run
 RECALIBRATE = "recalibrate with `summon calibrate PREDICTOR --data SPLIT --policy learned`"
 
 

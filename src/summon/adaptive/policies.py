@@ -58,22 +58,6 @@ def patience(probs: torch.Tensor, carry: torch.Tensor | None = None) -> tuple[to
 POLICIES: dict[str, Policy] = {"max_prob": max_prob, "margin": margin, "entropy": entropy, "patience": patience}
 
 
-def get_policy(name: str) -> Policy:
-    if name not in POLICIES:
-        raise ValueError(f"unknown exit policy '{name}'; choose from {', '.join(POLICIES)}")
-    return POLICIES[name]
-
-
-def stage_scores(probs: torch.Tensor, policy: Policy) -> torch.Tensor:
-    """Scores of every stage for every row: probs [N, S, C] -> [N, S] (runs the policy stage by stage)."""
-    carry = None
-    scores = []
-    for k in range(probs.shape[1]):
-        score, carry = policy(probs[:, k], carry)
-        scores.append(score)
-    return torch.stack(scores, dim=1)
-
-
 # --- taggers: one score per sentence from one score per word ---------------------------------------
 
 TOKEN_POLICIES = ("max_prob", "margin", "entropy")  # per-word scores a tagger's exits may use

@@ -16,7 +16,6 @@ a ``quantization`` section in its manifest: loading quantises every member's lin
 
 from __future__ import annotations
 
-import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,20 +25,18 @@ import numpy as np
 import torch
 
 from summon.adaptive.cascade import example_length
-from summon.adaptive.costs import StageCosts
 from summon.adaptive.executor import execute
 from summon.adaptive.scoring import Readout
 from summon.adaptive.staged import StagedBase
 from summon.losses import OUTPUTS, bounded
-from summon.measure.cost import FlopMeter, count_parameters
-from summon.measure.device import clock, device_name
+from summon.measure.cost import count_parameters
+from summon.measure.stage_costs import StageCosts, measure_costs
 from summon.models.member import hidden_width, member_batch, member_forward
 from summon.models.quantize import Quantization, manifest_quantization, quantized_device
 from summon.predictor import Predictor, int8_copy_manifest, load_predictor, quantize_loaded
 from summon.saved import ENSEMBLE_FORMAT, MANIFEST, read_json_manifest, save_ensemble
 
-COST_ROWS = 512  # examples whose FLOPs are counted
-TIMING_ROWS = 32  # the batch whose latency is measured
+COST_BATCH = 64  # rows per batch when counting FLOPs (the executor's default batch)
 
 
 @dataclass
@@ -148,48 +145,10 @@ class ProgressivePredictor(StagedBase):
         return execute(self.runner(), items, plain, np.inf, batch_size=batch_size).logits
 
     def measure_costs(self, examples: Sequence[dict[str, Any]], *, latency: bool = True) -> StageCosts:
-        """FLOPs of answering after each member (counted on up to 512 examples) and, with ``latency``, the
-        milliseconds per example of each prefix on a batch of 32, featurization included."""
-        rows = list(examples[:COST_ROWS])
-        flops = _cumulative(self._stage_flops(rows))
-        costs = StageCosts(flops=flops, flops_full=flops[-1])
-        if latency and rows:
-            timing = [rows[i % len(rows)] for i in range(TIMING_ROWS)]
-            costs.ms = _cumulative(self._stage_ms(timing))
-            costs.ms_full, costs.batch_size, costs.device = costs.ms[-1], TIMING_ROWS, device_name(self.device)
-        return costs
-
-    @torch.inference_mode()
-    def _stage_flops(self, rows: list[dict[str, Any]]) -> list[float]:
-        """FLOPs per example of each member alone (with its predecessor's hidden layer handed in)."""
-        if not rows:
-            raise ValueError("measuring costs needs at least one example")
-        meter, runner = FlopMeter(), self.runner()
-        sums = [0.0] * self.num_stages
-        rows = sorted(rows, key=example_length, reverse=True)  # batched as the executor does: little padding
-        for start in range(0, len(rows), 64):
-            pieces: list[Any] = rows[start:start + 64]
-            for k in range(self.num_stages):
-                (state, _), flops = meter(runner.run, k, runner.begin(k, pieces))
-                sums[k] += flops
-                pieces = [p for p, _ in runner.unpack(k, state, range(len(state[0])))]
-        return [s / len(rows) for s in sums]
-
-    @torch.inference_mode()
-    def _stage_ms(self, batch: list[dict[str, Any]], *, repeats: int = 7, warmup: int = 2) -> list[float]:
-        """Median milliseconds per example of each member on ``batch`` (featurize, run, hand on)."""
-        runner, device = self.runner(), self.device
-        times: list[list[float]] = [[] for _ in range(self.num_stages)]
-        for rep in range(warmup + repeats):
-            pieces: list[Any] = list(batch)
-            for k in range(self.num_stages):
-                start = clock(device)
-                state = runner.run(k, runner.begin(k, pieces))[0]
-                pieces = [p for p, _ in runner.unpack(k, state, range(len(batch)))]
-                elapsed = (clock(device) - start) * 1000.0
-                if rep >= warmup:
-                    times[k].append(elapsed / len(batch))
-        return [statistics.median(t) for t in times]
+        """Cost of answering after each member (:func:`~summon.measure.stage_costs.measure_costs`, FLOPs counted
+        in batches of 64 as the executor runs them); the reference is the whole ensemble."""
+        return measure_costs(self.runner(), examples, inputs=self.inputs, separate_models=True, latency=latency,
+                             device=self.device, batch_size=COST_BATCH)
 
     def quantized(self, quantization: Quantization | None = None) -> ProgressivePredictor:
         """An int8 copy: every member's linear layers dynamic int8 (on the CPU), with no calibration (the fp32 one
@@ -223,10 +182,6 @@ class ProgressivePredictor(StagedBase):
         loaded = load_progressive(path, read_json_manifest(path) or {})
         self.members, self.manifest, self.path = loaded.members, loaded.manifest, path
         return path
-
-
-def _cumulative(values: Sequence[float]) -> list[float]:
-    return np.cumsum(values).tolist()
 
 
 def load_progressive(directory: Path, manifest: dict[str, Any], *, device: Any = None) -> ProgressivePredictor:

@@ -16,16 +16,22 @@ that did answer (marking them ``fallback``).
 from __future__ import annotations
 
 import json
-import time
+import logging
+import statistics
 import urllib.error
 import urllib.request
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from functools import partial
 from typing import Any
 
 import numpy as np
 
 from summon.adaptive.stages import StageUnavailable
+from summon.measure.stage_costs import StageMeasurement
+from summon.measure.timing import time_call
+
+logger = logging.getLogger(__name__)
 
 PROTOCOL = "summon-logits/1"
 
@@ -132,13 +138,16 @@ class RemoteStage:
             return self._ask(chunk[:half], width) + self._ask(chunk[half:], width)
         return _checked_rows(answer, len(chunk), width, self.url)
 
-    def measure_ms(self, examples: Sequence[dict[str, Any]]) -> float | None:
-        """Milliseconds per example of one round trip over ``examples`` (None if the server is down)."""
-        if not examples:
-            return None
-        start = time.perf_counter()
-        try:
-            self.logits(examples)
-        except StageUnavailable:
-            return None
-        return (time.perf_counter() - start) * 1000.0 / len(examples)
+    def measure(self, examples: Sequence[dict[str, Any]], *, latency: bool = True, **rule: Any) -> StageMeasurement:
+        """What this stage costs, as :func:`~summon.measure.stage_costs.measure_costs` asks a stage that measures
+        itself: the FLOPs per example the server reports and, with ``latency``, the median milliseconds per example
+        of whole round trips over ``examples`` (serialising, the network, the server's featurisation and model),
+        timed by :func:`~summon.measure.timing.time_call` under ``rule`` (None when the stage does not answer)."""
+        ms = None
+        if latency and examples:
+            rows = list(examples)
+            try:
+                ms = statistics.median(time_call(partial(self.logits, rows), **rule)) * 1000.0 / len(rows)
+            except StageUnavailable as err:
+                logger.warning("%s did not answer while its latency was measured: %s", self.url, err)
+        return StageMeasurement(self.flops_per_example, ms, f"remote {self.url}")

@@ -5,7 +5,7 @@ A staged predictor (early exit, cascade, progressive ensemble) implements :class
 * ``task``, ``labels``, ``manifest``, ``path`` and ``num_stages``;
 * ``runner()`` — a :class:`~summon.adaptive.executor.StageRunner` for the shared executor;
 * ``inputs(examples)`` — canonical examples turned into stage-0 pieces (featurized, or as they are);
-* ``measure_costs(examples, latency=)`` — :class:`~summon.adaptive.costs.StageCosts` (FLOPs and ms);
+* ``measure_costs(examples, latency=)`` — :class:`~summon.measure.stage_costs.StageCosts` (FLOPs and ms);
 * ``run_full(items)`` — the reference model alone, for measured speed-ups;
 * ``save(directory)``.
 
@@ -32,13 +32,21 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from summon.adaptive.calibration import Calibration, CalibrationSpec, fit_calibration
-from summon.adaptive.costs import StageCosts
 from summon.adaptive.executor import Execution, StageRunner, collect_stage_logits, execute, row_thresholds
-from summon.adaptive.knob import Knob, check_threshold, operating_point, threshold_for
+from summon.adaptive.knob import (
+    Knob,
+    check_threshold,
+    deadline_stage,
+    one_stage_message,
+    operating_point,
+    threshold_for,
+)
 from summon.adaptive.scoring import Readout
 from summon.adaptive.thresholds import OperatingPoint
 from summon.data.spec import TaskData
+from summon.data.words import entity_spans
 from summon.inference import softmax
+from summon.measure.stage_costs import StageCosts
 from summon.models.quantize import Quantization, manifest_quantization
 from summon.predictor import Prediction, as_batch, as_stream, canonical_inputs
 from summon.saved import MANIFEST, read_json_manifest, update_manifest
@@ -76,15 +84,16 @@ class StagedPredictor(Protocol):
     def device(self) -> Any: ...
 
 
-class StagedBase:
-    """Calibration, the knob, batched execution and predictions for any :class:`StagedPredictor`."""
+class Calibrated:
+    """What a kind's calibration is and how it is fitted and saved: the typed :class:`Calibration` kept in the
+    manifest's ``adaptive`` section, the read-out and stage costs it gives, and :meth:`calibrate` on held-out
+    data (refused for a one-stage kind: it has no choice to make)."""
 
     task: str
     labels: list[str]
     manifest: dict[str, Any]
     path: Path | None
     kind = "staged"
-    reports_fallback = False  # predictions carry ``fallback`` (kinds whose later stages may fail to answer)
     calibrate_hint = "summon calibrate {where} --data SPLIT"
 
     # --- calibration state ------------------------------------------------------------------------
@@ -127,6 +136,11 @@ class StagedBase:
                              "on held-out data first")
         return calibration
 
+    def require_stages(self, what: str) -> None:
+        """Refuse ``what`` (calibration, a knob) for a one-stage predictor: it has no choice to make."""
+        if self.num_stages < 2:
+            raise ValueError(one_stage_message(self.path, what))
+
     @property
     def costs(self) -> StageCosts:
         return self.require_calibration("stage costs").costs
@@ -139,116 +153,12 @@ class StagedBase:
         return calibration.readout(len(self.labels))
 
     def stage_fractions(self, unit: str | None = None) -> list[float] | None:
-        """Cost of answering at each stage as a fraction of the reference model (None before calibration)."""
+        """Cost of answering at each stage as a fraction of the reference model (None before calibration; a
+        one-stage predictor's only stage is the reference: ``[1.0]``)."""
         calibration = self.calibration
-        return None if calibration is None else calibration.fractions(unit)
-
-    # --- the knob ---------------------------------------------------------------------------------
-
-    def operating_point(self, knob: Knob | None = None, **values: Any) -> OperatingPoint | None:
-        """The threshold-table point a knob selects (``budget=``, ``max_drop=``, ``guaranteed=``...)."""
-        return operating_point(self.calibration, knob or Knob.of(**values))
-
-    def threshold_for(self, knob: Knob | None = None, **values: Any) -> float:
-        """The confidence threshold a knob sets (``inf`` runs every input to the last stage)."""
-        return threshold_for(self.calibration, knob or Knob.of(**values))
-
-    # --- running ----------------------------------------------------------------------------------
-
-    def stage_logits(self, examples: Sequence[dict[str, Any]], *, batch_size: int = 64,
-                     progress: bool | str = False) -> list[np.ndarray]:
-        """Uncalibrated logits of every stage on every example at full depth: ``[N, W]`` per stage."""
-        parts: list[list[np.ndarray]] = [[] for _ in range(self.num_stages)]
-        runner, readout = self.runner(), self.readout()
-        desc = progress if isinstance(progress, str) else "stage logits"
-        for window in tqdm(list(_windows(examples)), desc=desc, disable=not progress, leave=False):
-            for k, raw in enumerate(collect_stage_logits(runner, self.inputs(window), readout,
-                                                         batch_size=batch_size)):
-                parts[k].append(raw)
-        return [np.concatenate(p) if p else np.zeros((0, len(self.labels)), np.float32) for p in parts]
-
-    def run(self, items: Sequence[Any], threshold: float | Sequence[float] | np.ndarray, *,
-            batch_size: int = 64) -> Execution:
-        """Adaptive execution of stage-0 pieces (``inputs(examples)``) at one threshold or one per row."""
-        limits = row_thresholds(threshold, len(items), self.num_stages)
-        runner, readout = self.runner(), self.readout()
-        parts = [execute(runner, items[i:i + WINDOW_ROWS], readout, limits[i:i + WINDOW_ROWS], batch_size=batch_size)
-                 for i in range(0, len(items), WINDOW_ROWS)]
-        if not parts:
-            return execute(runner, [], readout, limits, batch_size=batch_size)
-        return Execution.concat(parts)
-
-    def run_examples(self, examples: Sequence[dict[str, Any]], threshold: float | Sequence[float] | np.ndarray, *,
-                     batch_size: int = 64) -> Execution:
-        """Adaptive execution of canonical examples, featurized one window at a time."""
-        limits = row_thresholds(threshold, len(examples), self.num_stages)
-        parts = [self.run(self.inputs(examples[i:i + WINDOW_ROWS]), limits[i:i + WINDOW_ROWS], batch_size=batch_size)
-                 for i in range(0, len(examples), WINDOW_ROWS)]
-        return Execution.concat(parts) if parts else self.run([], limits, batch_size=batch_size)
-
-    def predict(self, inputs: Sequence[Any], *, budget: float | None = None, max_drop: float | None = None,
-                threshold: float | Sequence[float] | None = None, guaranteed: float | None = None,
-                delta: float = 0.1, unit: str | None = None, knob: Knob | None = None,
-                deadline_ms: float | None = None, batch_size: int = 64) -> list[Prediction]:
-        """Predict adaptively; one knob (``budget``, ``max_drop``, ``guaranteed`` with ``delta``, or
-        ``threshold``) sets the operating point, else the calibrated default. A sequence of thresholds
-        gives one per input. ``deadline_ms`` caps the call: no row goes past the last stage whose measured
-        latency fits the whole batch in it (:meth:`deadline_stage`). Each prediction says which stage
-        answered and what it cost."""
-        inputs = as_batch(inputs)
-        if threshold is not None and not np.isscalar(threshold):
-            limit: Any = np.asarray(threshold, dtype=np.float64)
-            for value in np.unique(limit):  # one check per distinct value: NaN and out-of-range refused
-                check_threshold(float(value), self.calibration)
-        else:
-            limit = self.threshold_for(knob or Knob.of(budget=budget, max_drop=max_drop, threshold=threshold,
-                                                       guaranteed=guaranteed, delta=delta, unit=unit))
-        if deadline_ms is not None:
-            limit = row_thresholds(limit, len(inputs), self.num_stages).copy()
-            limit[:, self.deadline_stage(deadline_ms, len(inputs)):] = -np.inf  # stop there at the latest
-        examples = canonical_inputs(self.task, inputs)
-        result = self.run_examples(examples, limit, batch_size=batch_size)
-        return self.predictions(result, unit=unit, inputs=inputs, examples=examples)
-
-    def deadline_stage(self, deadline_ms: float, rows: int) -> int:
-        """The last stage whose measured latency (per example, at the calibration's batch size) lets ``rows``
-        rows finish within ``deadline_ms``; stage 0 when even that does not fit (it always answers)."""
-        if not deadline_ms > 0:
-            raise ValueError(f"deadline_ms must be a positive number of milliseconds, got {deadline_ms}")
-        costs = self.require_calibration("deadline_ms").costs
-        if costs.ms is None:
-            raise ValueError("deadline_ms needs measured stage latencies; calibrate with latency on (the default)")
-        fits = [k for k, ms in enumerate(costs.ms) if ms * rows <= deadline_ms]
-        if not fits:
-            logger.warning("deadline %.3g ms: even stage 0 needs %.3g ms for %d rows (measured on %s); it answers "
-                           "anyway", deadline_ms, costs.ms[0] * rows, rows, costs.device or "this machine")
-            return 0
-        return fits[-1]
-
-    def predictions(self, result: Execution, *, unit: str | None = None, inputs: Sequence[Any] | None = None,
-                    examples: Sequence[dict[str, Any]] | None = None) -> list[Prediction]:
-        """:class:`Prediction` objects of an execution result (``inputs``/``examples``: what it answered, which
-        taggers need for their words and spans)."""
-        fractions = self.stage_fractions(unit)
-        probs = softmax(result.logits.astype(np.float64))
-        out = []
-        for p, k, fell in zip(probs, result.stage, result.fallback, strict=True):
-            j = int(p.argmax())
-            out.append(Prediction(label=self.labels[j], label_id=j, probs=[float(x) for x in p], stage=int(k),
-                                  cost=None if fractions is None else fractions[int(k)],
-                                  fallback=bool(fell) if self.reports_fallback else None))
-        return out
-
-    def iter_predict(self, inputs: Iterable[Any], *, knob: Knob | None = None, batch_size: int = 64,
-                     window: int = 1024) -> Iterator[Prediction]:
-        """Predictions for an input stream (a file larger than memory), one window of rows at a time."""
-        knob = knob or Knob()
-        limit = self.threshold_for(knob)
-        iterator = as_stream(inputs)
-        while chunk := list(itertools.islice(iterator, window)):
-            examples = canonical_inputs(self.task, chunk)
-            result = self.run_examples(examples, limit, batch_size=batch_size)
-            yield from self.predictions(result, unit=knob.unit, inputs=chunk, examples=examples)
+        if calibration is None:
+            return [1.0] if self.num_stages == 1 else None
+        return calibration.fractions(unit)
 
     # --- calibration ------------------------------------------------------------------------------
 
@@ -259,6 +169,7 @@ class StagedBase:
         Call :meth:`save_calibration` to write it into the saved predictor (the previous one is kept).
         """
         spec = spec or CalibrationSpec()
+        self.require_stages("calibration")
         if not data.has_labels:
             raise ValueError(f"{data.source}: calibration needs labels (temperatures are fitted by NLL)")
         if spec.token_reduce != CalibrationSpec.token_reduce:
@@ -284,6 +195,138 @@ class StagedBase:
             entries["adaptive_previous"] = old
             self.manifest["adaptive_previous"] = old
         update_manifest(directory, **entries)
+
+
+class StagedBase(Calibrated):
+    """The knob, batched execution and predictions for any :class:`StagedPredictor` (its calibration state:
+    :class:`Calibrated`)."""
+
+    reports_fallback = False  # predictions carry ``fallback`` (kinds whose later stages may fail to answer)
+
+    # --- the knob ---------------------------------------------------------------------------------
+
+    def operating_point(self, knob: Knob | None = None, **values: Any) -> OperatingPoint | None:
+        """The threshold-table point a knob selects (``budget=``, ``max_drop=``, ``guaranteed=``...)."""
+        return operating_point(self.calibration, knob or Knob.of(**values), stages=self.num_stages, where=self.path)
+
+    def threshold_for(self, knob: Knob | None = None, **values: Any) -> float:
+        """The confidence threshold a knob sets (``inf`` runs every input to the last stage)."""
+        return threshold_for(self.calibration, knob or Knob.of(**values), stages=self.num_stages, where=self.path)
+
+    # --- running ----------------------------------------------------------------------------------
+
+    def stage_logits(self, examples: Sequence[dict[str, Any]], *, batch_size: int = 64,
+                     progress: bool | str = False) -> list[np.ndarray]:
+        """Uncalibrated logits of every stage on every example at full depth: ``[N, W]`` per stage."""
+        parts: list[list[np.ndarray]] = [[] for _ in range(self.num_stages)]
+        runner, readout = self.runner(), self.readout()
+        desc = progress if isinstance(progress, str) else "stage logits"
+        for window in tqdm(list(_windows(examples)), desc=desc, disable=not progress, leave=False):
+            for k, raw in enumerate(collect_stage_logits(runner, self.inputs(window), readout,
+                                                         batch_size=batch_size)):
+                parts[k].append(raw)
+        return [np.concatenate(p) if p else np.zeros((0, len(self.labels)), np.float32) for p in parts]
+
+    def run(self, items: Sequence[Any], threshold: float | Sequence[float] | np.ndarray, *,
+            batch_size: int = 64, progress: bool | str = False) -> Execution:
+        """Adaptive execution of stage-0 pieces (``inputs(examples)``) at one threshold or one per row
+        (``progress``: a bar over windows of rows, a string its description)."""
+        limits = row_thresholds(threshold, len(items), self.num_stages)
+        runner, readout = self.runner(), self.readout()
+        starts = tqdm(range(0, len(items), WINDOW_ROWS), desc=progress if isinstance(progress, str) else "predict",
+                      disable=not progress, leave=False)
+        parts = [execute(runner, items[i:i + WINDOW_ROWS], readout, limits[i:i + WINDOW_ROWS], batch_size=batch_size)
+                 for i in starts]
+        if not parts:
+            return execute(runner, [], readout, limits, batch_size=batch_size)
+        return Execution.concat(parts)
+
+    def reference_logits(self, examples: Sequence[dict[str, Any]]) -> list[Any]:
+        """The reference model's raw logits per canonical example (what a logits server serves): every row
+        through every stage."""
+        return list(self.run_full(self.inputs(examples)))
+
+    def run_examples(self, examples: Sequence[dict[str, Any]], threshold: float | Sequence[float] | np.ndarray, *,
+                     batch_size: int = 64) -> Execution:
+        """Adaptive execution of canonical examples, featurized one window at a time."""
+        limits = row_thresholds(threshold, len(examples), self.num_stages)
+        parts = [self.run(self.inputs(examples[i:i + WINDOW_ROWS]), limits[i:i + WINDOW_ROWS], batch_size=batch_size)
+                 for i in range(0, len(examples), WINDOW_ROWS)]
+        return Execution.concat(parts) if parts else self.run([], limits, batch_size=batch_size)
+
+    def predict(self, inputs: Sequence[Any], *, budget: float | None = None, max_drop: float | None = None,
+                threshold: float | Sequence[float] | None = None, guaranteed: float | None = None,
+                delta: float = 0.1, unit: str | None = None, knob: Knob | None = None,
+                deadline_ms: float | None = None, batch_size: int = 64) -> list[Prediction]:
+        """Predict adaptively; one knob (``budget``, ``max_drop``, ``guaranteed`` with ``delta``, or
+        ``threshold``) sets the operating point, else the calibrated default. A sequence of thresholds
+        gives one per input. ``deadline_ms`` caps the call: no row goes past the last stage whose measured
+        latency fits the whole batch in it (:meth:`deadline_stage`). Each prediction says which stage
+        answered and what it cost."""
+        inputs = as_batch(inputs)
+        if threshold is not None and not np.isscalar(threshold):
+            limit: Any = np.asarray(threshold, dtype=np.float64)
+            for value in np.unique(limit):  # one check per distinct value: NaN and out-of-range refused
+                check_threshold(float(value), self.calibration, stages=self.num_stages, where=self.path)
+        else:
+            limit = self.threshold_for(knob or Knob.of(budget=budget, max_drop=max_drop, threshold=threshold,
+                                                       guaranteed=guaranteed, delta=delta, unit=unit))
+        if deadline_ms is not None:
+            limit = row_thresholds(limit, len(inputs), self.num_stages).copy()
+            limit[:, self.deadline_stage(deadline_ms, len(inputs)):] = -np.inf  # stop there at the latest
+        examples = canonical_inputs(self.task, inputs)
+        result = self.run_examples(examples, limit, batch_size=batch_size)
+        return self.predictions(result, unit=unit, inputs=inputs, examples=examples)
+
+    def deadline_stage(self, deadline_ms: float, rows: int) -> int:
+        """The last stage whose measured latency (per example, at the calibration's batch size) lets ``rows``
+        rows finish within ``deadline_ms`` (:func:`~summon.adaptive.knob.deadline_stage`)."""
+        costs = None if self.num_stages == 1 else self.require_calibration("deadline_ms").costs
+        return deadline_stage(costs and costs.ms, deadline_ms, rows, stages=self.num_stages,
+                              where=costs and costs.device)
+
+    def predictions(self, result: Execution, *, unit: str | None = None, inputs: Sequence[Any] | None = None,
+                    examples: Sequence[dict[str, Any]] | None = None) -> list[Prediction]:
+        """:class:`Prediction` objects of an execution result (``inputs``/``examples``: what it answered, which
+        taggers need for their words and spans), each with the stage that answered and its cost."""
+        fractions = self.stage_fractions(unit)
+        costs = [None if fractions is None else fractions[int(k)] for k in result.stage]
+        if self.task == "token_classification":
+            return tag_predictions(self.labels, result, costs, inputs, examples)
+        probs = softmax(result.logits.astype(np.float64))
+        out = []
+        for p, k, cost, fell in zip(probs, result.stage, costs, result.fallback, strict=True):
+            j = int(p.argmax())
+            out.append(Prediction(label=self.labels[j], label_id=j, probs=[float(x) for x in p], stage=int(k),
+                                  cost=cost, fallback=bool(fell) if self.reports_fallback else None))
+        return out
+
+    def iter_predict(self, inputs: Iterable[Any], *, knob: Knob | None = None, batch_size: int = 64,
+                     window: int = 1024) -> Iterator[Prediction]:
+        """Predictions for an input stream (a file larger than memory), one window of rows at a time."""
+        knob = knob or Knob()
+        limit = self.threshold_for(knob)
+        iterator = as_stream(inputs)
+        while chunk := list(itertools.islice(iterator, window)):
+            examples = canonical_inputs(self.task, chunk)
+            result = self.run_examples(examples, limit, batch_size=batch_size)
+            yield from self.predictions(result, unit=knob.unit, inputs=chunk, examples=examples)
+
+
+def tag_predictions(labels: Sequence[str], result: Execution, costs: Sequence[float | None],
+                    inputs: Sequence[Any] | None, examples: Sequence[dict[str, Any]] | None) -> list[Prediction]:
+    """Tags and entity spans per sentence, with the stage that answered and its cost: the one tag/span path of
+    every tagger (``result.logits``: one ``[words, K]`` array per row)."""
+    if examples is None:
+        raise ValueError("a tagger's predictions need the examples they answer (their words)")
+    inputs = inputs if inputs is not None else [None] * len(examples)
+    out = []
+    for item, ex, logits, k, cost in zip(inputs, examples, result.logits, result.stage, costs, strict=True):
+        tags = [labels[j] for j in np.asarray(logits).argmax(axis=-1)] if len(logits) else []
+        text = item if isinstance(item, str) else " ".join(ex["tokens"])
+        out.append(Prediction(tokens=ex["tokens"], tags=tags, spans=entity_spans(text, ex["tokens"], tags),
+                              stage=int(k), cost=cost))
+    return out
 
 
 def row_lengths(predictor: StagedPredictor, examples: Sequence[dict[str, Any]]) -> np.ndarray:

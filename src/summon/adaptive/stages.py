@@ -3,7 +3,9 @@
 A stage turns canonical examples into raw logits ``[n, K]`` — or ``[n, K + 1]`` when it has a learned
 "defer" output (the last column). Stages are local predictors (saved or in-process) or remote models
 behind HTTP (:mod:`summon.adaptive.remote`). A stage that cannot answer raises :class:`StageUnavailable`;
-the cascade then answers with the last stage that did, and marks those predictions.
+the cascade then answers with the last stage that did, and marks those predictions. A local stage's cost is
+counted and timed by :func:`~summon.measure.stage_costs.measure_costs`; a remote one measures itself
+(``measure``).
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
@@ -20,16 +22,6 @@ logger = logging.getLogger(__name__)
 
 class StageUnavailable(RuntimeError):
     """A stage could not answer (a remote model timed out, refused the connection, or answered nonsense)."""
-
-
-class Stage(Protocol):
-    name: str
-    labels: list[str]
-    defer_output: bool
-
-    def logits(self, examples: Sequence[dict[str, Any]], batch_size: int) -> np.ndarray: ...
-
-    def describe(self) -> dict[str, Any]: ...
 
 
 @dataclass

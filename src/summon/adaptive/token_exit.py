@@ -26,16 +26,13 @@ import torch
 
 from summon.adaptive.calibration import Calibration, CalibrationSpec, fit_token_calibration
 from summon.adaptive.early_exit import EarlyExitPredictor, ExitRunner
-from summon.adaptive.executor import Execution
 from summon.adaptive.scoring import TokenReadout
 from summon.adaptive.staged import StagedBase
 from summon.data.features import collate
 from summon.data.spec import TaskData
-from summon.data.words import entity_spans
 from summon.inference import length_sorted_batches, to_device
 from summon.measure.device import device_of
 from summon.models.backbone import EncoderState
-from summon.predictor import Prediction
 
 CUT_LOGIT = -1e4  # other labels' logit at a word cut off by truncation (label 0 gets 0)
 
@@ -54,19 +51,27 @@ class TaggerState:
 def word_logits(token: torch.Tensor, starts: torch.Tensor, kept: torch.Tensor, words: torch.Tensor) -> torch.Tensor:
     """Sub-token logits ``[B, L, K]`` -> each word's first sub-token's ``[B, W, K]`` over all the input's words:
     truncated words certain of label 0, positions past a row's words NaN."""
-    rows, labels = token.shape[0], token.shape[-1]
+    labels = token.shape[-1]
+    got = token.gather(1, starts.unsqueeze(-1).expand(-1, -1, labels)) if token.shape[0] else token[:, :0]
+    return fill_words(got, kept, words)
+
+
+def fill_words(scores: torch.Tensor, kept: torch.Tensor, words: torch.Tensor) -> torch.Tensor:
+    """Scores of the kept words ``[B, W', K]`` (row ``b``'s first ``kept[b]`` valid) -> ``[B, W, K]`` over all
+    the input's words (``W`` = the most words of a row): words cut by truncation certain of label 0 (logit 0, the
+    others :data:`CUT_LOGIT`), positions past a row's words NaN."""
+    rows, labels = scores.shape[0], scores.shape[-1]
     width = int(words.max()) if rows else 0
-    out = torch.full((rows, width, labels), float("nan"), dtype=token.dtype, device=token.device)
+    out = torch.full((rows, width, labels), float("nan"), dtype=scores.dtype, device=scores.device)
     if width == 0:
         return out
-    got = token.gather(1, starts.unsqueeze(-1).expand(-1, -1, labels))
-    positions = torch.arange(starts.shape[1], device=token.device)
+    positions = torch.arange(scores.shape[1], device=scores.device)
     keep = positions[None, :] < kept[:, None]
-    out[:, :starts.shape[1]][keep] = got[keep]
-    every = torch.arange(width, device=token.device)[None, :]
+    out[:, :scores.shape[1]][keep] = scores[keep]
+    every = torch.arange(width, device=scores.device)[None, :]
     cut = (every >= kept[:, None]) & (every < words[:, None])
     if bool(cut.any()):
-        certain = torch.full((labels,), CUT_LOGIT, dtype=token.dtype, device=token.device)
+        certain = torch.full((labels,), CUT_LOGIT, dtype=scores.dtype, device=scores.device)
         certain[0] = 0.0
         out[cut] = certain
     return out
@@ -140,18 +145,3 @@ class TokenExitPredictor(EarlyExitPredictor):
         calibration = fit_token_calibration(raws, gold, costs, spec, num_labels=len(self.labels), data=data.source)
         self.calibration = calibration
         return calibration
-
-    def predictions(self, result: Execution, *, unit: str | None = None, inputs: Sequence[Any] | None = None,
-                    examples: Sequence[dict[str, Any]] | None = None) -> list[Prediction]:
-        """Tags and entity spans per sentence, with the exit that answered and its cost."""
-        if examples is None:
-            raise ValueError("a tagger's predictions need the examples they answer (their words)")
-        fractions = self.stage_fractions(unit)
-        inputs = inputs if inputs is not None else [None] * len(examples)
-        out = []
-        for item, ex, logits, k in zip(inputs, examples, result.logits, result.stage, strict=True):
-            tags = [self.labels[j] for j in np.asarray(logits).argmax(axis=-1)] if len(logits) else []
-            text = item if isinstance(item, str) else " ".join(ex["tokens"])
-            out.append(Prediction(tokens=ex["tokens"], tags=tags, spans=entity_spans(text, ex["tokens"], tags),
-                                  stage=int(k), cost=None if fractions is None else fractions[int(k)]))
-        return out

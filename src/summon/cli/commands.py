@@ -16,7 +16,6 @@ from typing import Any, TextIO
 import summon
 from summon.adaptive.calibration import Calibration
 from summon.adaptive.knob import Knob
-from summon.adaptive.staged import StagedPredictor
 from summon.cli.inputs import check_inputs, read_inputs
 from summon.cli.quickstart import run_quickstart
 from summon.config import to_dict
@@ -24,7 +23,7 @@ from summon.hf import export_hf, load_plain
 from summon.models.quantize import dynamic_linears, quantized_device
 from summon.recipe import load_run_config
 from summon.saved import read_manifest
-from summon.serve.app import create_server_app, run_server
+from summon.serve.app import FullModel, create_server_app, run_server
 from summon.serve.engine import Engine
 from summon.serve.logits_server import serve
 from summon.serve.ray_app import (
@@ -145,11 +144,11 @@ def cmd_quantize(args: argparse.Namespace) -> int:
                            latency=not args.no_latency, against=args.against, data_dir=args.data_dir,
                            limit=args.limit, learned_target=args.learned_target, token_reduce=args.token_reduce)
     layers = sum(dynamic_linears(model) for model in _models(int8))
-    print(f"quantized {args.model} ({getattr(int8, 'kind', 'plain')}): {layers} linear layers dynamic int8 "
+    print(f"quantized {args.model} ({int8.kind}): {layers} linear layers dynamic int8 "
           f"({int8.quantization.dtype}, engine {int8.quantization.engine}); runs on the CPU")
-    if getattr(int8, "calibration", None) is not None:
+    if int8.calibration is not None:
         _print_calibration(int8.calibration, args.table_rows)
-    elif isinstance(int8, StagedPredictor):
+    elif int8.num_stages > 1:  # a one-stage predictor has nothing to calibrate
         print(f"uncalibrated: the fp32 calibration is not carried over; run `summon calibrate {args.out} --data SPLIT` "
               "before giving it a knob (without one every input runs to the last stage)")
     print(f"int8 predictor written to {args.out} (its fp32 weights, quantized again when it loads)")
@@ -187,12 +186,10 @@ def cmd_cascade(args: argparse.Namespace) -> int:
 
 
 def cmd_serve_logits(args: argparse.Namespace) -> int:
+    """Run ``summon serve-logits``: one predictor's reference model behind ``summon-logits/1`` (a remote cascade
+    stage; a staged predictor answers at full depth); returns 0 when stopped."""
     predictor = summon.load(args.predictor, device=args.device)
-    if isinstance(predictor, StagedPredictor):
-        raise ValueError(f"{args.predictor} is a staged predictor ({predictor.kind}); serve-logits serves one plain "
-                         "model's logits (a remote cascade stage). Give it a plain predictor or a Hugging Face "
-                         "classifier folder")
-    serve(predictor, host=args.host, port=args.port, name=args.name, max_body_bytes=args.max_body_bytes,
+    serve(FullModel(predictor), host=args.host, port=args.port, name=args.name, max_body_bytes=args.max_body_bytes,
           max_rows=args.max_rows)
     return 0
 
@@ -300,15 +297,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
 def predict_stream(predictor: Any, inputs: Iterable[Any], *, knob: Knob | None = None, batch_size: int = 64,
                    window: int = PREDICT_WINDOW) -> Iterator[Any]:
     """Predictions for a stream of inputs, ``window`` rows at a time: at most one window is held, so an input
-    larger than memory streams through. Staged predictors take the knob; a plain predictor refuses it."""
-    knob = knob or Knob()
-    if isinstance(predictor, StagedPredictor):
-        return predictor.iter_predict(inputs, knob=knob, batch_size=batch_size, window=window)
-    if not knob.empty or knob.unit is not None:
-        given = knob.describe() if not knob.empty else f"unit {knob.unit}"
-        raise ValueError(f"{predictor.path or 'this predictor'} is not a staged predictor, so it has no knob "
-                         f"(got {given}); give the knob to an early-exit model or a cascade, or drop it")
-    return predictor.iter_predict(inputs, batch_size=batch_size, window=window)
+    larger than memory streams through. A one-stage predictor refuses a knob (:mod:`summon.adaptive.knob`)."""
+    return predictor.iter_predict(inputs, knob=knob or Knob(), batch_size=batch_size, window=window)
 
 
 def write_jsonl(rows: Iterable[dict[str, Any]], out: TextIO, flush_every: int = PREDICT_WINDOW) -> int:

@@ -1,15 +1,10 @@
-"""Evaluation: quality metrics, cost measurement (parameters, FLOPs, latency) and reports."""
+"""Evaluation: quality metrics, cost (parameters, the machine; FLOPs and latency are measured by
+:mod:`summon.measure.stage_costs` and :mod:`summon.measure.profile`) and reports."""
 
 from __future__ import annotations
 
 from summon.evaluate.report import markdown_table, write_report
-from summon.measure.cost import (
-    cost_summary,
-    count_flops,
-    count_parameters,
-    machine_info,
-    measure_latency,
-)
+from summon.measure.cost import count_parameters, machine_info
 from summon.measure.metrics import (
     accuracy,
     classification_metrics,
@@ -23,14 +18,11 @@ from summon.measure.metrics import (
 __all__ = [
     "accuracy",
     "classification_metrics",
-    "cost_summary",
-    "count_flops",
     "count_parameters",
     "expected_calibration_error",
     "machine_info",
     "macro_f1",
     "markdown_table",
-    "measure_latency",
     "nll",
     "reliability_bins",
     "span_f1",

@@ -12,8 +12,8 @@
 
 from __future__ import annotations
 
+import math
 import statistics
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -25,6 +25,7 @@ from summon.adaptive.staged import row_lengths
 from summon.adaptive.thresholds import OperatingPoint, ThresholdTable, sweep
 from summon.inference import softmax
 from summon.measure.metrics import reliability_bins, span_f1
+from summon.measure.timing import time_calls
 
 Curve = list[tuple[float, float]]  # (cost fraction, accuracy), ascending cost
 
@@ -106,18 +107,11 @@ def curves(preds: np.ndarray, gold: np.ndarray, costs: Sequence[float],
 # --- wall-clock speed-up --------------------------------------------------------------------------
 
 
-def _seconds(fn) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
-
-
-def _interleaved_medians(first, second, repeats: int) -> tuple[float, float]:
-    """Median seconds of two functions timed alternately, so load on the machine hits both alike."""
-    a, b = [], []
-    for _ in range(repeats):
-        a.append(_seconds(first))
-        b.append(_seconds(second))
+def _interleaved_medians(first, second, repeats: int, device: Any = None) -> tuple[float, float]:
+    """Median seconds of two functions timed in turn by the one timing loop
+    (:func:`~summon.measure.timing.time_calls`: no warm-up, exactly ``repeats`` rounds), so load on the machine
+    hits both alike."""
+    a, b = time_calls(first, second, device=device, warmup=0, repeats=repeats, max_seconds=math.inf)
     return statistics.median(a), statistics.median(b)
 
 
@@ -139,14 +133,15 @@ def measure_speedup(predictor: Any, items: Sequence[Any], threshold: float, batc
     what a caller of ``predict`` sees, where tokenisation is paid whatever the exits do.
     """
     fractions = np.asarray(predictor.costs.fractions("flops"))
-    runner = predictor.runner()
+    runner, device = predictor.runner(), getattr(predictor, "device", None)
     lengths = np.array([runner.length(item) for item in items], dtype=float)
     out = {}
     for bs in batch_sizes:
         stages = predictor.run(items, threshold, batch_size=bs).stage  # also a warm-up
         predictor.run_full(items, batch_size=bs)
         t_adaptive, t_full = _interleaved_medians(lambda bs=bs: predictor.run(items, threshold, batch_size=bs),
-                                                  lambda bs=bs: predictor.run_full(items, batch_size=bs), repeats)
+                                                  lambda bs=bs: predictor.run_full(items, batch_size=bs), repeats,
+                                                  device)
         theoretical = float(lengths.sum() / (lengths * fractions[stages]).sum())
         realised = t_full / t_adaptive
         row = {"full_seconds": t_full, "adaptive_seconds": t_adaptive, "realised": realised,
@@ -156,7 +151,7 @@ def measure_speedup(predictor: Any, items: Sequence[Any], threshold: float, batc
         if examples is not None:
             t_adaptive, t_full = _interleaved_medians(
                 lambda bs=bs: predictor.run(predictor.inputs(examples), threshold, batch_size=bs),
-                lambda bs=bs: predictor.run_full(predictor.inputs(examples), batch_size=bs), repeats)
+                lambda bs=bs: predictor.run_full(predictor.inputs(examples), batch_size=bs), repeats, device)
             row.update(full_seconds_with_tokenisation=t_full, adaptive_seconds_with_tokenisation=t_adaptive,
                        realised_with_tokenisation=t_full / t_adaptive,
                        realised_over_theoretical_with_tokenisation=t_full / t_adaptive / theoretical)

@@ -2,22 +2,22 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
+from functools import partial
 from typing import Any
 
 import numpy as np
 
+from summon.adaptive.kinds import as_staged
 from summon.adaptive.knob import Knob
-from summon.adaptive.staged import StagedPredictor
 from summon.data.catalog import CATALOG
 from summon.data.loading import load_split
 from summon.data.spec import DatasetSpec, TaskData
-from summon.inference import predict_logits
 from summon.measure.cost import machine_info
-from summon.measure.device import clock
-from summon.measure.profile import measure_costs
 from summon.measure.task import score
+from summon.measure.timing import time_call
+
+LATENCY_RUNS = 50  # timed adaptive runs per batch size, at most
 
 
 def spec_for(predictor: Any, text: str, limit: int | None = None) -> DatasetSpec:
@@ -36,25 +36,10 @@ def load_for(predictor: Any, spec: DatasetSpec, data_dir: str | None = None) -> 
     return data
 
 
-def evaluate_predictor(predictor: Any, data: TaskData, *, name: str, latency: bool = True,
-                       batch_sizes: Sequence[int] = (1, 32, 128), max_seconds: float = 10.0,
-                       batch_size: int = 128, progress: bool = False) -> dict[str, Any]:
-    """One report entry: ``{"name", "path", "data", "metrics", "cost"}`` (see :func:`summon.evaluate.write_report`)."""
-    features = predictor.featurizer.encode(data.examples, data.task)
-    model = predictor.model
-    rows = predict_logits(model, features, data.task, pad_id=predictor.featurizer.pad_id, batch_size=batch_size,
-                          progress=f"eval {name}" if progress else False)
-    metrics = score(data.task, data.labels, data.examples, rows)
-    cost = measure_costs(model, features, predictor.featurizer.pad_id, latency=latency,
-                         batch_sizes=batch_sizes, max_seconds=max_seconds)
-    return {"name": name, "path": str(predictor.path) if predictor.path else None, "data": data.source,
-            "metrics": metrics, "cost": cost}
-
-
 def evaluate_staged(predictor: Any, data: TaskData, *, name: str, knob: Knob | None = None, latency: bool = True,
                     batch_sizes: Sequence[int] = (1, 32, 128), max_seconds: float = 10.0,
-                    batch_size: int = 64) -> dict[str, Any]:
-    """A report entry for any staged predictor at an operating point (the calibrated default, or ``knob``).
+                    batch_size: int = 64, progress: bool = False) -> dict[str, Any]:
+    """A report entry for any predictor at an operating point (the calibrated default, or ``knob``).
 
     Metrics come from one adaptive run over the split. FLOPs per example are the mean over rows of the
     cumulative FLOPs of the stage each row reached; latency is the measured wall-clock time of adaptive
@@ -63,7 +48,7 @@ def evaluate_staged(predictor: Any, data: TaskData, *, name: str, knob: Knob | N
     """
     threshold = predictor.threshold_for(knob or Knob())
     items = predictor.inputs(data.examples)
-    result = predictor.run(items, threshold, batch_size=batch_size)
+    result = predictor.run(items, threshold, batch_size=batch_size, progress=f"eval {name}" if progress else False)
     metrics = score(data.task, data.labels, data.examples, list(result.logits))
     metrics["answered_by_stage"] = np.bincount(result.stage, minlength=predictor.num_stages).tolist()
     if result.fallback.any():
@@ -82,25 +67,24 @@ def evaluate_staged(predictor: Any, data: TaskData, *, name: str, knob: Knob | N
 def _staged_latency(predictor: Any, items: Sequence[Any], threshold: float, batch_sizes: Sequence[int],
                     max_seconds: float) -> dict[str, dict[str, float]]:
     """Median milliseconds per row of adaptive runs at each batch size, over ``max(64, 4 * batch size)`` rows
-    (at most 512, the split's rows in order, cycled when it is smaller), so each run sees a mix of stages."""
+    (at most 512, the split's rows in order, cycled when it is smaller), so each run sees a mix of stages.
+
+    Each batch size warms up on one batch, then its runs over all the rows are timed by the one timing loop
+    (:func:`~summon.measure.timing.time_call`): at least 3, at most 50, stopping once its share of ``max_seconds``
+    has passed."""
     out = {}
     budget = max_seconds / max(1, len(batch_sizes))
     for bs in batch_sizes:
         rows = [items[i % len(items)] for i in range(min(512, max(64, 4 * bs)))]
         predictor.run(rows[:bs], threshold, batch_size=bs)  # warm-up
-        times, started = [], time.perf_counter()
-        while len(times) < 3 or (time.perf_counter() - started < budget and len(times) < 50):
-            start = clock(predictor.device)
-            predictor.run(rows, threshold, batch_size=bs)
-            times.append((clock(predictor.device) - start) * 1000.0)
-        median = float(np.median(times))
+        seconds = time_call(partial(predictor.run, rows, threshold, batch_size=bs), device=predictor.device,
+                            warmup=0, repeats=LATENCY_RUNS, max_seconds=budget)
+        median = float(np.median(seconds)) * 1000.0
         out[str(bs)] = {"median_ms": median, "per_example_ms": median / len(rows), "rows": len(rows),
-                        "runs": len(times)}
+                        "runs": len(seconds)}
     return out
 
 
 def evaluate_entry(predictor: Any, data: TaskData, *, name: str, knob: Knob | None = None, **options: Any) -> dict:
-    """A report entry for any predictor: staged kinds at an operating point, plain ones as they are."""
-    if isinstance(predictor, StagedPredictor):
-        return evaluate_staged(predictor, data, name=name, knob=knob, **options)
-    return evaluate_predictor(predictor, data, name=name, **options)
+    """A report entry for any predictor (a plain one is the one-stage kind): :func:`evaluate_staged`."""
+    return evaluate_staged(as_staged(predictor), data, name=name, knob=knob, **options)

@@ -1,8 +1,9 @@
 """Where models run: one rule for turning ``"auto" | "cpu" | "cuda" | "cuda:1" | "mps"`` into a device,
 and one clock that waits for the device before it reads the time.
 
-Every latency summon reports goes through :func:`clock`, so GPU kernels still queued when a timer stops
-are charged to the right piece, and every report names :func:`device_name` of the device it measured on.
+Every latency summon reports is timed by the one timing loop (:func:`summon.measure.timing.time_call`), which reads
+:func:`clock`, so GPU kernels still queued when a timer stops are charged to the right piece, and every report
+names :func:`device_name` of the device it measured on.
 """
 
 from __future__ import annotations

@@ -176,8 +176,3 @@ def _swap_linears(module: nn.Module) -> int:
 def dynamic_linears(model: nn.Module) -> int:
     """How many dynamic int8 linear layers ``model`` holds (0 for an fp32 model)."""
     return sum(isinstance(m, nnqd.Linear) for m in model.modules())
-
-
-def float_linears(model: nn.Module) -> int:
-    """How many ``nn.Linear`` layers (the kind :func:`quantize_model` replaces) ``model`` holds."""
-    return sum(type(m) is nn.Linear for m in model.modules())

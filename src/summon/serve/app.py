@@ -516,25 +516,22 @@ def _json_knob(knob: Any) -> dict[str, Any] | None:
 
 
 class FullModel:
-    """A staged predictor as the logits protocol sees it: its full model (every row through every stage)."""
+    """Any predictor as the logits protocol sees it: its reference model, every row through every stage
+    (:meth:`~summon.adaptive.staged.StagedBase.reference_logits`: a plain model's raw logits, a defer column
+    included, so it can be a remote cascade stage)."""
 
-    def __init__(self, staged: StagedBase):
-        self.staged, self.task, self.labels = staged, staged.task, list(staged.labels)
-        self.manifest: dict[str, Any] = {}
+    def __init__(self, predictor: StagedBase):
+        self.predictor, self.task, self.labels = predictor, predictor.task, list(predictor.labels)
+        self.manifest: dict[str, Any] = predictor.manifest
 
     def logits(self, examples: Sequence[dict[str, Any]], raw: bool = True) -> list[Any]:
-        return list(self.staged.run_full(self.staged.inputs(list(examples))))
+        return self.predictor.reference_logits(list(examples))
 
 
-def _add_model_logits(app: Any, name: str, predictor: Any, max_rows: int) -> None:
-    flops = None
-    if isinstance(predictor, StagedBase):
-        calibration = predictor.calibration
-        flops = 0.0 if calibration is None else float(calibration.costs.flops_full)
-        predictor = FullModel(predictor)
-    elif not callable(getattr(predictor, "logits", None)):
-        return  # not a summon predictor: no raw logits to serve
-    add_logits_routes(app, predictor, prefix=f"/models/{name}", name=name, flops_per_example=flops,
+def _add_model_logits(app: Any, name: str, predictor: StagedBase, max_rows: int) -> None:
+    calibration = predictor.calibration
+    flops = None if calibration is None else float(calibration.costs.flops_full)
+    add_logits_routes(app, FullModel(predictor), prefix=f"/models/{name}", name=name, flops_per_example=flops,
                       max_rows=max_rows)
 
 

@@ -17,6 +17,8 @@ cost can only fall):
 The lowest rung (``-inf``: every row stops at the first stage) always meets a feasible budget, so the loop
 settles. The controller also compares the window's stage histogram with the calibration's at the calibrated
 point (total variation distance, ``stage_drift``): how far the traffic has moved from the calibration data.
+
+A model's controllers, one per budget knob served (at most ``max_controllers``), are kept in :class:`Controllers`.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from __future__ import annotations
 import math
 import threading
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -134,3 +136,28 @@ class BudgetController:
         seen = seen[: len(self._expected)] / max(1.0, seen.sum())
         return float(0.5 * np.abs(seen - self._expected).sum())
 
+
+
+class Controllers:
+    """One model's budget controllers: one per budget knob, at most ``limit`` (more distinct budgets run
+    uncontrolled); thread-safe."""
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self._controllers: dict[Hashable, BudgetController] = {}
+        self._lock = threading.Lock()
+
+    def get(self, key: Hashable) -> BudgetController | None:
+        with self._lock:
+            return self._controllers.get(key)
+
+    def add(self, key: Hashable, make: Callable[[], BudgetController]) -> None:
+        """A controller for ``key`` made by ``make()``, unless it has one or the limit is reached."""
+        with self._lock:
+            if key not in self._controllers and len(self._controllers) < self.limit:
+                self._controllers[key] = make()
+
+    def states(self) -> list[ControlState]:
+        with self._lock:
+            controllers = list(self._controllers.values())
+        return [c.state() for c in controllers]

@@ -62,7 +62,6 @@ import os
 import re
 import signal
 import threading
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -72,9 +71,10 @@ import numpy as np
 import yaml
 
 from summon.adaptive.cascade import load_cascade, load_stage
+from summon.adaptive.kinds import load as load_kind
 from summon.adaptive.kinds import staged_kind
+from summon.adaptive.remote import RemoteStage
 from summon.adaptive.stages import StageUnavailable
-from summon.hf import load_plain
 from summon.models.hf import HF_PREFIX
 from summon.registry import suggest
 from summon.saved import read_json_manifest
@@ -351,7 +351,7 @@ def teacher_apart(path: str) -> bool:
     """Whether ``path`` is a cascade whose last stage is local (so it can run in a deployment of its own)."""
     manifest = read_json_manifest(Path(path)) if Path(path).is_dir() else None
     kind = staged_kind(manifest)
-    if kind is None or kind.name != "cascade":
+    if getattr(kind, "name", None) != "cascade":
         return False
     stages = manifest.get("stages")
     return isinstance(stages, list) and bool(stages) and isinstance(stages[-1], dict) \
@@ -361,11 +361,10 @@ def teacher_apart(path: str) -> bool:
 def load_model(path: str, *, device: str, teacher: Any = None, name: str = "model", timeout: float = 10.0) -> Any:
     """The predictor at ``path`` (as ``summon.load``); with ``teacher`` (a DeploymentHandle), a cascade whose last
     stage is a :class:`HandleStage` calling it (that stage's weights are not loaded here)."""
-    directory = Path(path)
-    manifest = read_json_manifest(directory) if directory.is_dir() else None
-    kind = staged_kind(manifest)
     if teacher is None:
-        return load_plain(path, device=device) if kind is None else kind.load(directory, manifest, device=device)
+        return load_kind(path, device=device)
+    directory = Path(path)
+    manifest = read_json_manifest(directory)
     stage = HandleStage(teacher, name=manifest["stages"][-1].get("name") or "teacher", labels=list(manifest["labels"]),
                         deployment=str(getattr(teacher, "deployment_name", f"teacher of {name}")), timeout=timeout)
     cascade = load_cascade(directory, manifest, device=device, stages={-1: stage})
@@ -474,16 +473,7 @@ class HandleStage:
         self.defer_output = rows.shape[1] == k + 1
         return rows
 
-    def measure_ms(self, examples: Sequence[dict[str, Any]]) -> float | None:
-        """Milliseconds per example of one call over ``examples`` (None if the teacher does not answer)."""
-        if not examples:
-            return None
-        started = time.perf_counter()
-        try:
-            self.logits(examples)
-        except StageUnavailable:
-            return None
-        return (time.perf_counter() - started) * 1000.0 / len(examples)
+    measure = RemoteStage.measure  # one stage method: the server's FLOPs, and timed round trips (here: calls)
 
 
 # --- running it, and its config file ------------------------------------------------------------------------

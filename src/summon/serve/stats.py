@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import bisect
 import copy
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 REASONS = ("queue_full", "deadline", "infeasible_knob", "too_large", "draining")  # why a request was refused
@@ -54,7 +55,7 @@ class Histogram:
 class ModelStats:
     """Counters, gauges and histograms of one served model (see the module docstring)."""
 
-    requests: int = 0  # accepted into the queue
+    requests: int = 0  # accepted into the queue (the queue counts them; read at snapshot time, like the gauges)
     answered: int = 0  # requests answered
     failed: int = 0  # accepted requests that ended in an error (drained, deadline passed in the queue, model error)
     rejections: dict[str, int] = field(default_factory=lambda: dict.fromkeys(REASONS, 0))
@@ -78,6 +79,23 @@ class ModelStats:
         if reason not in self.rejections:
             raise ValueError(f"unknown rejection reason {reason!r}; use one of {', '.join(REASONS)}")
         self.rejections[reason] += 1
+
+    def count_batch(self, rows: int, tokens: int, seconds: float) -> None:
+        """A batch of ``rows`` rows and ``tokens`` tokens that took ``seconds`` in the model."""
+        self.batches += 1
+        self.batch_rows.observe(rows)
+        self.batch_tokens.observe(tokens)
+        self.inference_seconds.observe(seconds)
+
+    def count_answer(self, costs: Sequence[float | None], waited_seconds: float, degraded: bool) -> None:
+        """A request answered: its rows' realised costs (None: not measured), its time in the queue."""
+        self.answered += 1
+        self.rows += len(costs)
+        self.degraded_requests += degraded
+        self.queue_wait_seconds.observe(waited_seconds)
+        for cost in costs:
+            if cost is not None:
+                self.cost.observe(cost)
 
     def count_exits(self, stages: list[int], num_stages: int) -> None:
         if len(self.exits) < num_stages:

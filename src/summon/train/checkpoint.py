@@ -238,6 +238,71 @@ class Tracked:
     data: dict[str, Any] | None = None  # data_fingerprint() of the training split
 
 
+class CheckedFiles:
+    """Reads a checkpoint folder's manifest and files, each file checked once per process against the size and
+    sha256 its manifest recorded (a file that is not the one written is refused with a message naming it)."""
+
+    def __init__(self) -> None:
+        self._checked: set[Path] = set()  # files whose checksum was verified in this process
+
+    def forget(self) -> None:
+        """Check every file again (a new checkpoint was written)."""
+        self._checked.clear()
+
+    def manifest(self, path: Path) -> dict[str, Any]:
+        file = path / MANIFEST
+        if not file.is_file():
+            old = sorted(p.name for p in path.iterdir() if p.suffix in OLD_SUFFIXES)
+            if old:
+                raise ValueError(f"{path} was written by an older summon (pickled state: {', '.join(old)}); summon "
+                                 "no longer loads pickles, since loading one can run any code. Delete "
+                                 f"{path} to start this run over, or use a new output_dir.")
+            raise ValueError(f"{path} is not a complete checkpoint: {MANIFEST} is missing.{_start_over(path)}")
+        manifest = _parse_json(file)
+        if not _manifest_ok(manifest):
+            raise ValueError(f"checkpoint file {file} is not a {FORMAT} manifest.{_start_over(path)}")
+        if manifest["format_version"] > FORMAT_VERSION:
+            raise ValueError(f"{path} was written by a newer summon (checkpoint format {manifest['format_version']}, "
+                             f"this one reads {FORMAT_VERSION}): upgrade summon to resume it.")
+        return manifest
+
+    def verified(self, path: Path, manifest: dict[str, Any], name: str) -> Path:
+        """``path/name`` after checking it is the file that was written (size and sha256 in the manifest)."""
+        file = path / name
+        if file in self._checked:
+            return file
+        entry = manifest["files"].get(name)
+        if entry is None or not file.is_file():
+            raise ValueError(f"checkpoint file {file} is missing.{_start_over(path)}")
+        size = file.stat().st_size
+        if size != entry["bytes"]:
+            raise ValueError(f"checkpoint file {file} has {size} bytes where {entry['bytes']} were written: it was "
+                             f"truncated or changed.{_start_over(path)}")
+        if sha256(file) != entry["sha256"]:
+            raise ValueError(f"checkpoint file {file} changed after it was written (its sha256 differs from "
+                             f"{MANIFEST}'s).{_start_over(path)}")
+        self._checked.add(file)
+        return file
+
+    def json(self, path: Path, manifest: dict[str, Any], name: str) -> Any:
+        return _parse_json(self.verified(path, manifest, name))
+
+    def part(self, path: Path, manifest: dict[str, Any], name: str) -> Any:
+        """What :func:`write_part` wrote as ``name``."""
+        structure = self.json(path, manifest, f"{name}.json")
+        tensors = {}
+        if f"{name}.safetensors" in manifest["files"]:
+            file = self.verified(path, manifest, f"{name}.safetensors")
+            try:
+                tensors = load_file(str(file))
+            except (SafetensorError, OSError, ValueError) as exc:
+                raise ValueError(f"checkpoint file {file} is not a readable safetensors file ({exc}).") from exc
+        try:
+            return unpack(structure, tensors)
+        except (ValueError, TypeError, KeyError) as exc:
+            raise ValueError(f"checkpoint file {path / (name + '.json')} is malformed: {exc}.") from exc
+
+
 class Checkpointer:
     """Saves to ``<dir>`` via ``<dir>.staging``; falls back to ``<dir>.previous`` if a swap was interrupted.
 
@@ -253,7 +318,7 @@ class Checkpointer:
         self.staging = self.directory.with_name(self.directory.name + ".staging")
         self.previous = self.directory.with_name(self.directory.name + ".previous")
         self.tracked = Tracked()
-        self._checked: set[Path] = set()  # files whose checksum was verified in this process
+        self.files = CheckedFiles()
 
     def track(self, model: Any, optimizer: Any, scheduler: Any, state: TrainerState, *,
               data: dict[str, Any] | None) -> None:
@@ -319,12 +384,12 @@ class Checkpointer:
     def check_config(self) -> Path | None:
         """The latest complete checkpoint, after refusing an old (pickled) format or another configuration;
         None when there is none. Cheap: call it before building anything."""
-        self._checked.clear()
+        self.files.forget()
         path = self.latest()
         if path is None:
             return None
-        manifest = self._manifest(path)
-        saved = self._json(path, manifest, CONFIG_FILE)
+        manifest = self.files.manifest(path)
+        saved = self.files.json(path, manifest, CONFIG_FILE)
         if not isinstance(saved, dict):
             raise ValueError(f"checkpoint file {path / CONFIG_FILE} is malformed: not a mapping.{_start_over(path)}")
         now = json.loads(json.dumps(self.config, default=str))
@@ -334,64 +399,11 @@ class Checkpointer:
                              f"({'; '.join(changed[:6])}). Use a new output_dir, or delete that folder to start over.")
         return path
 
-    def _manifest(self, path: Path) -> dict[str, Any]:
-        file = path / MANIFEST
-        if not file.is_file():
-            old = sorted(p.name for p in path.iterdir() if p.suffix in OLD_SUFFIXES)
-            if old:
-                raise ValueError(f"{path} was written by an older summon (pickled state: {', '.join(old)}); summon "
-                                 "no longer loads pickles, since loading one can run any code. Delete "
-                                 f"{path} to start this run over, or use a new output_dir.")
-            raise ValueError(f"{path} is not a complete checkpoint: {MANIFEST} is missing.{_start_over(path)}")
-        manifest = _parse_json(file)
-        if not _manifest_ok(manifest):
-            raise ValueError(f"checkpoint file {file} is not a {FORMAT} manifest.{_start_over(path)}")
-        if manifest["format_version"] > FORMAT_VERSION:
-            raise ValueError(f"{path} was written by a newer summon (checkpoint format {manifest['format_version']}, "
-                             f"this one reads {FORMAT_VERSION}): upgrade summon to resume it.")
-        return manifest
-
-    def _verified(self, path: Path, manifest: dict[str, Any], name: str) -> Path:
-        """``path/name`` after checking it is the file that was written (size and sha256 in the manifest)."""
-        file = path / name
-        if file in self._checked:
-            return file
-        entry = manifest["files"].get(name)
-        if entry is None or not file.is_file():
-            raise ValueError(f"checkpoint file {file} is missing.{_start_over(path)}")
-        size = file.stat().st_size
-        if size != entry["bytes"]:
-            raise ValueError(f"checkpoint file {file} has {size} bytes where {entry['bytes']} were written: it was "
-                             f"truncated or changed.{_start_over(path)}")
-        if sha256(file) != entry["sha256"]:
-            raise ValueError(f"checkpoint file {file} changed after it was written (its sha256 differs from "
-                             f"{MANIFEST}'s).{_start_over(path)}")
-        self._checked.add(file)
-        return file
-
-    def _json(self, path: Path, manifest: dict[str, Any], name: str) -> Any:
-        return _parse_json(self._verified(path, manifest, name))
-
-    def _part(self, path: Path, manifest: dict[str, Any], name: str) -> Any:
-        """What :func:`write_part` wrote as ``name``."""
-        structure = self._json(path, manifest, f"{name}.json")
-        tensors = {}
-        if f"{name}.safetensors" in manifest["files"]:
-            file = self._verified(path, manifest, f"{name}.safetensors")
-            try:
-                tensors = load_file(str(file))
-            except (SafetensorError, OSError, ValueError) as exc:
-                raise ValueError(f"checkpoint file {file} is not a readable safetensors file ({exc}).") from exc
-        try:
-            return unpack(structure, tensors)
-        except (ValueError, TypeError, KeyError) as exc:
-            raise ValueError(f"checkpoint file {path / (name + '.json')} is malformed: {exc}.") from exc
-
     def _check_data(self, path: Path, manifest: dict[str, Any]) -> None:
         now = self.tracked.data
         if now is None:
             return
-        saved = self._json(path, manifest, DATA_FILE)
+        saved = self.files.json(path, manifest, DATA_FILE)
         if not isinstance(saved, dict) or saved.get("sha256") != now["sha256"]:
             raise ValueError(data_changed(path, saved if isinstance(saved, dict) else {}, now))
 
@@ -406,11 +418,11 @@ class Checkpointer:
         path = self.check_config()
         if path is None:
             return False
-        manifest = self._manifest(path)
+        manifest = self.files.manifest(path)
         own_rng = f"rng_{getattr(accelerator, 'process_index', 0)}."
         for name in manifest["files"]:
             if not name.startswith("rng_") or name.startswith(own_rng):
-                self._verified(path, manifest, name)
+                self.files.verified(path, manifest, name)
         self._check_data(path, manifest)
         self._restore(path, manifest, accelerator)
         logger.info("resumed from %s", path)
@@ -423,8 +435,8 @@ class Checkpointer:
         for name, target in (("optimizer", tracked.optimizer), ("scheduler", tracked.scheduler),
                              ("scaler", getattr(accelerator, "scaler", None))):
             if target is not None:
-                _load_state(target, self._part(path, manifest, name), path / f"{name}.json")
-        trainer = self._part(path, manifest, "trainer")
+                _load_state(target, self.files.part(path, manifest, name), path / f"{name}.json")
+        trainer = self.files.part(path, manifest, "trainer")
         if not isinstance(trainer, dict):
             raise ValueError(f"checkpoint file {path / 'trainer.json'} is malformed: not a mapping.")
         if tracked.state is not None:
@@ -434,7 +446,7 @@ class Checkpointer:
         self._load_rng(path, manifest, getattr(accelerator, "process_index", 0))
 
     def _load_model(self, path: Path, manifest: dict[str, Any], model: torch.nn.Module) -> None:
-        file = self._verified(path, manifest, MODEL_FILE)
+        file = self.files.verified(path, manifest, MODEL_FILE)
         try:
             load_model(model, str(file), strict=True)
         except (SafetensorError, OSError, RuntimeError, ValueError) as exc:
@@ -446,7 +458,7 @@ class Checkpointer:
             logger.warning("%s holds no RNG state for process %d (written by fewer processes): resuming with this "
                            "run's seeds, so it will not repeat an uninterrupted run bit for bit", path, process)
             return
-        state = self._part(path, manifest, name)
+        state = self.files.part(path, manifest, name)
         try:
             set_rng_state(state)
         except (TypeError, ValueError, KeyError, RuntimeError) as exc:
