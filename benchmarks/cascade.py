@@ -17,7 +17,7 @@ head): the early exit and the cascade meet, and it runs on the same executor.
 Cascades defer on the calibrated max probability (all students), the learned defer output (easy_defer),
 a learned gate, or the learned score (``learned``). Thresholds are chosen on one random half of the evaluation
 split (30% of it fits the temperatures, gates and learned scores, 70% tabulates thresholds) and reported on the
-other half; means over halvings (``summon.evaluate.protocol``).
+other half; means over halvings (``summon.evaluation.protocol``).
 
 Usage (from the repository root, after the foundation / early-exit benchmarks trained the teachers):
     python benchmarks/cascade.py --dataset sst2 --train-limit 20000
@@ -38,17 +38,17 @@ from _common import REPO, provenance, repo_relative, run_paths, setup_logging, t
 from summon import load
 from summon.adaptive.calibration import CalibrationSpec, fit_calibration
 from summon.adaptive.cascade import CascadePredictor
+from summon.adaptive.cascade_stages import LocalStage
 from summon.adaptive.scoring import score_all
 from summon.adaptive.staged import row_lengths
-from summon.adaptive.stages import LocalStage
 from summon.adaptive.thresholds import sweep
-from summon.evaluate import protocol
-from summon.evaluate.adaptive import _figure, _interleaved_medians, envelope, measure_speedup
-from summon.evaluate.protocol import mean, share_within
-from summon.evaluate.runner import load_for
-from summon.recipe import load_run_config
-from summon.saved import read_manifest
-from summon.train.loop import train
+from summon.evaluation import protocol
+from summon.evaluation.adaptive import _figure, _interleaved_medians, envelope, measure_speedup
+from summon.evaluation.protocol import mean, share_within
+from summon.evaluation.runner import load_for
+from summon.predictors.saved import read_manifest
+from summon.training.loop import train
+from summon.training.recipe import load_run_config
 
 BUDGETS = (0.1, 0.2, 0.3)  # cascade cost as a fraction of the teacher's
 EQUAL_COST = 0.3

@@ -13,7 +13,7 @@ Speed-ups are measured from the texts (tokenisation included) and from featurize
 
 Thresholds are always chosen on data disjoint from the data reported. The evaluation split (SST-2 dev,
 or AG News test descriptions) is halved at random many times: one half calibrates (30% of it fits the
-per-exit temperatures, 70% tabulates thresholds), the other half is reported (``summon.evaluate.protocol``).
+per-exit temperatures, 70% tabulates thresholds), the other half is reported (``summon.evaluation.protocol``).
 Numbers are means over halvings. The guarantee (Learn-then-Test, epsilon = 1 point, delta = 0.1) is checked
 over 200 splits.
 "Within 1 point" is against each schedule's own last exit; ``vs_teacher`` also gives, per schedule, the cost
@@ -43,13 +43,13 @@ from summon.adaptive.scoring import score_all
 from summon.adaptive.staged import row_lengths
 from summon.adaptive.thresholds import ThresholdTable, sweep
 from summon.data.spec import TaskData
-from summon.evaluate import protocol
-from summon.evaluate.adaptive import curves, evaluate_adaptive, measure_speedup
-from summon.evaluate.protocol import mean, share_within, spread
-from summon.evaluate.runner import load_for
-from summon.recipe import load_run_config
-from summon.saved import read_manifest
-from summon.train.loop import train
+from summon.evaluation import protocol
+from summon.evaluation.adaptive import curves, evaluate_adaptive, measure_speedup
+from summon.evaluation.protocol import mean, share_within, spread
+from summon.evaluation.runner import load_for
+from summon.predictors.saved import read_manifest
+from summon.training.loop import train
+from summon.training.recipe import load_run_config
 
 EPSILON, DELTA = 0.01, 0.1
 SCHEDULES = ("joint", "distill", "two_stage", "distill_teacher", "consistency", "embedding")

@@ -40,10 +40,10 @@ from summon import load
 from summon.adaptive.calibration import CalibrationSpec, fit_token_calibration
 from summon.adaptive.scoring import TokenReadout, token_view
 from summon.adaptive.thresholds import candidate_thresholds, exit_stage
-from summon.evaluate.runner import load_for
+from summon.evaluation.runner import load_for
 from summon.measure.metrics import span_f1
-from summon.recipe import load_run_config
-from summon.train.loop import train
+from summon.training.loop import train
+from summon.training.recipe import load_run_config
 
 RECIPE = "conll2003_ner_early_exit"
 POLICIES = ("max_prob/min", "max_prob/mean", "max_prob/path", "margin/min", "entropy/min")

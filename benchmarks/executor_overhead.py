@@ -39,9 +39,9 @@ from summon import load
 from summon.adaptive.calibration import CalibrationSpec
 from summon.adaptive.early_exit import ExitRunner
 from summon.data.spec import TaskData
-from summon.evaluate.adaptive import _interleaved_medians, measure_speedup
-from summon.evaluate.runner import load_for
-from summon.recipe import load_run_config
+from summon.evaluation.adaptive import _interleaved_medians, measure_speedup
+from summon.evaluation.runner import load_for
+from summon.training.recipe import load_run_config
 
 WORK = REPO / "benchmarks" / "work"
 

@@ -2,7 +2,7 @@
 
 Students: (a) the teacher's first two layers, (b) a bag of word uni+bi-grams. Each is trained twice from
 the same initialisation: with KD on cached teacher logits, and on gold labels alone. Every run goes
-through the shipped recipes and ``summon.train.loop.train``, exactly like ``summon train``.
+through the shipped recipes and ``summon.training.loop.train``, exactly like ``summon train``.
 
 Usage (from the repository root):
     python benchmarks/foundation_sst2.py --data-dir ../shared/data
@@ -21,10 +21,10 @@ from _common import REPO, provenance, setup_logging, write_result
 
 from summon import load
 from summon.data.loading import load_split
-from summon.recipe import load_run_config
-from summon.saved import read_manifest
-from summon.train.loop import train
-from summon.train.teacher_cache import teacher_logits
+from summon.predictors.saved import read_manifest
+from summon.training.loop import train
+from summon.training.recipe import load_run_config
+from summon.training.teacher_cache import teacher_logits
 
 STUDENTS = {"truncated_2_layers": "sst2_kd_truncated", "bag_of_ngrams": "sst2_kd_ngram"}
 

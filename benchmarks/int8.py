@@ -27,7 +27,7 @@ from _common import provenance, repo_relative, run_paths, setup_logging, write_r
 
 import summon
 from summon.data.spec import TaskData
-from summon.saved import read_manifest
+from summon.predictors.saved import read_manifest
 
 
 def parse_args() -> argparse.Namespace:

@@ -44,11 +44,11 @@ from _common import provenance, repo_relative, run_paths, setup_logging, write_r
 from summon.data.loading import load_split
 from summon.data.spec import DatasetSpec
 from summon.models.build import ModelConfig
-from summon.predictor import load_predictor
-from summon.recipe import load_run_config
-from summon.train.config import RunConfig
-from summon.train.loop import train
-from summon.train.teacher_cache import teacher_logits
+from summon.predictors.predictor import load_predictor
+from summon.training.config import RunConfig
+from summon.training.loop import train
+from summon.training.recipe import load_run_config
+from summon.training.teacher_cache import teacher_logits
 
 WEIGHTINGS = ("uniform", "confidence", "reinforced")
 TEACHERS = ("minilm6", "mpnet_frozen", "minilm3", "ngram")

@@ -12,7 +12,7 @@ Compared at every prefix k of the B-DISTIL ensemble (the paper's Figure 2, cost 
                           half for a budget equal to the prefix's cost, accuracy and cost read on the report half.
 
 Each evaluation row set is halved at random ``--halvings`` times; calibration-half choices are reported on the
-other half, and every accuracy is the mean over the report halves (``summon.evaluate.protocol``). Costs:
+other half, and every accuracy is the mean over the report halves (``summon.evaluation.protocol``). Costs:
 FLOPs counted by torch over the teacher's; milliseconds per example at batch 32 with featurization included,
 for the ensemble's prefixes and the teacher alike. Training resumes if interrupted (the runs live in
 benchmarks/work/progressive_<dataset>).
@@ -45,18 +45,18 @@ from summon.adaptive.calibration import CalibrationSpec, fit_calibration
 from summon.adaptive.scoring import score_all
 from summon.adaptive.thresholds import sweep
 from summon.data.loading import load_split
-from summon.evaluate import protocol
-from summon.evaluate.protocol import mean
-from summon.inference import softmax
+from summon.evaluation import protocol
+from summon.evaluation.protocol import mean
 from summon.measure.device import device_of
+from summon.measure.metrics import softmax
 from summon.measure.profile import ModelRunner
 from summon.measure.stage_costs import measure_costs
 from summon.methods.kd import KDConfig
 from summon.models.build import ModelConfig
-from summon.predictor import load_predictor
-from summon.recipe import load_run_config
-from summon.train.config import RunConfig
-from summon.train.loop import train
+from summon.predictors.predictor import load_predictor
+from summon.training.config import RunConfig
+from summon.training.loop import train
+from summon.training.recipe import load_run_config
 
 METHODS = ("bdistil", "bdistil_no_composition", "resched", "no_resched", "early_exit")
 TEACHER_LAYERS = 6

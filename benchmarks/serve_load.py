@@ -128,7 +128,7 @@ def sst2_halves(data_dir: str, seed: int):
     protocol's first halving for ``seed``."""
     from summon.data.loading import load_split
     from summon.data.spec import DatasetSpec, TaskData
-    from summon.evaluate.protocol import first_halving
+    from summon.evaluation.protocol import first_halving
 
     dev = load_split(DatasetSpec(name="sst2", split="dev"), data_dir=data_dir)
     n = len(dev.examples)
@@ -225,7 +225,7 @@ def train_missing(args: argparse.Namespace, need: tuple[str, ...] = ("teacher", 
     runs this benchmark alone. Finished runs are only loaded; interrupted ones resume."""
     import progressive
 
-    from summon.recipe import load_run_config
+    from summon.training.recipe import load_run_config
 
     work = WORK / "progressive_sst2"
     wanted = {"teacher": args.teacher, "early_exit": args.early_exit, "kd_ngram": args.student}
@@ -247,7 +247,7 @@ def train_missing(args: argparse.Namespace, need: tuple[str, ...] = ("teacher", 
 def smoke_models(root: Path) -> tuple[str, str, str]:
     """Tiny untrained models (as tests/test_staged_contract.py builds them): teacher, early exit, student."""
     from summon.models import ModelConfig, build_model
-    from summon.predictor import Predictor
+    from summon.predictors.predictor import Predictor
 
     def save(cfg: ModelConfig, name: str) -> str:
         if not (root / name / "manifest.json").is_file():

@@ -55,13 +55,13 @@ import numpy as np
 from _common import REPO, provenance, run_paths, setup_logging, write_result
 
 from summon import load
-from summon.config import load_yaml
-from summon.evaluate.runner import load_for
-from summon.inference import predict_logits
+from summon.core.config import load_yaml
+from summon.evaluation.runner import load_for
 from summon.measure.task import score
-from summon.recipe import load_run_config
-from summon.saved import read_manifest
-from summon.train.loop import train
+from summon.models.inference import predict_logits
+from summon.predictors.saved import read_manifest
+from summon.training.loop import train
+from summon.training.recipe import load_run_config
 
 METHODS = ("substructure", "substructure_emissions_only", "marginal_kl", "topk", "gold_only")
 PARTS = ("teacher_forward", "student_forward", "kd", "gold_nll", "backward")

@@ -33,11 +33,11 @@ from summon.adaptive.calibration import (
     fit_temperature,
     split_rows,
 )
+from summon.adaptive.cascade_stages import StageUnavailable
 from summon.adaptive.early_exit import EarlyExitPredictor, ExitRunner
 from summon.adaptive.executor import Execution, collect_stage_logits, execute, row_thresholds
 from summon.adaptive.policies import POLICIES, entropy, margin, max_prob, patience
 from summon.adaptive.scoring import Readout
-from summon.adaptive.stages import StageUnavailable
 from summon.adaptive.thresholds import (
     OperatingPoint,
     ThresholdTable,
@@ -49,7 +49,7 @@ from summon.adaptive.thresholds import (
 from summon.data.features import collate
 from summon.data.loading import load_split
 from summon.data.spec import DatasetSpec, TaskData
-from summon.evaluate.adaptive import (
+from summon.evaluation.adaptive import (
     area_between,
     cost_at_accuracy,
     envelope,
@@ -63,8 +63,8 @@ from summon.methods.early_exit import EarlyExitConfig, exit_losses, step
 from summon.models import EncoderClassifier, ModelConfig, build_model
 from summon.models.build import Source
 from summon.models.exits import MultiExitClassifier, resolve_exits
-from summon.saved import read_manifest
-from summon.train.loop import train
+from summon.predictors.saved import read_manifest
+from summon.training.loop import train
 
 INF = float("inf")
 PNG = b"\x89PNG\r\n\x1a\n"

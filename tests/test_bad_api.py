@@ -18,8 +18,8 @@ import summon
 import summon.data.features as features
 from summon.data.spec import TaskData
 from summon.models import ModelConfig, build_model
-from summon.predictor import Predictor
-from summon.saved import MANIFEST
+from summon.predictors.predictor import Predictor
+from summon.predictors.saved import MANIFEST
 
 LABELS = ["neg", "pos"]
 WORDS = "good bad great awful fine dull fun boring nice poor film plot story".split()

@@ -18,7 +18,7 @@ import pytest
 import summon
 from summon.adaptive.cascade import CascadePredictor, build_cascade
 from summon.models import ModelConfig, build_model
-from summon.predictor import MANIFEST, WEIGHTS, Predictor, load_predictor
+from summon.predictors.predictor import MANIFEST, WEIGHTS, Predictor, load_predictor
 
 LABELS = ["neg", "pos"]
 TEXTS = ["a good film", "bad plot , dull acting", "fine", "great fun"]

@@ -17,8 +17,8 @@ import summon.cli.commands as commands
 from summon.adaptive.cascade import build_cascade
 from summon.cli.main import main
 from summon.models import ModelConfig, build_model
-from summon.predictor import Predictor
-from summon.saved import MANIFEST
+from summon.predictors.predictor import Predictor
+from summon.predictors.saved import MANIFEST
 
 LABELS = ["neg", "pos"]
 

@@ -2,7 +2,7 @@
 and an unknown model name fails fast offline (item 7).
 
 Each test is one case and asserts the error class and the key the message names (or the value accepted).
-Recipe values go through :func:`summon.config.from_dict`, which reports a dataclass's own check under each
+Recipe values go through :func:`summon.core.config.from_dict`, which reports a dataclass's own check under each
 key's own path (``train.max_grad_norm: ...``).
 """
 
@@ -19,11 +19,11 @@ import yaml
 from summon.adaptive.calibration import Calibration, DefaultPoint
 from summon.adaptive.knob import Knob, operating_point, threshold_for
 from summon.adaptive.thresholds import OperatingPoint, ThresholdTable
-from summon.config import ConfigError, from_dict
+from summon.core.config import ConfigError, from_dict
 from summon.measure.stage_costs import StageCosts
 from summon.models import pretrained
 from summon.models.pretrained import load_encoder
-from summon.train.config import CostConfig, RunConfig, TrainConfig
+from summon.training.config import CostConfig, RunConfig, TrainConfig
 
 INF = math.inf
 

@@ -18,7 +18,7 @@ import torch
 from safetensors.torch import load_file
 from toy import run_config, sentiment_rows, write_jsonl
 
-from summon.train.loop import MetricsLog, train
+from summon.training.loop import MetricsLog, train
 
 OLD_NAMES = ("optimizer.bin", "scheduler.bin", "sampler.bin", "random_states_0.pkl", "custom_checkpoint_0.pkl")
 SAVE_EVERY, STOP_AT = 4, 6  # the interrupted run dies at step 6, two steps after its checkpoint at step 4

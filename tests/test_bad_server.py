@@ -22,7 +22,7 @@ from conftest import serving
 import summon
 from summon.adaptive.remote import RemoteStage
 from summon.models import ModelConfig, build_model
-from summon.predictor import Predictor
+from summon.predictors.predictor import Predictor
 
 pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")

@@ -32,7 +32,7 @@ def test_structured_kd_benchmark_smoke(tmp_path):
     assert result["epoch_time_ratio_vs_marginal"]["marginal_kl"] == 1.0
     for method in methods:
         parts = result["epoch_seconds_parts"][method]
-        assert set(parts) == {"teacher_forward", "student_forward", "backward"}
+        assert {"teacher_forward", "student_forward", "backward"} <= set(parts)  # and the KD terms timed apart
         assert (parts["teacher_forward"] > 0) == (method != "gold_only")
     assert result["train_subset"] == 16 and result["epochs"] == 1 and result["seed"] == 42 and result["commit"]
 

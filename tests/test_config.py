@@ -1,4 +1,4 @@
-"""Tests for summon.config: dataclass <-> dict <-> YAML with whole-tree validation, tagged unions and fields
+"""Tests for summon.core.config: dataclass <-> dict <-> YAML with whole-tree validation, tagged unions and fields
 typed by a sibling; and the typed run config built on them (model kinds, method_args, dry run, resume)."""
 
 from __future__ import annotations
@@ -12,9 +12,8 @@ from typing import Annotated, Any, Literal, Optional
 
 import pytest
 
-from summon import recipe
 from summon.cli.main import main as cli_main
-from summon.config import (
+from summon.core.config import (
     ConfigError,
     Tagged,
     apply_overrides,
@@ -30,8 +29,9 @@ from summon.methods.early_exit import EarlyExitConfig
 from summon.methods.finetune import FinetuneConfig
 from summon.methods.kd import KDConfig
 from summon.models import ModelConfig, NgramModelConfig, PretrainedModelConfig, TruncatedModelConfig
-from summon.train.checkpoint import Checkpointer, fixed_part, without_unused_model_fields
-from summon.train.config import DataConfig, RunConfig, method_config
+from summon.training import recipe
+from summon.training.checkpoint import Checkpointer, fixed_part, without_unused_model_fields
+from summon.training.config import DataConfig, RunConfig, method_config
 
 
 @dataclass

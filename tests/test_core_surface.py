@@ -36,7 +36,7 @@ def test_the_serving_engine_is_split():
 
 def test_the_benchmarks_hold_no_copy_of_the_held_out_protocol():
     found = sm.benchmark_protocol_copies(REPO)
-    assert found == [], "use summon.evaluate.protocol instead:\n" + _listed(found)
+    assert found == [], "use summon.evaluation.protocol instead:\n" + _listed(found)
 
 
 def test_one_timing_loop():

@@ -14,10 +14,10 @@ from torch import nn
 
 import summon
 from summon.adaptive.cascade import CascadePredictor
+from summon.adaptive.cascade_stages import LocalStage
 from summon.adaptive.early_exit import EarlyExitPredictor
 from summon.adaptive.kinds import KINDS
 from summon.adaptive.remote import RemoteStage
-from summon.adaptive.stages import LocalStage
 from summon.data.features import collate
 from summon.measure.cost import FlopMeter
 from summon.measure.stage_costs import MS_INCLUDES, StageCosts, StageMeasurement, measure_costs

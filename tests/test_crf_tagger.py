@@ -14,7 +14,7 @@ import torch
 from toy import run_config, tagging_files
 
 import summon
-from summon.config import ConfigError, from_dict
+from summon.core.config import ConfigError, from_dict
 from summon.data.features import collate
 from summon.losses.structured import marginal_kl, substructure_mse, topk_nll
 from summon.methods import METHODS
@@ -23,9 +23,9 @@ from summon.models import ModelConfig, build_model
 from summon.models import crf as crf_fn
 from summon.models.build import Source
 from summon.models.tiny import tiny_tokenizer
-from summon.predictor import Predictor
-from summon.saved import read_manifest
-from summon.train.loop import train
+from summon.predictors.predictor import Predictor
+from summon.predictors.saved import read_manifest
+from summon.training.loop import train
 
 TAGS = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC"]
 SENTENCES = ["Ada Lovelace met Bob in London .", "the bank in Paris", "Bob", "people of the world , good news"]

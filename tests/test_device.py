@@ -10,7 +10,7 @@ import summon
 from summon.data.spec import TaskData
 from summon.measure.device import clock, device_name, resolve_device
 from summon.models import ModelConfig, build_model
-from summon.predictor import Predictor
+from summon.predictors.predictor import Predictor
 
 CUDA = torch.cuda.is_available()
 

@@ -10,7 +10,7 @@ import pytest
 from torch import nn
 
 from summon.data.features import collate
-from summon.evaluate import (
+from summon.evaluation import (
     accuracy,
     classification_metrics,
     count_parameters,

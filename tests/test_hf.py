@@ -32,15 +32,15 @@ from summon.adaptive.cascade import CascadePredictor
 from summon.cli.export import add_export_parser
 from summon.cli.main import command
 from summon.data.features import collate
-from summon.hf import export_hf, is_hf_model_dir, load_hf_predictor, load_plain
 from summon.models import ModelConfig, build_model
 from summon.models.build import Source
 from summon.models.exits import MultiExitClassifier
 from summon.models.hf import HFTaskModel
 from summon.models.tiny import tiny_tokenizer
-from summon.predictor import Predictor, load_predictor
-from summon.saved import read_manifest, save_predictor
-from summon.train.loop import train
+from summon.predictors.huggingface import export_hf, is_hf_model_dir, load_hf_predictor, load_plain
+from summon.predictors.predictor import Predictor, load_predictor
+from summon.predictors.saved import read_manifest, save_predictor
+from summon.training.loop import train
 
 TEXTS = ["the movie was great fun", "a terrible boring plot and bad acting", "the film", "so very good"]
 WORDS = [["the", "man", "woman", "was", "great"], ["city", "bank"], ["children", "of", "the", "world", "win"]]

@@ -1,8 +1,8 @@
 """The layers import downward only, and no summon import hides inside a function.
 
-data -> models -> losses -> methods -> train -> adaptive -> evaluate -> serve -> cli and the facade, with the
-measurement primitives (metrics, FLOPs, timing, devices) and batched inference just above data, and the saved
-format and base predictor beside the models. ``python tests/test_layers.py`` prints the package-level graph.
+The folders are the layers, lowest first: core -> data -> measure -> models -> predictors -> losses -> methods ->
+training -> adaptive -> evaluation -> serve -> cli and the facade (``summon.api``, ``summon``).
+``python tests/test_layers.py`` prints the package-level graph.
 """
 
 from __future__ import annotations
@@ -17,19 +17,10 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parent.parent / "src" / "summon"
 
-RANKS = {
-    "summon._version": 0, "summon.registry": 0, "summon.config": 0, "summon.text": 0,
-    "summon.data": 1,
-    "summon.inference": 2, "summon.measure": 2,
-    "summon.models": 3, "summon.saved": 3, "summon.predictor": 3, "summon.hf": 3,
-    "summon.losses": 4,
-    "summon.methods": 5,
-    "summon.train": 6, "summon.recipe": 6, "summon.recipe_files": 0,
-    "summon.adaptive": 7,
-    "summon.evaluate": 8,
-    "summon.serve": 9,
-    "summon.api": 10, "summon.cli": 10, "summon": 10,
-}
+LAYERS = ("core", "data", "measure", "models", "predictors", "losses", "methods", "training", "adaptive",
+          "evaluation", "serve")
+RANKS = {f"summon.{name}": rank for rank, name in enumerate(LAYERS)}
+RANKS.update({"summon.api": len(LAYERS), "summon.cli": len(LAYERS), "summon": len(LAYERS)})
 
 
 def module_name(path: Path) -> str:
@@ -60,7 +51,7 @@ def imports(path: Path) -> list[tuple[str, int, bool]]:
             if isinstance(child, ast.Import):
                 found.extend((a.name, child.lineno, in_function) for a in child.names if a.name.split(".")[0] == "summon")
             elif isinstance(child, ast.ImportFrom) and child.level == 0 and (child.module or "").split(".")[0] == "summon":
-                if child.module == "summon":  # from summon import recipe -> summon.recipe
+                if child.module == "summon":  # from summon import api -> summon.api
                     found.extend((f"summon.{a.name}" if f"summon.{a.name}" in RANKS else "summon", child.lineno,
                                   in_function) for a in child.names)
                 else:
@@ -125,6 +116,21 @@ def package_graph() -> dict[str, set[str]]:
     return graph
 
 
+def test_the_folders_are_the_layers():
+    """Every subpackage is a layer, and the only top-level module is the facade: the tree shows the layers."""
+    folders = sorted(p.name for p in PACKAGE.iterdir() if (p / "__init__.py").is_file())
+    assert folders == sorted([*LAYERS, "cli"])
+    assert sorted(p.stem for p in PACKAGE.glob("*.py")) == ["__init__", "api"]
+
+
+def test_the_facade_verbs_are_the_verbs():
+    import summon
+
+    assert callable(summon.evaluate) and callable(summon.train) and callable(summon.load)
+    assert summon.evaluate.__module__ == summon.train.__module__ == "summon.api"
+    assert "calibrate" in dir(summon)
+
+
 if __name__ == "__main__":
     for name, targets in sorted(package_graph().items(), key=lambda kv: RANKS[kv[0]]):
         print(f"{name:18s} -> {', '.join(sorted(targets, key=lambda t: -RANKS[t]))}")
@@ -132,13 +138,3 @@ if __name__ == "__main__":
     for src, target, file, line, nested in bad:
         print(f"VIOLATION {file}:{line} {src} -> {target}{' (inside a function)' if nested else ''}", file=sys.stderr)
     sys.exit(1 if bad else 0)
-
-
-def test_the_facade_verbs_win_over_same_named_subpackages_in_any_import_order():
-    import summon
-    import summon.evaluate.report
-    import summon.train.loop
-
-    assert callable(summon.evaluate) and callable(summon.train) and callable(summon.load)
-    assert summon.evaluate.__module__ == summon.train.__module__ == "summon.api"
-    assert "calibrate" in dir(summon)

@@ -39,7 +39,7 @@ from summon.adaptive.staged import row_lengths
 from summon.adaptive.thresholds import exit_stage
 from summon.cli.main import main
 from summon.measure.stage_costs import StageCosts
-from summon.saved import MANIFEST, read_json_manifest
+from summon.predictors.saved import MANIFEST, read_json_manifest
 
 # --- the logistic fit -----------------------------------------------------------------------------------------
 

@@ -15,8 +15,8 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 from toy import sentiment_files, sentiment_rows
 
-from summon import load, recipe
-from summon.config import ConfigError, from_dict
+from summon import load
+from summon.core.config import ConfigError, from_dict
 from summon.data.features import collate
 from summon.losses import (
     bernoulli_log_prob,
@@ -37,10 +37,11 @@ from summon.methods.multi_teacher_kd import (
     step,
 )
 from summon.models import ModelConfig, build_model
-from summon.predictor import Predictor
-from summon.saved import read_manifest
-from summon.train.config import RunConfig
-from summon.train.loop import MetricsLog, build_optimizer, build_run, train
+from summon.predictors.predictor import Predictor
+from summon.predictors.saved import read_manifest
+from summon.training import recipe
+from summon.training.config import RunConfig
+from summon.training.loop import MetricsLog, build_optimizer, build_run, train
 
 NGRAM = {"kind": "ngram", "num_buckets": 1024, "embed_dim": 16, "dropout": 0.1}
 POLICY = {"weighting": "reinforced", "warmup_steps": 1, "policy_pretrain_steps": 2, "policy_lr": 0.05}

@@ -1,4 +1,4 @@
-"""Tests for saved predictors (summon.predictor): save/load round trips, predictions, spans and load errors.
+"""Tests for saved predictors (summon.predictors.predictor): save/load round trips, predictions, spans and load errors.
 
 Only tiny random encoders and small n-gram models are used.
 """
@@ -19,8 +19,8 @@ import torch
 import summon
 from summon.data.words import entity_spans
 from summon.models import ModelConfig, build_model
-from summon.predictor import MANIFEST, WEIGHTS, Predictor
-from summon.saved import update_manifest
+from summon.predictors.predictor import MANIFEST, WEIGHTS, Predictor
+from summon.predictors.saved import update_manifest
 
 TEXTS = ["the movie was great fun", "bad", "the stock market won a new election this year , really",
          "i love this film", "worst acting ever , so boring and too long", "news"]

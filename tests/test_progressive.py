@@ -20,7 +20,7 @@ from toy import median_threshold, run_config, sentiment_files, sentiment_rows
 
 import summon
 from summon.adaptive.progressive import ProgressivePredictor
-from summon.config import ConfigError, from_dict
+from summon.core.config import ConfigError, from_dict
 from summon.data.loading import load_split
 from summon.data.spec import DatasetSpec
 from summon.losses.boosting import (
@@ -35,9 +35,9 @@ from summon.losses.boosting import (
 from summon.methods.progressive import ROUND_INPUTS, Candidate, ProgressiveConfig, step
 from summon.models import ModelConfig, build_model
 from summon.models.member import ComposedMember, hidden_width, member_batch, member_forward, member_outputs
-from summon.predictor import Predictor, load_predictor
-from summon.train.config import RunConfig
-from summon.train.loop import train
+from summon.predictors.predictor import Predictor, load_predictor
+from summon.training.config import RunConfig
+from summon.training.loop import train
 
 LABELS = ["neg", "pos"]
 CPU = torch.device("cpu")
@@ -402,7 +402,7 @@ def test_progressive_and_candidate_configs_validate():
 @pytest.mark.parametrize(("search", "starts"), [("from_cheapest", [0, 0, 0, 0]), ("from_previous", [0, 1, 1, 2]),
                                                 ("from_round", [0, 1, 2, 2])])
 def test_find_weak_learner_starts_where_search_says(search, starts):
-    from summon.train.progressive import search_start
+    from summon.training.progressive import search_start
 
     pcfg = ProgressiveConfig(candidates=[Candidate(model=ModelConfig(kind="ngram"), name=str(k)) for k in range(3)],
                              search=search)

@@ -1,11 +1,11 @@
-"""The held-out protocol (summon.evaluate.protocol): halvings, their shares, their draws, and the one mean."""
+"""The held-out protocol (summon.evaluation.protocol): halvings, their shares, their draws, and the one mean."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from summon.evaluate.protocol import (
+from summon.evaluation.protocol import (
     TEMPERATURE_SHARE,
     Split,
     first_halving,

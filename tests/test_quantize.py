@@ -22,13 +22,13 @@ from toy import sentiment_rows, write_jsonl
 
 import summon
 from summon.adaptive.cascade import CascadePredictor
+from summon.adaptive.cascade_stages import LocalStage
 from summon.adaptive.kinds import KINDS
 from summon.adaptive.remote import RemoteStage
-from summon.adaptive.stages import LocalStage
 from summon.cli.main import main
 from summon.models import ModelConfig, build_model
 from summon.models.quantize import Quantization, dynamic_linears
-from summon.predictor import MANIFEST, WEIGHTS, Predictor, canonical_inputs, load_predictor
+from summon.predictors.predictor import MANIFEST, WEIGHTS, Predictor, canonical_inputs, load_predictor
 
 
 def plain(root) -> str:
@@ -279,7 +279,7 @@ def test_summon_export_refuses_an_int8_predictor(saved, tmp_path, capsys):
 def test_an_int8_teacher_does_not_reuse_its_fp32_teachers_cached_outputs(tmp_path):
     """The int8 copy keeps its fp32 weights' fingerprint, so the teacher cache must key on the quantization too."""
     from summon.data.spec import TaskData
-    from summon.train.teacher_cache import teacher_logits
+    from summon.training.teacher_cache import teacher_logits
 
     built = build_model(ModelConfig(kind="ngram", num_buckets=512, embed_dim=8, init_seed=5), "classification", 2)
     fp32 = Predictor(built.model, built.featurizer, "classification", ["neg", "pos"],

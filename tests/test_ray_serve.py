@@ -25,8 +25,8 @@ from conftest import find_free_port
 from test_staged_contract import _data, _split_threshold, _texts, cascade, early_exit
 
 import summon
+from summon.adaptive.cascade_stages import StageUnavailable
 from summon.adaptive.knob import Knob
-from summon.adaptive.stages import StageUnavailable
 from summon.cli.main import main
 from summon.serve.ray_app import HandleStage, RayServeOptions, build_app, ray_deployments
 

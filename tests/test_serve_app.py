@@ -37,7 +37,7 @@ from summon.adaptive.plain import PlainPredictor
 from summon.adaptive.remote import RemoteStage
 from summon.cli.main import build_parser, main
 from summon.models import ModelConfig, build_model
-from summon.predictor import Prediction, Predictor
+from summon.predictors.predictor import Prediction, Predictor
 from summon.serve.engine import (
     DeadlineUnmeetable,
     Draining,

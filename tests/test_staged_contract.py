@@ -28,13 +28,13 @@ from summon.adaptive.knob import Knob
 from summon.adaptive.scoring import pad_words
 from summon.adaptive.staged import StagedPredictor
 from summon.data.spec import TaskData
-from summon.evaluate.adaptive import evaluate_adaptive
-from summon.evaluate.runner import evaluate_staged
+from summon.evaluation.adaptive import evaluate_adaptive
+from summon.evaluation.runner import evaluate_staged
 from summon.measure.stage_costs import MS_INCLUDES
 from summon.models import ModelConfig, build_model
 from summon.models.member import hidden_width
-from summon.predictor import Predictor, canonical_inputs
-from summon.saved import read_json_manifest, save_ensemble
+from summon.predictors.predictor import Predictor, canonical_inputs
+from summon.predictors.saved import read_json_manifest, save_ensemble
 from summon.serve.engine import Engine
 
 LABELS = ["neg", "pos"]

@@ -13,9 +13,8 @@ import pytest
 import torch
 from toy import FIXTURE_DATA, run_config, tagging_files
 
-from summon import recipe
 from summon.cli.main import main
-from summon.config import ConfigError, from_dict, to_dict
+from summon.core.config import ConfigError, from_dict, to_dict
 from summon.data.features import collate
 from summon.data.spec import TaskData
 from summon.measure.metrics import span_f1
@@ -23,12 +22,12 @@ from summon.measure.timing import epoch_seconds, time_ratios
 from summon.methods import METHODS
 from summon.methods.structured_kd import StructuredKDConfig, teacher_rows
 from summon.models import ModelConfig, build_model
-from summon.predictor import Predictor
-from summon.saved import read_manifest
-from summon.train import structured_cache
-from summon.train.config import TrainConfig
-from summon.train.loop import build_optimizer, train
-from summon.train.structured_cache import crf_teacher_rows
+from summon.predictors.predictor import Predictor
+from summon.predictors.saved import read_manifest
+from summon.training import recipe, structured_cache
+from summon.training.config import TrainConfig
+from summon.training.loop import build_optimizer, train
+from summon.training.structured_cache import crf_teacher_rows
 
 TAGS = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC"]
 SENTENCES = ["Ada Lovelace met Bob in London .", "the bank in Paris", "Bob", "people of the world , good news",

@@ -32,8 +32,8 @@ from summon.adaptive.thresholds import exit_stage
 from summon.adaptive.token_exit import CUT_LOGIT, TokenExitPredictor, word_logits
 from summon.cli.main import main
 from summon.measure.stage_costs import StageCosts
-from summon.saved import read_manifest
-from summon.train.loop import train
+from summon.predictors.saved import read_manifest
+from summon.training.loop import train
 
 # --- 1. a sentence's score from its words' ------------------------------------------------------------------
 
@@ -290,7 +290,7 @@ def test_cli_calibrate_with_token_reduce_path_saves_it(tagger, tmp_path, capsys)
 def test_token_reduce_on_a_sentence_predictor_is_refused(tmp_path):
     built = summon.models.build_model(summon.models.ModelConfig(kind="random", name="tiny-bert", num_layers=2,
                                                                 exits="all", max_length=16), "classification", 2)
-    summon.predictor.Predictor(built.model, built.featurizer, "classification", ["a", "b"],
+    summon.predictors.predictor.Predictor(built.model, built.featurizer, "classification", ["a", "b"],
                                {"architecture": built.architecture}).save(tmp_path / "m",
                                                                           architecture=built.architecture)
     data = summon.data.spec.TaskData("classification", ["a", "b"], [{"text": f"w{i}", "label": i % 2}

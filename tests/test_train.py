@@ -19,11 +19,11 @@ from safetensors.torch import load_file
 from toy import run_config, sentiment_files, tagging_files
 
 from summon import load
-from summon.config import dump_yaml, to_dict
-from summon.predictor import Predictor
-from summon.saved import read_manifest
-from summon.train.config import method_config
-from summon.train.loop import train
+from summon.core.config import dump_yaml, to_dict
+from summon.predictors.predictor import Predictor
+from summon.predictors.saved import read_manifest
+from summon.training.config import method_config
+from summon.training.loop import train
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -200,7 +200,7 @@ def test_resuming_with_another_configuration_is_refused_clearly(data, tmp_path):
 
 
 def test_settings_added_after_a_run_started_do_not_block_its_resumption(caplog):
-    from summon.train.checkpoint import changed_keys
+    from summon.training.checkpoint import changed_keys
 
     saved = {"model": {"kind": "ngram"}, "train": {"lr": 0.001}}
     now = {"model": {"kind": "ngram", "defer_output": False}, "train": {"lr": 0.001}}

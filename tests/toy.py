@@ -9,8 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
-from summon.config import from_dict
-from summon.train.config import RunConfig
+from summon.core.config import from_dict
+from summon.training.config import RunConfig
 
 FIXTURE_DATA = Path(__file__).resolve().parent / "fixtures" / "data"  # tiny synthetic catalog (fixtures/make_data.py)
 

@@ -15,11 +15,9 @@ plus a measured report of what each setting costs and buys. The facade::
 from __future__ import annotations
 
 import importlib
-import sys
-import types
 from typing import Any
 
-from summon._version import __version__
+from summon.core.version import __version__
 
 __all__ = ["__version__", "calibrate", "cascade", "evaluate", "load", "quantize", "recipes", "train"]
 _FACADE = frozenset(__all__) - {"__version__"}
@@ -36,18 +34,3 @@ def __getattr__(name: str) -> Any:
 
 def __dir__() -> list[str]:
     return sorted({*globals(), *_FACADE})
-
-
-class _Package(types.ModuleType):
-    """The ``summon`` package object. Two facade verbs share their names with subpackages (``summon.train``,
-    ``summon.evaluate``); importing a subpackage would bind its name on the package and hide the verb, so a
-    lazily imported facade would change meaning with import order. Those names stay the verbs: the
-    subpackages are reached through import statements (``from summon.train.loop import ...``) as always."""
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        if name in _FACADE and isinstance(value, types.ModuleType):
-            return
-        super().__setattr__(name, value)
-
-
-sys.modules[__name__].__class__ = _Package

@@ -21,20 +21,20 @@ from typing import Any
 
 import torch
 
-from summon import recipe as _recipe
 from summon.adaptive.calibration import Calibration, CalibrationSpec
 from summon.adaptive.cascade import CascadePredictor, build_cascade
 from summon.adaptive.kinds import as_staged
 from summon.adaptive.kinds import load as load_kind
 from summon.adaptive.knob import Knob
 from summon.data.spec import DatasetSpec, TaskData
-from summon.evaluate.adaptive import evaluate_adaptive
-from summon.evaluate.report import write_report
-from summon.evaluate.runner import evaluate_entry, load_for, spec_for
+from summon.evaluation.adaptive import evaluate_adaptive
+from summon.evaluation.report import write_report
+from summon.evaluation.runner import evaluate_entry, load_for, spec_for
 from summon.models.quantize import Quantization
-from summon.predictor import Predictor
-from summon.saved import safe_name
-from summon.train.loop import train as _train
+from summon.predictors.predictor import Predictor
+from summon.predictors.saved import safe_name
+from summon.training import recipe as _recipe
+from summon.training.loop import train as _train
 
 
 def load(path: str | os.PathLike, *, device: str | torch.device | None = "auto") -> Any:

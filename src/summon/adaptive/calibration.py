@@ -24,11 +24,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from summon.adaptive.cascade_stages import split_defer
 from summon.adaptive.gate import Gate
 from summon.adaptive.learned import TARGETS, LearnedScores, check_features, fit_learned
 from summon.adaptive.policies import TOKEN_REDUCTIONS
 from summon.adaptive.scoring import Readout, TokenReadout, check_scorer, score_all, token_view
-from summon.adaptive.stages import split_defer
 from summon.adaptive.thresholds import OperatingPoint, ThresholdTable
 from summon.measure.metrics import expected_calibration_error
 from summon.measure.stage_costs import StageCosts

@@ -20,7 +20,7 @@ The reference "full model" is the last stage alone: cost fractions are relative 
 measured against its answers.
 
 A saved cascade references its local stages by path and records each one's fingerprint
-(:attr:`~summon.predictor.Predictor.fingerprint`): a stage replaced since (retrained, copied over) is refused on
+(:attr:`~summon.predictors.predictor.Predictor.fingerprint`): a stage replaced since (retrained, copied over) is refused on
 load, since the cascade's costs, temperatures and thresholds were measured on the old one. A stage path that
 leads back to the cascade's own folder or to another staged predictor is refused too (it would recurse).
 Cascades saved before fingerprints were recorded load as they are.
@@ -44,16 +44,16 @@ from typing import Any
 import numpy as np
 import torch
 
-from summon._version import __version__
+from summon.adaptive.cascade_stages import LocalStage, split_defer
 from summon.adaptive.remote import RemoteStage
 from summon.adaptive.staged import StagedBase
-from summon.adaptive.stages import LocalStage, split_defer
-from summon.hf import HF_PREFIX, load_plain
+from summon.core.version import __version__
 from summon.measure.cost import count_parameters
 from summon.measure.stage_costs import COST_BATCH, COST_ROWS, StageCosts, StageMeasurement, measure_costs
 from summon.models.quantize import Quantization, manifest_quantization, quantized_device
-from summon.predictor import MANIFEST, int8_copy_manifest, quantize_loaded
-from summon.saved import FORMAT, header_problems, read_json_manifest
+from summon.predictors.huggingface import HF_PREFIX, load_plain
+from summon.predictors.predictor import MANIFEST, int8_copy_manifest, quantize_loaded
+from summon.predictors.saved import FORMAT, header_problems, read_json_manifest
 
 logger = logging.getLogger(__name__)
 

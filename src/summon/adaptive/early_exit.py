@@ -19,12 +19,13 @@ import numpy as np
 import torch
 
 from summon.adaptive.staged import StagedBase
+from summon.data.batching import length_sorted_batches, to_device
 from summon.data.features import collate
-from summon.inference import length_sorted_batches, predict_logits, to_device
 from summon.measure.cost import count_parameters
 from summon.measure.device import device_of
 from summon.measure.stage_costs import StageCosts, measure_costs
-from summon.predictor import Predictor
+from summon.models.inference import predict_logits
+from summon.predictors.predictor import Predictor
 
 
 @dataclass
@@ -60,7 +61,7 @@ class ExitRunner:
 
 
 class EarlyExitPredictor(StagedBase, Predictor):
-    """A :class:`~summon.predictor.Predictor` whose model answers in stages, one per exit."""
+    """A :class:`~summon.predictors.predictor.Predictor` whose model answers in stages, one per exit."""
 
     kind = "early_exit"
 

@@ -25,7 +25,7 @@ scoring.Readout`), one ``[words, K]`` array per row for taggers (:class:`~summon
 kept by its ``blank``/``store``/``rows_of``/``stack``.
 
 Thresholds may differ per row (requests with different knobs share a forward pass). A stage that cannot
-answer (:class:`~summon.adaptive.stages.StageUnavailable`, e.g. a remote teacher that timed out) leaves its
+answer (:class:`~summon.adaptive.cascade_stages.StageUnavailable`, e.g. a remote teacher that timed out) leaves its
 rows with the answer of the last stage that did answer, marked ``fallback``. Each row's answer equals
 running it alone (up to float rounding), which the contract tests check for every staged kind.
 """
@@ -41,8 +41,8 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
+from summon.adaptive.cascade_stages import StageUnavailable
 from summon.adaptive.scoring import Readout
-from summon.adaptive.stages import StageUnavailable
 
 logger = logging.getLogger(__name__)
 

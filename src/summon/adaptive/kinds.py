@@ -20,10 +20,10 @@ from summon.adaptive.plain import PlainPredictor
 from summon.adaptive.progressive import ProgressivePredictor, is_progressive, load_progressive
 from summon.adaptive.staged import StagedBase
 from summon.adaptive.token_exit import TokenExitPredictor
-from summon.hf import load_plain
-from summon.predictor import Predictor, load_predictor
-from summon.registry import Registry
-from summon.saved import FORMAT, read_json_manifest
+from summon.core.registry import Registry
+from summon.predictors.huggingface import load_plain
+from summon.predictors.predictor import Predictor, load_predictor
+from summon.predictors.saved import FORMAT, read_json_manifest
 
 
 @dataclass(frozen=True)
@@ -76,7 +76,7 @@ def staged_kind(manifest: dict[str, Any] | None) -> StagedKind | None:
 
 def load(path: str | os.PathLike, *, device: Any = None) -> StagedBase:
     """The predictor at ``path`` as its kind: a saved summon predictor of any kind, or (as the one-stage kind) a
-    Hugging Face classifier folder or ``hf:HUB_ID`` (:func:`summon.hf.load_plain`, which names what it found when
+    Hugging Face classifier folder or ``hf:HUB_ID`` (:func:`summon.predictors.huggingface.load_plain`, which names what it found when
     it is none of these)."""
     directory = Path(path)
     manifest = read_json_manifest(directory) if directory.is_dir() else None
@@ -87,7 +87,7 @@ def load(path: str | os.PathLike, *, device: Any = None) -> StagedBase:
 
 
 def as_staged(predictor: Any) -> StagedBase:
-    """A predictor object as its kind: a staged one as it is, a plain :class:`~summon.predictor.Predictor` as the
+    """A predictor object as its kind: a staged one as it is, a plain :class:`~summon.predictors.predictor.Predictor` as the
     one-stage kind (same model, nothing copied).
 
     Raises:

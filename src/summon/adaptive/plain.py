@@ -31,7 +31,7 @@ from summon.measure.cost import count_parameters
 from summon.measure.device import device_of
 from summon.measure.profile import ModelRunner
 from summon.measure.stage_costs import StageCosts, measure_costs
-from summon.predictor import Predictor
+from summon.predictors.predictor import Predictor
 
 TAGGING = "token_classification"
 
@@ -57,7 +57,7 @@ class PlainRunner(ModelRunner):
 
 
 class PlainPredictor(StagedBase, Predictor):
-    """A :class:`~summon.predictor.Predictor` seen as a staged predictor with one stage (the module docstring)."""
+    """A :class:`~summon.predictors.predictor.Predictor` seen as a staged predictor with one stage (the module docstring)."""
 
     kind = "plain"
 

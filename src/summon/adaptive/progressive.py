@@ -8,7 +8,7 @@ full batches between members like every staged kind. Calibration, the knob, ``su
 staged core's; ``predict(texts, deadline_ms=...)`` stops at the last prefix whose measured latency fits.
 
 The reference "full model" is the whole ensemble: cost fractions are relative to it.
-Build one with ``summon train`` on a ``progressive`` recipe (:mod:`summon.train.progressive`).
+Build one with ``summon train`` on a ``progressive`` recipe (:mod:`summon.training.progressive`).
 
 An int8 ensemble (:meth:`ProgressivePredictor.quantized`, ``summon quantize``) holds its members' fp32 folders and
 a ``quantization`` section in its manifest: loading quantises every member's linear layers again (on the CPU).
@@ -33,8 +33,8 @@ from summon.measure.cost import count_parameters
 from summon.measure.stage_costs import StageCosts, measure_costs
 from summon.models.member import hidden_width, member_batch, member_forward
 from summon.models.quantize import Quantization, manifest_quantization, quantized_device
-from summon.predictor import Predictor, int8_copy_manifest, load_predictor, quantize_loaded
-from summon.saved import ENSEMBLE_FORMAT, MANIFEST, read_json_manifest, save_ensemble
+from summon.predictors.predictor import Predictor, int8_copy_manifest, load_predictor, quantize_loaded
+from summon.predictors.saved import ENSEMBLE_FORMAT, MANIFEST, read_json_manifest, save_ensemble
 
 COST_BATCH = 64  # rows per batch when counting FLOPs (the executor's default batch)
 

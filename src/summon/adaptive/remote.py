@@ -9,7 +9,7 @@ Protocol ``summon-logits/1`` (JSON over HTTP):
                      -> {"logits": [[float, ...], ...]}   one row per input, in order
 
 Any failure — connection refused, a timeout, an HTTP error, a malformed answer — raises
-:class:`~summon.adaptive.stages.StageUnavailable`, and a cascade answers those rows with the last stage
+:class:`~summon.adaptive.cascade_stages.StageUnavailable`, and a cascade answers those rows with the last stage
 that did answer (marking them ``fallback``).
 """
 
@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from summon.adaptive.stages import StageUnavailable
+from summon.adaptive.cascade_stages import StageUnavailable
 from summon.measure.stage_costs import StageMeasurement
 from summon.measure.timing import time_call
 

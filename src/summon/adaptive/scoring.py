@@ -35,7 +35,7 @@ import torch
 from summon.adaptive.gate import Gate
 from summon.adaptive.learned import LearnedScores, stage_features
 from summon.adaptive.policies import POLICIES, TOKEN_POLICIES, TOKEN_REDUCTIONS, max_prob, sentence_score
-from summon.registry import suggest
+from summon.core.registry import suggest
 
 SCORERS = (*POLICIES, "defer", "gate", "learned")
 

@@ -45,11 +45,11 @@ from summon.adaptive.scoring import Readout
 from summon.adaptive.thresholds import OperatingPoint
 from summon.data.spec import TaskData
 from summon.data.words import entity_spans
-from summon.inference import softmax
+from summon.measure.metrics import softmax
 from summon.measure.stage_costs import StageCosts
 from summon.models.quantize import Quantization, manifest_quantization
-from summon.predictor import Prediction, as_batch, as_stream, canonical_inputs
-from summon.saved import MANIFEST, read_json_manifest, update_manifest
+from summon.predictors.predictor import Prediction, as_batch, as_stream, canonical_inputs
+from summon.predictors.saved import MANIFEST, read_json_manifest, update_manifest
 
 logger = logging.getLogger(__name__)
 

@@ -28,9 +28,9 @@ from summon.adaptive.calibration import Calibration, CalibrationSpec, fit_token_
 from summon.adaptive.early_exit import EarlyExitPredictor, ExitRunner
 from summon.adaptive.scoring import TokenReadout
 from summon.adaptive.staged import StagedBase
+from summon.data.batching import length_sorted_batches, to_device
 from summon.data.features import collate
 from summon.data.spec import TaskData
-from summon.inference import length_sorted_batches, to_device
 from summon.measure.device import device_of
 from summon.models.backbone import EncoderState
 

@@ -18,11 +18,10 @@ from summon.adaptive.calibration import Calibration
 from summon.adaptive.knob import Knob
 from summon.cli.inputs import check_inputs, read_inputs
 from summon.cli.quickstart import run_quickstart
-from summon.config import to_dict
-from summon.hf import export_hf, load_plain
+from summon.core.config import to_dict
 from summon.models.quantize import dynamic_linears, quantized_device
-from summon.recipe import load_run_config
-from summon.saved import read_manifest
+from summon.predictors.huggingface import export_hf, load_plain
+from summon.predictors.saved import read_manifest
 from summon.serve.app import FullModel, create_server_app, run_server
 from summon.serve.engine import Engine
 from summon.serve.logits_server import serve
@@ -33,7 +32,8 @@ from summon.serve.ray_app import (
     serve_config,
     write_serve_config,
 )
-from summon.train.loop import train
+from summon.training.loop import train
+from summon.training.recipe import load_run_config
 
 PREDICT_WINDOW = 1024  # rows read, predicted and written together by summon predict
 

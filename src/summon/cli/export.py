@@ -1,6 +1,6 @@
 """``summon export MODEL --format hf OUT``: write a plain summon model as a standard Hugging Face folder.
 
-The command's logic is :func:`summon.hf.export_hf`; this file holds only its argument parser (light, so
+The command's logic is :func:`summon.predictors.huggingface.export_hf`; this file holds only its argument parser (light, so
 ``summon --help`` imports no model code); :func:`summon.cli.commands.cmd_export` makes the call.
 Errors (an n-gram student, an early-exit model, a head with no standard equivalent) are ``ValueError``
 messages that say what can be exported and how to train it; the ``summon`` entry point prints them.

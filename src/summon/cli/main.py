@@ -20,11 +20,11 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from summon._version import __version__
-from summon.adaptive.stages import StageUnavailable
+from summon.adaptive.cascade_stages import StageUnavailable
 from summon.cli.export import add_export_parser
 from summon.cli.inputs import FORMATS
 from summon.cli.knob import add_knob_arguments
+from summon.core.version import __version__
 
 EXIT_USAGE = 2
 HEAVY = "summon.cli.commands"  # the commands that load models, imported when one of them runs

@@ -8,7 +8,7 @@ import shutil
 import textwrap
 from collections.abc import Sequence
 
-from summon import recipe_files as recipe
+from summon.core import recipe_files as recipe
 
 
 def cmd_recipes(args: argparse.Namespace) -> int:

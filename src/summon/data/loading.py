@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from summon.core.registry import suggest
 from summon.data.catalog import (
     CATALOG,
     CatalogEntry,
@@ -24,7 +25,6 @@ from summon.data.catalog import (
 )
 from summon.data.readers import Row, read_rows
 from summon.data.spec import LABEL_COLUMN, TASK_COLUMNS, DatasetSpec, TaskData
-from summon.registry import suggest
 
 logger = logging.getLogger(__name__)
 

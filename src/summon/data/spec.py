@@ -9,8 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from summon.core.registry import suggest
 from summon.data.catalog import CATALOG, describe_local, resolve_data_dir
-from summon.registry import suggest
 
 Task = Literal["classification", "pair_classification", "token_classification"]
 TASKS: tuple[str, ...] = ("classification", "pair_classification", "token_classification")

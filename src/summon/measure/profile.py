@@ -16,8 +16,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from summon.data.batching import to_device
 from summon.data.features import Feature, collate
-from summon.inference import to_device
 from summon.measure import stage_costs
 from summon.measure.cost import count_parameters, eval_mode, machine_info
 from summon.measure.device import device_of

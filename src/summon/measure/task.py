@@ -7,8 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from summon.inference import softmax
-from summon.measure.metrics import classification_metrics, span_f1
+from summon.measure.metrics import classification_metrics, softmax, span_f1
 
 MAIN_METRIC = {"classification": "accuracy", "pair_classification": "accuracy", "token_classification": "f1"}
 

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from summon.core.registry import Registry
 from summon.methods import (
     crf_finetune,
     early_exit,
@@ -26,7 +27,6 @@ from summon.methods import (
     structured_kd,
 )
 from summon.methods.hooks import METHOD_MODULE, METHOD_MODULE_FILE
-from summon.registry import Registry
 
 
 @dataclass(frozen=True)
@@ -38,7 +38,7 @@ class Method:
     summary: str
     epoch_start: Callable[[Any], None] | None = None  # called before each epoch with an EpochContext
     online_teacher: bool = False  # step(model, batch, cfg, teacher=frozen teacher model), no logit cache
-    ensemble: bool = False  # trains several models in rounds (summon.train.progressive) instead of ``model``
+    ensemble: bool = False  # trains several models in rounds (summon.training.progressive) instead of ``model``
     multi_teacher: bool = False  # distils the run's ``teachers:`` (rows carry teacher_logits [K, C])
     # method_module(method_cfg, built, num_teachers) -> nn.Module | None: trainable state of the method's own,
     # attached to the student as ``METHOD_MODULE``; its parameters train at its ``lr`` attribute (default train.lr)

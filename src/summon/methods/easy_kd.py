@@ -31,8 +31,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from summon.inference import predict_logits, softmax
 from summon.losses import cross_entropy, defer_surrogate, selective_kd
+from summon.measure.metrics import softmax
+from summon.models.inference import predict_logits
 
 
 @dataclass

@@ -15,9 +15,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from summon.inference import word_level
 from summon.losses import cross_entropy, kd_kl, mix
 from summon.methods.finetune import targets
+from summon.models.inference import word_level
 
 
 @dataclass

@@ -72,6 +72,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from summon.core.registry import Registry
 from summon.losses import (
     confidence_weights,
     cross_entropy,
@@ -85,7 +86,6 @@ from summon.losses import (
 from summon.measure.timing import clock, seconds
 from summon.methods.hooks import METHOD_MODULE
 from summon.models.build import Built, outputs
-from summon.registry import Registry
 
 logger = logging.getLogger(__name__)
 
@@ -229,7 +229,7 @@ def method_state(student: nn.Module) -> MultiTeacherState:
     state = getattr(student, METHOD_MODULE, None)
     if not isinstance(state, MultiTeacherState):
         raise ValueError("method 'multi_teacher_kd' keeps its policy and counters on the student, where the "
-                         "training loop attaches them (summon.train.loop.build_run); train it with summon train")
+                         "training loop attaches them (summon.training.loop.build_run); train it with summon train")
     return state
 
 

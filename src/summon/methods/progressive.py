@@ -6,7 +6,7 @@ choice below that the paper's text could overturn is an option of :class:`Progre
 
 The teacher is decomposed into members ``f_1 … f_T`` whose sum approximates its (centred) logits, so the
 ensemble can stop after any prefix (anytime inference). Boosting round ``t``
-(:func:`summon.train.progressive.train_ensemble` drives the rounds through the one training loop):
+(:func:`summon.training.progressive.train_ensemble` drives the rounds through the one training loop):
 
 1. weights over (example, class) from the residual between the teacher and the current ensemble,
    two-sided multiplicative weights kept in log space (:func:`summon.losses.residual_log_weights`);

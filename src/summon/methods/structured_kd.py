@@ -16,7 +16,7 @@ Variants (``variant``):
 Where the teacher's outputs come from (``teacher_outputs``):
 
 * ``cached`` (default): computed once, before training, over the student's own featurized rows, and cached on
-  disk (:mod:`summon.train.structured_cache`, keyed by teacher, featurizer, data and what is cached): the
+  disk (:mod:`summon.training.structured_cache`, keyed by teacher, featurizer, data and what is cached): the
   chain emissions and transitions, plus the unary marginals (``marginal_kl``) or the k best paths
   (``topk``). A KD epoch then costs the student alone. The loss equals the online one on the same batch, up
   to float rounding (the teacher runs in eval mode, so its outputs do not depend on the epoch). Teacher and

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 from transformers.masking_utils import create_bidirectional_mask
 
-from summon.registry import suggest
+from summon.core.registry import suggest
 
 
 @dataclass(frozen=True)

@@ -35,7 +35,7 @@ import torch
 from torch import nn
 from transformers import AutoConfig, AutoModel
 
-from summon.config import Tagged, tagged_members, unknown_member_key
+from summon.core.config import Tagged, tagged_members, unknown_member_key
 from summon.data.features import NgramFeaturizer, TokenizerFeaturizer
 from summon.models.backbone import Backbone, keep_layers, layer_selection
 from summon.models.exits import MultiExitClassifier, resolve_exits

@@ -72,7 +72,7 @@ class HFTaskModel(nn.Module):
     ``forward(batch)`` takes summon's batch dict (``input_ids`` [B, L], ``attention_mask`` [B, L], optional
     ``token_type_ids`` [B, L]; other keys such as ``word_starts`` are ignored) and returns logits [B, C] for
     sequence tasks or [B, L, C], one row per sub-token, for tagging (read back per word by
-    :func:`summon.inference.predict_logits`). Inputs the model's ``forward`` does not take (DistilBERT has
+    :func:`summon.models.inference.predict_logits`). Inputs the model's ``forward`` does not take (DistilBERT has
     no token types) are left out.
     """
 

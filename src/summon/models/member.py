@@ -20,8 +20,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from summon.data.batching import to_device
 from summon.data.features import collate
-from summon.inference import to_device
 from summon.models.heads import EncoderClassifier, last_hidden, pool
 from summon.models.ngram import NgramClassifier
 

@@ -27,9 +27,9 @@ from huggingface_hub import scan_cache_dir, try_to_load_from_cache
 from huggingface_hub.errors import CacheNotFound
 from transformers import AutoModel, AutoTokenizer
 
+from summon.core.registry import suggest
 from summon.data.catalog import hub_offline
 from summon.models.tiny import TINY_MODELS, tiny_encoder
-from summon.registry import suggest
 
 logger = logging.getLogger(__name__)
 

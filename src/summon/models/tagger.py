@@ -23,10 +23,10 @@ import torch
 from torch import nn
 
 from summon.data.features import IGNORE_INDEX
-from summon.inference import word_level
 from summon.models.backbone import Backbone
 from summon.models.crf import CRF
 from summon.models.heads import TokenHead, last_hidden
+from summon.models.inference import word_level
 
 CRFOver = Literal["words", "subtokens"]
 
@@ -109,7 +109,7 @@ class CRFTagger(nn.Module):
     def word_scores(self, batch: dict[str, torch.Tensor], emissions: torch.Tensor) -> torch.Tensor:
         """The decoded paths as one-hot scores per word [B, W, num_labels] (zero rows at padding).
 
-        What :func:`summon.inference.predict_logits` returns for a CRF tagger, so everything that reads
+        What :func:`summon.models.inference.predict_logits` returns for a CRF tagger, so everything that reads
         tags as the arg-max of a row (evaluation, predictors) reads the Viterbi path.
         """
         width = batch["word_mask"].shape[1]

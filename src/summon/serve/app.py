@@ -57,10 +57,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from summon._version import __version__
 from summon.adaptive.knob import KNOBS
 from summon.adaptive.staged import StagedBase
-from summon.predictor import canonical_inputs
+from summon.core.version import __version__
+from summon.predictors.predictor import canonical_inputs
 from summon.serve.demo import DEMO_HTML
 from summon.serve.engine import (
     PRIORITIES,

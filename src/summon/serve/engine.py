@@ -83,7 +83,7 @@ from typing import Any, Literal
 from summon.adaptive.kinds import as_staged
 from summon.adaptive.knob import Knob
 from summon.adaptive.staged import StagedBase
-from summon.registry import suggest
+from summon.core.registry import suggest
 from summon.serve.control import ControlConfig
 from summon.serve.lane import Lane, Result
 from summon.serve.planner import ThresholdsInForce, json_float, knob_dict, knob_from, row_limits

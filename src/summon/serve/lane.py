@@ -31,7 +31,7 @@ from summon.adaptive.calibration import Calibration
 from summon.adaptive.executor import Execution
 from summon.adaptive.knob import Knob
 from summon.adaptive.staged import StagedBase
-from summon.predictor import Prediction, as_batch, canonical_inputs
+from summon.predictors.predictor import Prediction, as_batch, canonical_inputs
 from summon.serve import planner
 from summon.serve.control import Controllers
 from summon.serve.planner import Plan, ThresholdsInForce
@@ -55,7 +55,7 @@ WARMUP_INPUTS = {"classification": "warm up", "pair_classification": ("warm up",
 
 @dataclass
 class Result:
-    """One request's answer: a :class:`~summon.predictor.Prediction` per row, and how they were produced."""
+    """One request's answer: a :class:`~summon.predictors.predictor.Prediction` per row, and how they were produced."""
 
     model: str
     predictions: list[Prediction]

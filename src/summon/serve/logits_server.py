@@ -24,7 +24,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from summon.adaptive.remote import PROTOCOL
-from summon.predictor import canonical_inputs
+from summon.predictors.predictor import canonical_inputs
 
 try:  # the serve extra; create_app says how to install it when it is missing
     from fastapi import FastAPI
@@ -182,7 +182,7 @@ def too_many_rows(rows: int, max_rows: int) -> Refused:
 
 def raw_input(row: Any, i: int, task: str) -> Any:
     """The predictor's raw input that one JSON object of the protocol describes (checked further by
-    :func:`summon.predictor.canonical_inputs`)."""
+    :func:`summon.predictors.predictor.canonical_inputs`)."""
     if not isinstance(row, dict):
         raise Refused(422, f"input {i}: expected a JSON object such as {{\"text\": ...}}, got a JSON "
                       f"{json_type(row)}", i)

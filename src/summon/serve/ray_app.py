@@ -32,7 +32,7 @@ without it, reaching it through a :class:`HandleStage`. The teacher so scales (`
 sends the deferred rows of many requests in one call; the teacher merges concurrent calls from several replicas
 into one forward pass (``@serve.batch``: up to ``teacher_max_batch`` calls, waiting at most ``teacher_wait_ms``).
 A teacher that does not answer within ``teacher_timeout_s`` (down, overloaded, slow) raises
-:class:`~summon.adaptive.stages.StageUnavailable`, so those rows are answered by the student, marked
+:class:`~summon.adaptive.cascade_stages.StageUnavailable`, so those rows are answered by the student, marked
 ``fallback``/``degraded``, with a 200 — as with a remote teacher over HTTP.
 
 **Why a DeploymentHandle, not HTTP.** The student could reach its teacher as a
@@ -71,13 +71,13 @@ import numpy as np
 import yaml
 
 from summon.adaptive.cascade import load_cascade, load_stage
+from summon.adaptive.cascade_stages import StageUnavailable
 from summon.adaptive.kinds import load as load_kind
 from summon.adaptive.kinds import staged_kind
 from summon.adaptive.remote import RemoteStage
-from summon.adaptive.stages import StageUnavailable
+from summon.core.registry import suggest
 from summon.models.hf import HF_PREFIX
-from summon.registry import suggest
-from summon.saved import read_json_manifest
+from summon.predictors.saved import read_json_manifest
 from summon.serve.app import DRAIN_SECONDS, REQUEST_TIMEOUT_S, ServeOptions, create_server_app
 from summon.serve.engine import Engine, EngineConfig
 from summon.serve.logits_server import MAX_BODY_BYTES, MAX_ROWS
@@ -432,7 +432,7 @@ class HandleStage:
     """A cascade stage answered by a Ray Serve deployment (:class:`TeacherReplica`) through its handle: the same
     contract as :class:`~summon.adaptive.remote.RemoteStage` — inputs the teacher refuses raise ValueError, a
     teacher that is down, refuses (backpressure) or misses ``timeout`` raises
-    :class:`~summon.adaptive.stages.StageUnavailable`, so the cascade answers from the last stage that did."""
+    :class:`~summon.adaptive.cascade_stages.StageUnavailable`, so the cascade answers from the last stage that did."""
 
     handle: Any
     name: str

@@ -9,11 +9,11 @@ import numpy as np
 
 from summon.data.loading import load_split
 from summon.data.spec import TaskData
-from summon.hf import load_plain
 from summon.methods import Method
-from summon.predictor import Predictor
-from summon.train.config import RunConfig
-from summon.train.teacher_cache import teacher_logits
+from summon.predictors.huggingface import load_plain
+from summon.predictors.predictor import Predictor
+from summon.training.config import RunConfig
+from summon.training.teacher_cache import teacher_logits
 
 
 def build_data(cfg: RunConfig) -> tuple[TaskData, TaskData | None]:

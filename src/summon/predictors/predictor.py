@@ -3,7 +3,7 @@
 ``Predictor.predict(texts)`` returns labels and probabilities; a tagger (softmax or CRF) returns tags per
 word and entity spans with character offsets (raw text is split into words by
 :func:`summon.data.words.split_words`). :func:`load_predictor` reads a plain saved predictor (see
-:mod:`summon.saved`); ``summon.load`` dispatches every kind, staged ones included.
+:mod:`summon.predictors.saved`); ``summon.load`` dispatches every kind, staged ones included.
 ``Predictor.quantized()`` gives an int8 copy (:mod:`summon.models.quantize`), saved with its fp32 weights.
 """
 
@@ -21,9 +21,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from summon.core.text import check_unicode
 from summon.data.words import entity_spans, split_words
-from summon.inference import predict_logits, softmax
 from summon.measure.device import device_of, resolve_device
+from summon.measure.metrics import softmax
+from summon.models.inference import predict_logits
 from summon.models.quantize import (
     SECTION,
     Quantization,
@@ -31,7 +33,7 @@ from summon.models.quantize import (
     quantize_model,
     quantized_device,
 )
-from summon.saved import (
+from summon.predictors.saved import (
     MANAGED,
     MANIFEST,
     WEIGHTS,
@@ -42,7 +44,6 @@ from summon.saved import (
     read_manifest,
     save_predictor,
 )
-from summon.text import check_unicode
 
 __all__ = ["MANIFEST", "WEIGHTS", "Prediction", "Predictor", "as_batch", "as_stream", "canonical_inputs", "check_unicode",
            "int8_copy_manifest", "load_predictor", "quantize_loaded"]
@@ -334,7 +335,7 @@ def load_predictor(path: str | os.PathLike, *, device: str | torch.device | None
 
     The manifest is checked against the schema, every file it lists (weights, tokenizer files) against its
     size and sha256, and the labels against the model's outputs; any mismatch raises a ``ValueError`` naming
-    the file or key (see :mod:`summon.saved`). An int8 predictor (a ``quantization`` section) is quantised
+    the file or key (see :mod:`summon.predictors.saved`). An int8 predictor (a ``quantization`` section) is quantised
     again on the CPU: ``device`` ``None``/``"auto"``/``"cpu"`` loads it there, any other device is refused
     (:func:`~summon.models.quantize.quantized_device`).
     """

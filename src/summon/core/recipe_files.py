@@ -1,7 +1,7 @@
 """The shipped YAML recipes as files: find them, list them with what they do, copy one to edit.
 
 Light on purpose (YAML and paths, no model code), so ``summon recipes ls`` starts at once;
-:mod:`summon.recipe` turns a recipe into a validated, typed RunConfig.
+:mod:`summon.training.recipe` turns a recipe into a validated, typed RunConfig.
 """
 
 from __future__ import annotations
@@ -10,10 +10,10 @@ import re
 import shutil
 from pathlib import Path
 
-from summon.config import load_yaml
-from summon.registry import suggest
+from summon.core.config import load_yaml
+from summon.core.registry import suggest
 
-RECIPES_DIR = Path(__file__).parent / "recipes"
+RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"  # src/summon/recipes, shipped as package data
 _LABEL = re.compile(r"^[A-Za-z][\w -]{0,40}:\s")  # "Run: ...", "Then: ...", "Stage one is ...: ..."
 
 

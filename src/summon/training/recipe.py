@@ -1,14 +1,14 @@
 """A recipe (a shipped name or a file) plus ``key=value`` overrides, turned into a validated, typed RunConfig.
 
-Finding, listing and copying recipes is :mod:`summon.recipe_files` (re-exported here)."""
+Finding, listing and copying recipes is :mod:`summon.core.recipe_files` (re-exported here)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-from summon.config import apply_overrides, from_dict, load_yaml
-from summon.recipe_files import RECIPES_DIR, copy_recipe, describe, find, shipped
-from summon.train.config import RunConfig
+from summon.core.config import apply_overrides, from_dict, load_yaml
+from summon.core.recipe_files import RECIPES_DIR, copy_recipe, describe, find, shipped
+from summon.training.config import RunConfig
 
 __all__ = ["RECIPES_DIR", "copy_recipe", "describe", "find", "load_run_config", "shipped"]
 

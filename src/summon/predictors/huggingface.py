@@ -1,7 +1,7 @@
 """Hugging Face classifiers in and out: load a fine-tuned HF model as a summon predictor, export summon models.
 
 In: :func:`load_hf_predictor` turns a folder written by ``save_pretrained`` (model and tokenizer) or a hub id
-into a :class:`~summon.predictor.Predictor` with the task and labels from its config (``id2label``), so it
+into a :class:`~summon.predictors.predictor.Predictor` with the task and labels from its config (``id2label``), so it
 can be a teacher (``teacher:`` in a recipe), a cascade stage, or the source of a student or of exits.
 :func:`load_plain` loads either kind of plain (non-adaptive) predictor folder.
 
@@ -35,8 +35,8 @@ from summon.models.hf import (
     strip_prefix,
     to_hf_task_model,
 )
-from summon.predictor import Predictor, load_predictor
-from summon.saved import MANIFEST, read_json_manifest, sha256
+from summon.predictors.predictor import Predictor, load_predictor
+from summon.predictors.saved import MANIFEST, read_json_manifest, sha256
 
 __all__ = ["HF_FORMAT", "export_hf", "is_hf_model_dir", "load_hf_predictor", "load_plain"]
 

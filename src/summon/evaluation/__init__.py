@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from summon.evaluate.report import markdown_table, write_report
+from summon.evaluation.report import markdown_table, write_report
 from summon.measure.cost import count_parameters, machine_info
 from summon.measure.metrics import (
     accuracy,

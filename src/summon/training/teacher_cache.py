@@ -54,7 +54,7 @@ def teacher_logits(teacher, data: TaskData, *, cache_dir: str | Path | None = No
     """Teacher logits per example of ``data`` ([C], or [num_words, C] for tagging), from cache when possible.
 
     Args:
-        teacher: a :class:`summon.predictor.Predictor`.
+        teacher: a :class:`summon.predictors.predictor.Predictor`.
         data: the split to label.
         cache_dir: cache root (default ``$SUMMON_CACHE`` or ``~/.cache/summon``); files go under ``teacher/``.
     """

@@ -35,24 +35,24 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
-from summon.config import dump_yaml, to_dict
+from summon.core.config import dump_yaml, to_dict
 from summon.data.features import FeatureDataset, collate
 from summon.data.spec import TaskData
-from summon.inference import predict_logits
 from summon.measure.profile import measure_costs
 from summon.measure.task import MAIN_METRIC, higher_is_better, score
 from summon.measure.timing import SECONDS_SUFFIX, clock
 from summon.methods import METHOD_MODULE, METHOD_MODULE_FILE, METHODS, Method
 from summon.methods.hooks import method_module
 from summon.models.build import Built, Source, build_model, needs_source
-from summon.predictor import Predictor, load_predictor
-from summon.saved import save_predictor, update_manifest
-from summon.train.checkpoint import Checkpointer, TrainerState, data_fingerprint, fixed_part
-from summon.train.config import RunConfig, method_config
-from summon.train.progressive import train_ensemble
-from summon.train.sources import build_data, build_teacher, multi_teacher_logits
-from summon.train.structured_cache import crf_teacher_rows
-from summon.train.teacher_cache import teacher_logits
+from summon.models.inference import predict_logits
+from summon.predictors.predictor import Predictor, load_predictor
+from summon.predictors.saved import save_predictor, update_manifest
+from summon.training.checkpoint import Checkpointer, TrainerState, data_fingerprint, fixed_part
+from summon.training.config import RunConfig, method_config
+from summon.training.progressive import train_ensemble
+from summon.training.sources import build_data, build_teacher, multi_teacher_logits
+from summon.training.structured_cache import crf_teacher_rows
+from summon.training.teacher_cache import teacher_logits
 
 logger = logging.getLogger(__name__)
 
@@ -131,7 +131,7 @@ def build_features(built: Built, data: TaskData, teacher_rows: list[np.ndarray] 
                    features: list[dict] | None = None) -> list[dict]:
     """The featurized rows of ``data`` (``features`` when already encoded), each with its teacher outputs:
     ``teacher_logits`` (an array per row) or the named arrays of a CRF teacher (a dict per row, see
-    :mod:`summon.train.structured_cache`)."""
+    :mod:`summon.training.structured_cache`)."""
     if features is None:
         features = built.featurizer.encode(data.examples, data.task)
     if teacher_rows is not None:
@@ -321,7 +321,7 @@ def train(cfg: RunConfig) -> Path:
     """Train as ``cfg`` says and return the saved predictor directory (``<output_dir>/model``).
 
     Running the same command again after an interruption resumes from the last checkpoint. A ``progressive``
-    run without ``model`` trains its ensemble in rounds (:mod:`summon.train.progressive`), each candidate
+    run without ``model`` trains its ensemble in rounds (:mod:`summon.training.progressive`), each candidate
     through this loop, and returns the saved ensemble.
     """
     cfg = typed_config(cfg)

@@ -26,7 +26,7 @@ class StageUnavailable(RuntimeError):
 
 @dataclass
 class LocalStage:
-    """A :class:`summon.predictor.Predictor` used as a cascade stage (its own featurizer, its own batches)."""
+    """A :class:`summon.predictors.predictor.Predictor` used as a cascade stage (its own featurizer, its own batches)."""
 
     name: str
     predictor: Any

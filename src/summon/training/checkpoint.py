@@ -35,7 +35,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, load_model, save_file, save_model
 
 from summon.data.spec import TaskData
-from summon.saved import sha256
+from summon.predictors.saved import sha256
 
 logger = logging.getLogger(__name__)
 

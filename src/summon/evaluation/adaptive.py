@@ -23,8 +23,7 @@ import numpy as np
 from summon.adaptive.scoring import TokenReadout, score_all, token_view
 from summon.adaptive.staged import row_lengths
 from summon.adaptive.thresholds import OperatingPoint, ThresholdTable, sweep
-from summon.inference import softmax
-from summon.measure.metrics import reliability_bins, span_f1
+from summon.measure.metrics import reliability_bins, softmax, span_f1
 from summon.measure.timing import time_calls
 
 Curve = list[tuple[float, float]]  # (cost fraction, accuracy), ascending cost

@@ -1,11 +1,11 @@
-"""Batched inference shared by predictors, evaluation and the teacher-output cache.
+"""Batched inference of a model over featurized examples, shared by predictors, training and the teacher cache.
 
 Examples are sorted by length before batching (less padding), then results are put back in input order.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -13,20 +13,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from summon.data.batching import length_sorted_batches, to_device
 from summon.data.features import Feature, collate
-
-
-def length_sorted_batches(features: Sequence[Feature], batch_size: int) -> Iterator[list[int]]:
-    """Index lists of at most ``batch_size``, longest rows first."""
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be positive, got {batch_size}")
-    order = sorted(range(len(features)), key=lambda i: -len(features[i]["input_ids"]))
-    for start in range(0, len(order), batch_size):
-        yield order[start:start + batch_size]
-
-
-def to_device(batch: dict[str, torch.Tensor], device: torch.device | str) -> dict[str, torch.Tensor]:
-    return {k: v.to(device) for k, v in batch.items()}
 
 
 def word_level(logits: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -94,9 +82,3 @@ def _tagging_rows(model: nn.Module, logits: torch.Tensor, batch: dict[str, torch
     if hasattr(model, "word_scores"):
         return split_word_rows(model.word_scores(batch, logits), batch)
     return split_word_logits(logits, batch)
-
-
-def softmax(logits: np.ndarray, axis: int = -1) -> np.ndarray:
-    shifted = logits - logits.max(axis=axis, keepdims=True)
-    exp = np.exp(shifted)
-    return exp / exp.sum(axis=axis, keepdims=True)

@@ -25,17 +25,17 @@ import numpy as np
 import torch
 from safetensors.torch import save_file
 
-from summon.config import dump_yaml, to_dict
+from summon.core.config import dump_yaml, to_dict
 from summon.data.spec import TaskData
 from summon.losses import adaboost_step, bounded, edge, residual_log_weights
 from summon.methods import METHODS
 from summon.methods.progressive import ROUND_INPUTS, Candidate, ProgressiveConfig
 from summon.models.member import member_outputs
-from summon.predictor import Predictor, load_predictor
-from summon.saved import safe_name, save_ensemble
-from summon.train.config import RunConfig
-from summon.train.sources import build_data, build_teacher
-from summon.train.teacher_cache import teacher_logits
+from summon.predictors.predictor import Predictor, load_predictor
+from summon.predictors.saved import safe_name, save_ensemble
+from summon.training.config import RunConfig
+from summon.training.sources import build_data, build_teacher
+from summon.training.teacher_cache import teacher_logits
 
 logger = logging.getLogger(__name__)
 
@@ -74,7 +74,7 @@ def train_ensemble(cfg: RunConfig, train_model: Callable[[RunConfig], Path]) -> 
 
     Args:
         cfg: the run; ``method_args`` is a :class:`ProgressiveConfig`.
-        train_model: the one training loop for a single model (:func:`summon.train.loop.train`).
+        train_model: the one training loop for a single model (:func:`summon.training.loop.train`).
 
     Returns:
         ``<output_dir>/model``, the saved ensemble.

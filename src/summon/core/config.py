@@ -32,7 +32,7 @@ T = TypeVar("T")
 
 _FAIL = object()  # returned by converters after they have recorded an error
 _NONE_TYPE = type(None)
-_CHOSEN_BY = "summon.config.chosen_by"
+_CHOSEN_BY = "summon.core.config.chosen_by"
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""Typed configuration of a training run; YAML recipes are its serialization (see :mod:`summon.config`)."""
+"""Typed configuration of a training run; YAML recipes are its serialization (see :mod:`summon.core.config`)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, is_dataclass
 from typing import Any, Literal
 
-from summon.config import ConfigError, chosen_by, from_dict
+from summon.core.config import ConfigError, chosen_by, from_dict
 from summon.data.spec import DatasetSpec
 from summon.methods import METHODS
 from summon.models.build import AnyModelConfig, ModelConfig
@@ -201,5 +201,5 @@ class RunConfig:
 
     @property
     def trains_ensemble(self) -> bool:
-        """Whether this run builds an ensemble in rounds (summon.train.progressive) rather than one ``model``."""
+        """Whether this run builds an ensemble in rounds (summon.training.progressive) rather than one ``model``."""
         return self.model is None and METHODS.get(self.method).ensemble

@@ -33,7 +33,7 @@ from safetensors.torch import load_file, save_model
 from torch import nn
 from transformers import AutoTokenizer
 
-from summon._version import __version__
+from summon.core.version import __version__
 from summon.data.features import NgramFeaturizer, TokenizerFeaturizer
 from summon.data.spec import TASKS
 from summon.models.build import model_from_architecture, outputs

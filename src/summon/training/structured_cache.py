@@ -1,5 +1,5 @@
 """A CRF teacher's outputs for structured KD, computed once and cached on disk like the classification teacher
-logits (:mod:`summon.train.teacher_cache`), so a KD epoch costs the student alone.
+logits (:mod:`summon.training.teacher_cache`), so a KD epoch costs the student alone.
 
 What is cached, per training row and over the chain the CRF scores (words, or sub-tokens with ``X``): the
 emissions [T_i, L], the unary marginals [T_i, L] (``marginal_kl``) or the k best paths [T_i, k]
@@ -23,11 +23,11 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from summon.data.batching import length_sorted_batches, to_device
 from summon.data.features import collate
 from summon.data.spec import TaskData
-from summon.inference import length_sorted_batches, to_device
 from summon.models.pretrained import cache_dir as default_cache_dir
-from summon.train.teacher_cache import read_cached, write_cached
+from summon.training.teacher_cache import read_cached, write_cached
 
 logger = logging.getLogger(__name__)
 CACHE_VERSION = "1"
@@ -82,7 +82,7 @@ def crf_teacher_rows(teacher, features: list[dict], data: TaskData, rows_fn: Row
     """The CRF teacher's outputs for each of ``features`` (the student's rows of ``data``), from cache when possible.
 
     Args:
-        teacher: a :class:`summon.predictor.Predictor` whose model is a CRF tagger.
+        teacher: a :class:`summon.predictors.predictor.Predictor` whose model is a CRF tagger.
         rows_fn: the method's ``(teacher model, batch, cfg) -> per-row dicts``
             (:func:`summon.methods.structured_kd.teacher_rows`).
         method_cfg: its config; ``method_cfg.cached_contents()`` names what is cached (part of the key).

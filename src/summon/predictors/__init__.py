@@ -1,0 +1,1 @@
+"""The saved format and the plain predictor; Hugging Face import and export."""
