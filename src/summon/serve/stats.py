@@ -68,7 +68,7 @@ class ModelStats:
     queue_rows: int = 0  # gauge
     queue_requests: int = 0  # gauge
     in_flight_rows: int = 0  # gauge
-    exits: list[int] = field(default_factory=list)  # rows answered by each stage (staged predictors)
+    exits: list[int] = field(default_factory=list)  # rows answered by each stage
     deferred_rows: int = 0  # rows answered by a later stage than the first (passed on at least once)
     stage_unavailable_rows: int = 0  # rows kept at an earlier stage because a later one could not answer
     degraded_requests: int = 0  # requests whose budget degrade mode lowered
