@@ -38,17 +38,17 @@ BATCH = 8
 
 
 def test_defaults_hold_more_requests_than_a_batch_and_bound_the_queue():
-    options = RayServeOptions(max_batch_rows=BATCH)
+    options = RayServeOptions.of(max_batch_rows=BATCH)
     deployment = options.model_deployment()
     assert deployment["max_ongoing_requests"] == 2 * BATCH > 5
     assert deployment["max_queued_requests"] == 4 * BATCH
     assert deployment["backpressure_config"] == {"status_code": 503, "retry_after_s": 1}
-    assert deployment["num_replicas"] == 1 and deployment["graceful_shutdown_timeout_s"] > options.drain_seconds
-    scaled = RayServeOptions(max_batch_rows=BATCH, autoscaling_config={"min_replicas": 1, "max_replicas": 3})
+    assert deployment["num_replicas"] == 1 and deployment["graceful_shutdown_timeout_s"] > options.app.drain_seconds
+    scaled = RayServeOptions.of(max_batch_rows=BATCH, autoscaling_config={"min_replicas": 1, "max_replicas": 3})
     assert scaled.model_deployment()["autoscaling_config"] == {"target_ongoing_requests": BATCH, "min_replicas": 1,
                                                                "max_replicas": 3}
     assert "num_replicas" not in scaled.model_deployment()
-    assert RayServeOptions(overload_status=429).model_deployment()["backpressure_config"]["status_code"] == 429
+    assert RayServeOptions.of(overload_status=429).model_deployment()["backpressure_config"]["status_code"] == 429
 
 
 @pytest.mark.parametrize(("options", "message"), [
@@ -57,7 +57,7 @@ def test_defaults_hold_more_requests_than_a_batch_and_bound_the_queue():
     ({"teacher_timeout_s": -1}, "teacher_timeout_s")])
 def test_bad_options_are_refused_by_name(options, message):
     with pytest.raises(ValueError, match=message):
-        RayServeOptions(**options)
+        RayServeOptions.of(**options)
 
 
 def test_the_builder_refuses_unknown_args_with_a_suggestion(tmp_path):

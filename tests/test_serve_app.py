@@ -36,12 +36,15 @@ from summon.adaptive.knob import Knob
 from summon.adaptive.plain import PlainPredictor
 from summon.adaptive.remote import RemoteStage
 from summon.cli.main import build_parser, main
+from summon.core.options import given
 from summon.models import ModelConfig, build_model
 from summon.predictors.predictor import Prediction, Predictor
+from summon.serve.control import ControlConfig
 from summon.serve.engine import (
     DeadlineUnmeetable,
     Draining,
     Engine,
+    EngineConfig,
     InfeasibleKnob,
     QueueFull,
     Result,
@@ -56,6 +59,7 @@ prometheus_parser = pytest.importorskip("prometheus_client.parser")
 
 from summon.serve.app import answer_body, create_server_app, refusal  # noqa: E402
 from summon.serve.logits_server import create_app  # noqa: E402
+from summon.serve.options import ServeOptions  # noqa: E402
 
 BUDGET = 0.6
 REPO = Path(__file__).resolve().parent.parent
@@ -575,18 +579,18 @@ def test_the_serve_parser():
                                       "--degrade", "--no-controller", "--overload-status", "429", "--max-rows", "8",
                                       "--drain-seconds", "2", "--request-timeout", "1.5", "--max-wait-ms", "0"])
     assert args.models == [("exits", "runs/exits"), ("teacher", "runs/big"), ("tiny-model", "hf:org/tiny-model")]
-    assert (args.port, args.degrade, args.no_controller, args.overload_status) == (9000, True, True, 429)
-    assert (args.max_rows, args.drain_seconds, args.request_timeout, args.max_wait_ms) == (8, 2.0, 1.5, 0.0)
-    defaults = build_parser().parse_args(["serve", "m"])
-    assert (defaults.host, defaults.port, defaults.max_batch_rows, defaults.max_queue_rows) == ("127.0.0.1", 8080, 64,
-                                                                                                4096)
-    assert defaults.run == ("summon.cli.commands", "cmd_serve") and defaults.overload_status == 503
+    assert args.port == 9000 and given(args, EngineConfig) == {"degrade": True, "controller": False, "max_wait_ms": 0.0}
+    assert given(args, ServeOptions) == {"overload_status": 429, "max_rows": 8, "drain_seconds": 2.0,
+                                         "request_timeout_s": 1.5}
+    defaults = build_parser().parse_args(["serve", "m"])  # only the flags given: the dataclasses hold the defaults
+    assert (defaults.host, defaults.port) == ("127.0.0.1", 8080) and defaults.run == ("summon.cli.commands", "cmd_serve")
+    assert given(defaults, EngineConfig) == given(defaults, ServeOptions) == given(defaults, ControlConfig) == {}
 
 
 @pytest.mark.parametrize(("argv", "needle"), [
     (["serve", "m", "--overload-status", "500"], "invalid choice"),
     (["serve", "b@d=runs/x"], "NAME=MODEL"),
-    (["serve", "m", "--request-timeout", "0"], "more than 0"),
+    (["serve", "m", "--request-timeout", "0"], "argument --request-timeout: must be a finite number of seconds > 0"),
     (["serve", "a=x", "a=y"], "two models are named 'a'"),
 ])
 def test_serve_usage_errors(argv, needle, capsys):

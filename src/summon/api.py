@@ -26,6 +26,7 @@ from summon.adaptive.cascade import CascadePredictor, build_cascade
 from summon.adaptive.kinds import as_staged
 from summon.adaptive.kinds import load as load_kind
 from summon.adaptive.knob import Knob
+from summon.core.options import options_for
 from summon.data.spec import DatasetSpec, TaskData
 from summon.evaluation.adaptive import evaluate_adaptive
 from summon.evaluation.report import write_report
@@ -86,26 +87,52 @@ def _as_predictor(predictor: Any, device: Any = "auto") -> Any:
     return load(predictor, device=device) if isinstance(predictor, str | os.PathLike) else as_staged(predictor)
 
 
-def calibrate(predictor: Any, data: str | DatasetSpec | TaskData, *, budget: float | None = None, max_drop: float | None = None,
-              guaranteed: float | None = None, delta: float = 0.1, policy: str = "max_prob", unit: str = "flops",
-              temperature_fraction: float = 0.3, seed: int = 0, latency: bool = True, against: str = "reference",
-              data_dir: str | None = None, limit: int | None = None, save: bool = True,
-              learned_target: str = "reference", learned_l2: float = 1e-3, token_reduce: str = "min") -> Calibration:
+# the CalibrationSpec fields that the knob's keywords give (**options name the others)
+SPEC_SET_BY = {"rule": ("budget", "max_drop", "guaranteed", "against"), "value": ("budget", "max_drop", "guaranteed"),
+               "cost_unit": ("unit",)}
+_SET_BY = {name: " or ".join(f"{keyword}=" for keyword in keywords) for name, keywords in SPEC_SET_BY.items()}
+_KNOB = ("budget", "max_drop", "guaranteed", "against", "unit", "latency", "data_dir", "limit")
+_KEYWORDS = {"summon.calibrate": (*_KNOB, "save"), "summon.quantize": (*_KNOB, "dtype", "calibrate_on", "out")}
+
+
+def calibrate(predictor: Any, data: str | DatasetSpec | TaskData, *, budget: float | None = None,
+              max_drop: float | None = None, guaranteed: float | None = None, against: str | None = None,
+              unit: str | None = None, latency: bool = True, data_dir: str | None = None, limit: int | None = None,
+              save: bool = True, **options: Any) -> Calibration:
     """Calibrate a staged predictor (or its directory) on held-out ``data`` (a TaskData or ``"sst2:dev"``).
 
-    One of ``budget``, ``max_drop`` (``against`` the reference model's answers or ``"gold"`` labels) or
-    ``guaranteed`` (with ``delta``) chooses the default operating point; the default is ``max_drop=0.01``.
-    With ``save`` the calibration is written into the saved predictor (the previous one kept).
-    ``policy="learned"`` fits a logistic score per stage on the temperature rows
-    (:mod:`summon.adaptive.learned`), predicting agreement with the reference model (``learned_target=
-    "reference"``) or correctness (``"gold"``), with weight penalty ``learned_l2``. A tagger with exits scores
-    each word and reduces over the sentence by ``token_reduce`` (``min``, ``mean`` or ``path``).
+    One of ``budget``, ``max_drop`` (``against`` the reference model's answers, the default, or ``"gold"``
+    labels) or ``guaranteed`` (with ``delta``) chooses the default operating point; the default is
+    ``max_drop=0.01``. ``unit`` is the cost unit (``"flops"``, the default, or ``"ms"``). With ``save`` the
+    calibration is written into the saved predictor (the previous one kept).
+
+    ``**options`` are the fields of :class:`~summon.adaptive.calibration.CalibrationSpec`, each documented there
+    (its ``help``): ``policy`` (the confidence score), ``temperature_fraction``, ``seed``, ``delta``;
+    ``policy="learned"`` fits a logistic score per stage on the temperature rows (:mod:`summon.adaptive.learned`)
+    shaped by ``learned_target`` (``"reference"``: agree with the reference model; ``"gold"``: be right),
+    ``learned_l2`` and ``learned_features``; a tagger with exits reduces its words' scores over the sentence by
+    ``token_reduce`` (``min``, ``mean`` or ``path``). An unknown option is refused with a suggestion.
     """
-    predictor = _as_predictor(predictor)
+    spec = calibration_spec(budget=budget, max_drop=max_drop, guaranteed=guaranteed, against=against, unit=unit,
+                            where="summon.calibrate", **options)  # checked before anything loads
+    return _calibrate(_as_predictor(predictor), data, spec, latency=latency, data_dir=data_dir, limit=limit,
+                      save=save)
+
+
+def calibration_spec(*, budget: float | None = None, max_drop: float | None = None, guaranteed: float | None = None,
+                     against: str | None = None, unit: str | None = None, where: str = "summon.calibrate",
+                     **options: Any) -> CalibrationSpec:
+    """The :class:`CalibrationSpec` that :func:`calibrate` and :func:`quantize` build from their keywords: the
+    knob's rule and value, ``unit`` as the cost unit, and ``options`` (its other fields, checked by name)."""
+    chosen = options_for(options, CalibrationSpec, where=where, set_by=_SET_BY, also=_KEYWORDS.get(where, ()))[0]
+    if unit is not None:
+        chosen["cost_unit"] = unit
+    return CalibrationSpec(**chosen, **_rule(budget, max_drop, guaranteed, against or "reference"))
+
+
+def _calibrate(predictor: Any, data: str | DatasetSpec | TaskData, spec: CalibrationSpec, *, latency: bool,
+               data_dir: str | None, limit: int | None, save: bool) -> Calibration:
     predictor.require_stages("calibration")
-    spec = CalibrationSpec(policy=policy, cost_unit=unit, temperature_fraction=temperature_fraction, seed=seed,
-                           delta=delta, learned_target=learned_target, learned_l2=learned_l2, token_reduce=token_reduce,
-                           **_rule(budget, max_drop, guaranteed, against))
     calibration = predictor.calibrate(_data(predictor, data, data_dir, limit), spec, latency=latency)
     if save and predictor.path is not None:
         predictor.save_calibration()
@@ -127,10 +154,8 @@ def _rule(budget: float | None, max_drop: float | None, guaranteed: float | None
 
 def quantize(predictor: Any, *, dtype: str = "int8", calibrate_on: str | DatasetSpec | TaskData | None = None,
              out: str | os.PathLike | None = None, budget: float | None = None, max_drop: float | None = None,
-             guaranteed: float | None = None, delta: float = 0.1, policy: str = "max_prob", unit: str = "flops",
-             temperature_fraction: float = 0.3, seed: int = 0, latency: bool = True, against: str = "reference",
-             data_dir: str | None = None, limit: int | None = None, learned_target: str = "reference",
-             token_reduce: str = "min") -> Any:
+             guaranteed: float | None = None, against: str | None = None, unit: str | None = None,
+             latency: bool = True, data_dir: str | None = None, limit: int | None = None, **options: Any) -> Any:
     """An int8 copy of a predictor (an object, or a folder loaded on the CPU): every ``nn.Linear`` of its torch
     models replaced by a dynamic int8 one (``torch.ao.nn.quantized.dynamic.Linear``; :mod:`summon.models.quantize`).
 
@@ -142,8 +167,10 @@ def quantize(predictor: Any, *, dtype: str = "int8", calibrate_on: str | Dataset
     for int8 ones, so the copy is uncalibrated (a knob is refused; without one every input runs to the last
     stage) until it is calibrated: ``calibrate_on`` held-out data does that here, with the keywords of
     :func:`calibrate` (``budget``/``max_drop``/``guaranteed`` choose the default operating point, ``max_drop=0.01``
-    if none). FLOPs count as for the fp32 model (an int8 multiply-add is 2 FLOPs too); the calibration measures
-    the int8 stages' milliseconds on this machine, so ``unit="ms"`` fractions are the int8 ones.
+    if none; ``**options`` are the fields of :class:`~summon.adaptive.calibration.CalibrationSpec`, such as
+    ``policy``, ``learned_l2`` or ``learned_features``). FLOPs count as for the fp32 model (an int8 multiply-add is
+    2 FLOPs too); the calibration measures the int8 stages' milliseconds on this machine, so ``unit="ms"``
+    fractions are the int8 ones.
 
     With ``out`` the copy is saved there — the fp32 weights as they are and a ``quantization`` manifest section,
     applied again at load — and returned as ``summon.load(out, device="cpu")`` gives it.
@@ -153,14 +180,20 @@ def quantize(predictor: Any, *, dtype: str = "int8", calibrate_on: str | Dataset
     ``predict(texts, max_drop=...)``; or ``summon.evaluate([fp32, int8], split, speedup=True)``.
 
     Raises:
-        ValueError: For a dtype other than ``"int8"``; knob keywords without ``calibrate_on``; ``calibrate_on``
-            for a plain predictor; ``out`` that is the predictor's own folder; a predictor int8 already.
+        ValueError: For a dtype other than ``"int8"``; calibration keywords without ``calibrate_on``;
+            ``calibrate_on`` for a plain predictor; ``out`` that is the predictor's own folder; a predictor int8
+            already.
+        TypeError: For an option that is no field of the calibration (with a suggestion).
     """
     spec = Quantization.of(dtype)  # every argument is checked before anything loads
-    _rule(budget, max_drop, guaranteed, against)
-    if calibrate_on is None and (budget, max_drop, guaranteed) != (None, None, None):
-        raise ValueError("budget, max_drop and guaranteed choose the default operating point of the int8 predictor's "
-                         "calibration; give calibrate_on= (held-out data) with them, or drop them")
+    calibration = calibration_spec(budget=budget, max_drop=max_drop, guaranteed=guaranteed, against=against,
+                                   unit=unit, where="summon.quantize", **options)
+    knobs = {"budget": budget, "max_drop": max_drop, "guaranteed": guaranteed, "against": against, "unit": unit}
+    given = [name for name, value in knobs.items() if value is not None] + list(options)
+    if calibrate_on is None and given:
+        them = "it" if len(given) == 1 else "them"
+        raise ValueError(f"{', '.join(given)} {'sets' if len(given) == 1 else 'set'} how the int8 predictor is "
+                         f"calibrated; give calibrate_on= (held-out data) with {them}, or drop {them}")
     source = getattr(predictor, "path", None) if not isinstance(predictor, str | os.PathLike) else predictor
     if out is not None and source is not None and Path(out).resolve() == Path(source).resolve():
         raise ValueError(f"{out} is the folder of the predictor being quantized; write the int8 one to a folder of its "
@@ -172,10 +205,7 @@ def quantize(predictor: Any, *, dtype: str = "int8", calibrate_on: str | Dataset
         raise TypeError(f"summon.quantize: a {type(predictor).__name__} cannot be quantized (it has no quantized())")
     quantized = predictor.quantized(spec)
     if calibrate_on is not None:
-        calibrate(quantized, calibrate_on, budget=budget, max_drop=max_drop, guaranteed=guaranteed, delta=delta,
-                  policy=policy, unit=unit, temperature_fraction=temperature_fraction, seed=seed, latency=latency,
-                  against=against, data_dir=data_dir, limit=limit, save=False, learned_target=learned_target,
-                  token_reduce=token_reduce)
+        _calibrate(quantized, calibrate_on, calibration, latency=latency, data_dir=data_dir, limit=limit, save=False)
     if out is None:
         return quantized
     quantized.save(out)

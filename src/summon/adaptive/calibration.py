@@ -26,9 +26,9 @@ import torch.nn.functional as F
 
 from summon.adaptive.cascade_stages import split_defer
 from summon.adaptive.gate import Gate
-from summon.adaptive.learned import TARGETS, LearnedScores, check_features, fit_learned
+from summon.adaptive.learned import FEATURES, TARGETS, LearnedScores, check_features, fit_learned
 from summon.adaptive.policies import TOKEN_REDUCTIONS
-from summon.adaptive.scoring import Readout, TokenReadout, check_scorer, score_all, token_view
+from summon.adaptive.scoring import SCORERS, Readout, TokenReadout, check_scorer, score_all, token_view
 from summon.adaptive.thresholds import OperatingPoint, ThresholdTable
 from summon.measure.metrics import expected_calibration_error
 from summon.measure.stage_costs import StageCosts
@@ -91,19 +91,38 @@ class CalibrationSpec:
     ``learned_target`` (``reference``: agree with the last stage; ``gold``: be right), ``learned_l2`` and
     ``learned_features`` (None: all of :data:`~summon.adaptive.learned.FEATURES`) shape the ``learned`` scorer.
     ``token_reduce`` (``min``, ``mean``, ``path``) turns a tagger's per-word scores into one per sentence.
+
+    The one declaration of the calibration options: ``summon calibrate``/``summon quantize`` derive their flags
+    from these fields and their ``help`` (:mod:`summon.core.options`), and ``summon.calibrate``/``summon.quantize``
+    take them as keywords; ``rule``, ``value``, ``delta`` and ``cost_unit`` are given by the knob flags and keywords
+    (their ``flag`` metadata names them).
     """
 
-    policy: str = "max_prob"
-    cost_unit: Literal["flops", "ms"] = "flops"
-    temperature_fraction: float = 0.3
-    rule: Literal["budget", "max_drop", "max_drop_gold", "guaranteed"] = "max_drop"
-    value: float = 0.01
-    delta: float = 0.1
-    seed: int = 0
-    learned_target: Literal["reference", "gold"] = "reference"
-    learned_l2: float = 1e-3
-    learned_features: tuple[str, ...] | None = None
-    token_reduce: Literal["min", "mean", "path"] = "min"
+    policy: str = field(default="max_prob", metadata={"choices": SCORERS, "help": (
+        "confidence score; defer needs a learned defer output (cascade students); learned fits a logistic score per "
+        "stage on the temperature rows (this and the previous stage's confidence, agreement run, input length)")})
+    cost_unit: Literal["flops", "ms"] = field(default="flops", metadata={
+        "cli": False, "flag": "--unit", "help": "the unit of stage costs: the table's cost fractions and budgets"})
+    temperature_fraction: float = field(default=0.3, metadata={
+        "help": "share of rows that fit temperatures (and gates or learned scores); the others choose thresholds"})
+    rule: Literal["budget", "max_drop", "max_drop_gold", "guaranteed"] = field(default="max_drop", metadata={
+        "cli": False, "flag": ("--budget", "--max-drop", "--guaranteed", "--against"),
+        "help": "the rule of the default operating point (the knob: budget, max_drop, against gold, guaranteed)"})
+    value: float = field(default=0.01, metadata={
+        "cli": False, "flag": ("--budget", "--max-drop", "--guaranteed"), "help": "the rule's value (the knob's)"})
+    delta: float = field(default=0.1, metadata={
+        "cli": False, "flag": "--delta", "help": "guaranteed: the failure probability of the Learn-then-Test bound"})
+    seed: int = field(default=0, metadata={"help": "seed of the temperature/threshold row split"})
+    learned_target: Literal["reference", "gold"] = field(default="reference", metadata={
+        "help": "--policy learned: predict agreement with the full model's answer or with the gold label"})
+    learned_l2: float = field(default=1e-3, metadata={
+        "help": "--policy learned: L2 penalty on the weights of each stage's logistic score"})
+    learned_features: tuple[str, ...] | None = field(default=None, metadata={
+        "choices": FEATURES, "metavar": "FEATURE",
+        "help": "--policy learned: the features each stage's score is fitted on (default: all of them)"})
+    token_reduce: Literal["min", "mean", "path"] = field(default="min", metadata={
+        "help": "taggers with exits: a sentence's score from its words' (the least sure word, the mean, or the "
+        "product: the best tag path's probability)"})
 
     def __post_init__(self) -> None:
         check_scorer(self.policy)

@@ -14,17 +14,21 @@ from pathlib import Path
 from typing import Any, TextIO
 
 import summon
-from summon.adaptive.calibration import Calibration
+from summon.adaptive.calibration import Calibration, CalibrationSpec
 from summon.adaptive.knob import Knob
 from summon.cli.inputs import check_inputs, read_inputs
+from summon.cli.main import CONTROLLER
 from summon.cli.quickstart import run_quickstart
 from summon.core.config import to_dict
+from summon.core.options import flags, given
 from summon.models.quantize import dynamic_linears, quantized_device
 from summon.predictors.huggingface import export_hf, load_plain
 from summon.predictors.saved import read_manifest
 from summon.serve.app import FullModel, create_server_app, run_server
-from summon.serve.engine import Engine
+from summon.serve.control import ControlConfig
+from summon.serve.engine import Engine, EngineConfig
 from summon.serve.logits_server import serve
+from summon.serve.options import ServeOptions, served_engine_config
 from summon.serve.ray_app import (
     RayServeOptions,
     ray_deployments,
@@ -105,44 +109,51 @@ def _print_adaptive(result: dict) -> None:
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
-    knob = knob_from_args(args)  # validated before the model loads
+    keywords = calibration_keywords(args)  # validated before the model loads
     predictor = summon.load(args.predictor, device=args.device)
-    calibration = summon.calibrate(predictor, args.data, budget=knob.budget, max_drop=knob.max_drop,
-                                   guaranteed=knob.guaranteed, delta=knob.delta, against=args.against,
-                                   policy=args.policy, unit=args.unit or "flops",
-                                   temperature_fraction=args.temperature_fraction, seed=args.seed,
-                                   latency=not args.no_latency, data_dir=args.data_dir, limit=args.limit,
-                                   learned_target=args.learned_target, token_reduce=args.token_reduce)
+    calibration = summon.calibrate(predictor, args.data, latency=not args.no_latency, data_dir=args.data_dir,
+                                   limit=args.limit, **keywords)
     _print_calibration(calibration, args.table_rows)
     return 0
 
 
-CALIBRATION_FLAGS = {
-    "--budget": lambda a: a.budget is not None, "--max-drop": lambda a: a.max_drop is not None,
-    "--guaranteed": lambda a: a.guaranteed is not None, "--delta": lambda a: a.delta is not None,
-    "--unit": lambda a: a.unit is not None, "--policy": lambda a: a.policy != "max_prob",
-    "--against": lambda a: a.against != "reference", "--temperature-fraction": lambda a: a.temperature_fraction != 0.3,
-    "--no-latency": lambda a: a.no_latency, "--seed": lambda a: a.seed != 0,
-    "--data-dir": lambda a: a.data_dir is not None, "--limit": lambda a: a.limit is not None,
-    "--learned-target": lambda a: a.learned_target != "reference", "--token-reduce": lambda a: a.token_reduce != "min"}
+KNOB_FLAGS = {"--budget": "budget", "--max-drop": "max_drop", "--guaranteed": "guaranteed", "--delta": "delta",
+              "--unit": "unit"}  # None unless given
+
+
+def calibration_keywords(args: argparse.Namespace) -> dict[str, Any]:
+    """The keywords of ``summon.calibrate``/``summon.quantize`` that the flags give: the knob (validated), the
+    cost unit, ``--against`` and every :class:`CalibrationSpec` flag given (the spec's defaults fill the rest)."""
+    knob = knob_from_args(args)
+    out = {"budget": knob.budget, "max_drop": knob.max_drop, "guaranteed": knob.guaranteed, "unit": args.unit,
+           "against": getattr(args, "against", None), **given(args, CalibrationSpec)}
+    if args.delta is not None:
+        out["delta"] = args.delta
+    return out
+
+
+def calibration_flags(args: argparse.Namespace) -> list[str]:
+    """The flags given that set how a predictor is calibrated (exactly those on the command line)."""
+    spec = flags(CalibrationSpec)
+    found = [flag for flag, dest in KNOB_FLAGS.items() if getattr(args, dest) is not None]
+    found += [spec[name][0] for name in given(args, CalibrationSpec)]
+    found += ["--against"] * ("against" in args) + ["--no-latency"] * args.no_latency
+    return found + [flag for flag, dest in (("--data-dir", "data_dir"), ("--limit", "limit"))
+                    if getattr(args, dest) is not None]
 
 
 def cmd_quantize(args: argparse.Namespace) -> int:
     """Run ``summon quantize``: an int8 copy of ``args.model``, calibrated on ``--data`` when given, written to
     ``args.out`` (:func:`summon.quantize`); returns 0."""
-    knob = knob_from_args(args)  # every flag is checked before the model loads
-    given = [flag for flag, on in CALIBRATION_FLAGS.items() if on(args)]
-    if args.data is None and given:
-        them = "it" if len(given) == 1 else "them"
-        raise ValueError(f"{', '.join(given)} {'sets' if len(given) == 1 else 'set'} how the int8 copy is calibrated; "
-                         f"give --data SPLIT (held-out rows) with {them}, or drop {them}")
+    keywords = calibration_keywords(args)  # every flag is checked before the model loads
+    given_flags = calibration_flags(args)
+    if args.data is None and given_flags:
+        them = "it" if len(given_flags) == 1 else "them"
+        raise ValueError(f"{', '.join(given_flags)} {'sets' if len(given_flags) == 1 else 'set'} how the int8 copy is "
+                         f"calibrated; give --data SPLIT (held-out rows) with {them}, or drop {them}")
     quantized_device(args.device, "--device")
-    int8 = summon.quantize(args.model, dtype=args.dtype, calibrate_on=args.data, out=args.out, budget=knob.budget,
-                           max_drop=knob.max_drop, guaranteed=knob.guaranteed, delta=knob.delta,
-                           policy=args.policy, unit=args.unit or "flops",
-                           temperature_fraction=args.temperature_fraction, seed=args.seed,
-                           latency=not args.no_latency, against=args.against, data_dir=args.data_dir,
-                           limit=args.limit, learned_target=args.learned_target, token_reduce=args.token_reduce)
+    int8 = summon.quantize(args.model, dtype=args.dtype, calibrate_on=args.data, out=args.out,
+                           latency=not args.no_latency, data_dir=args.data_dir, limit=args.limit, **keywords)
     layers = sum(dynamic_linears(model) for model in _models(int8))
     print(f"quantized {args.model} ({int8.kind}): {layers} linear layers dynamic int8 "
           f"({int8.quantization.dtype}, engine {int8.quantization.engine}); runs on the CPU")
@@ -206,15 +217,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if ray_only:
         raise ValueError(f"{', '.join(ray_only)} {'goes' if len(ray_only) == 1 else 'go'} with --ray (Ray Serve); add "
                          "--ray or drop it")
+    app_options = given(args, ServeOptions)
+    config = served_engine_config(ServeOptions(**app_options), **engine_flags(args))  # checked before loading
     models = {name: summon.load(path, device=args.device) for name, path in args.models}
-    engine = Engine(models, max_batch_rows=args.max_batch_rows, max_batch_tokens=args.max_batch_tokens,
-                    max_wait_ms=args.max_wait_ms,
-                    max_queue_rows=args.max_queue_rows, max_request_rows=args.max_rows,
-                    max_input_chars=args.max_input_chars, degrade=args.degrade, controller=not args.no_controller)
-    warmup = sorted({1, min(8, args.max_batch_rows), args.max_batch_rows})
-    app = create_server_app(engine, max_body_bytes=args.max_body_bytes, max_rows=args.max_rows,
-                            request_timeout_s=args.request_timeout, overload_status=args.overload_status,
-                            warmup_sizes=warmup, drain_seconds=args.drain_seconds)
+    app = create_server_app(Engine(models, **config.flat()), **app_options)
     print(f"summon: serving {', '.join(names)} on http://{args.host}:{args.port}/ (demo /, docs /docs, metrics "
           "/metrics); Ctrl-C or SIGTERM drains and stops", file=sys.stderr, flush=True)
     run_server(app, host=args.host, port=args.port)
@@ -232,16 +238,18 @@ RAY_FLAGS = {"--write-config": lambda a: a.write_config is not None, "--replicas
              "--replica-gpus": lambda a: a.replica_gpus != 0.0}
 
 
+def engine_flags(args: argparse.Namespace) -> dict[str, Any]:
+    """The engine's options the flags of ``summon serve`` give (exactly those on the command line), flat as
+    :meth:`EngineConfig.of` takes them: :class:`EngineConfig`'s fields and :class:`ControlConfig`'s."""
+    return {**given(args, EngineConfig), **given(args, ControlConfig, prefix=CONTROLLER)}
+
+
 def ray_options(args: argparse.Namespace) -> RayServeOptions:
     """The :class:`RayServeOptions` of ``summon serve --ray``'s flags."""
     resources = {"num_cpus": args.replica_cpus, **({"num_gpus": args.replica_gpus} if args.replica_gpus else {})}
     teacher = _scaling(args.teacher_replicas, args.teacher_max_replicas, "--teacher-replicas", "--teacher-max-replicas")
-    return RayServeOptions(
-        max_batch_rows=args.max_batch_rows, max_batch_tokens=args.max_batch_tokens, max_wait_ms=args.max_wait_ms,
-        max_queue_rows=args.max_queue_rows,
-        max_rows=args.max_rows, max_input_chars=args.max_input_chars, degrade=args.degrade,
-        controller=not args.no_controller, max_body_bytes=args.max_body_bytes, request_timeout_s=args.request_timeout,
-        overload_status=args.overload_status, drain_seconds=args.drain_seconds, device=args.device,
+    return RayServeOptions.of(
+        **engine_flags(args), **given(args, ServeOptions), device=args.device,
         **_scaling(args.replicas, args.max_replicas, "--replicas", "--max-replicas"),
         max_ongoing_requests=args.max_ongoing_requests, max_queued_requests=args.max_queued_requests,
         ray_actor_options=resources,

@@ -5,6 +5,11 @@ User mistakes print one clear ``summon: error: ...`` message and exit with statu
 prints one line and exits 1; ``--debug`` (or ``SUMMON_DEBUG=1``) shows the traceback instead. Every command that runs a model takes ``--device``;
 ``predict``, ``eval`` and ``calibrate`` take the same knob flags (:mod:`summon.cli.knob`). A sub-command's
 options and positionals may come in any order, and every ``--help`` shows the defaults.
+
+The options of ``calibrate``/``quantize`` (``CalibrationSpec``) and of ``serve`` (``EngineConfig``,
+``ControlConfig``, ``ServeOptions``) are not typed here: :mod:`summon.core.options` derives them from those
+dataclasses, and a command reads back exactly the flags given (:func:`~summon.core.options.given`). The
+dataclasses whose modules import torch add their flags when their command is parsed (:meth:`_SubParser.options_of`).
 """
 
 from __future__ import annotations
@@ -13,7 +18,6 @@ import argparse
 import difflib
 import importlib
 import logging
-import math
 import os
 import re
 import sys
@@ -24,7 +28,11 @@ from summon.adaptive.cascade_stages import StageUnavailable
 from summon.cli.export import add_export_parser
 from summon.cli.inputs import FORMATS
 from summon.cli.knob import add_knob_arguments
+from summon.core.options import above, add_options, at_least
 from summon.core.version import __version__
+from summon.serve.control import ControlConfig
+from summon.serve.options import ServeOptions
+from summon.serve.queue import EngineConfig
 
 EXIT_USAGE = 2
 HEAVY = "summon.cli.commands"  # the commands that load models, imported when one of them runs
@@ -71,6 +79,7 @@ class _Formatter(argparse.ArgumentDefaultsHelpFormatter):
 
 
 _FORMATTER = _Formatter
+CONTROLLER = "controller"  # the prefix of the flags of ControlConfig: --controller-window, ...
 _KNOB_FLAGS = ("--budget", "--max-drop", "--threshold", "--guaranteed")
 
 
@@ -107,8 +116,28 @@ class _SubParser(_Parser):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs.setdefault("formatter_class", _FORMATTER)  # defaults shown on every sub-command's --help
         super().__init__(*args, **kwargs)
+        self._later: list[tuple[Any, str, str, str]] = []
+
+    def options_of(self, group: Any, owner: str, *, prefix: str = "") -> None:
+        """Flags derived from the dataclass ``owner`` (``"module:Class"``, :func:`summon.core.options.add_options`)
+        into ``group``, added when this command is parsed or its help shown: the class's module may import torch,
+        which ``summon --help`` and the other commands' parsing must not wait for."""
+        module, name = owner.split(":")
+        self._later.append((group, module, name, prefix))
+
+    def complete(self) -> _SubParser:
+        """Add the flags :meth:`options_of` put off (importing their modules now); returns the parser."""
+        while self._later:
+            group, module, name, prefix = self._later.pop(0)
+            add_options(group, getattr(importlib.import_module(module), name), prefix=prefix)
+        return self
+
+    def format_help(self) -> str:
+        self.complete()
+        return super().format_help()
 
     def parse_known_args(self, args=None, namespace=None):
+        self.complete()
         if self._intermixing:  # parse_known_intermixed_args calls back in: plain parsing from there
             return super().parse_known_args(args, namespace)
         self._intermixing = True
@@ -116,36 +145,6 @@ class _SubParser(_Parser):
             return self.parse_known_intermixed_args(args, namespace)
         finally:
             self._intermixing = False
-
-
-def _at_least(minimum: float, maximum: float = math.inf) -> Callable[[str], Any]:
-    """An argparse type: a finite number (whole when ``minimum`` is an int) from ``minimum`` to ``maximum``, so
-    that a value that cannot be meant is refused before anything loads or runs."""
-    return _number(minimum, inclusive=True, maximum=maximum)
-
-
-def _above(minimum: float) -> Callable[[str], Any]:
-    """An argparse type: a finite number greater than ``minimum``."""
-    return _number(minimum, inclusive=False)
-
-
-def _number(minimum: float, *, inclusive: bool, maximum: float = math.inf) -> Callable[[str], Any]:
-    kind = int if isinstance(minimum, int) else float
-
-    def parse(text: str) -> Any:
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a {'whole ' if kind is int else ''}number, got {text!r}") from None
-        if not math.isfinite(value):
-            raise argparse.ArgumentTypeError(f"expected a finite number, got {text}")
-        if value < minimum or (value == minimum and not inclusive):
-            raise argparse.ArgumentTypeError(f"must be {'at least' if inclusive else 'more than'} {minimum}, got {text}")
-        if value > maximum:
-            raise argparse.ArgumentTypeError(f"must be at most {maximum}, got {text}")
-        return value
-
-    return parse
 
 
 DATA_HELP = "split to use: sst2:dev, a .jsonl/.csv/.tsv file, or hub:ID[@CONFIG]:SPLIT (a split must be named)"
@@ -159,7 +158,7 @@ def _add_data(p: argparse.ArgumentParser, what: str, *, required: bool = True, t
               aliases: Sequence[str] = ()) -> None:
     p.add_argument("--data", *aliases, dest="data", required=required, help=text)
     p.add_argument("--data-dir", help="local data catalog folder (default $SUMMON_DATA_DIR)")
-    p.add_argument("--limit", type=_at_least(1), help=f"{what} the first N rows only (default: all)")
+    p.add_argument("--limit", type=at_least(1), help=f"{what} the first N rows only (default: all)")
 
 
 def _parser_train(sub) -> None:
@@ -182,7 +181,7 @@ def _parser_eval(sub) -> None:
     _add_data(p, "evaluate")
     p.add_argument("--out", help="folder for report.json, report.md and report.png (and plots per staged model)")
     p.add_argument("--no-latency", action="store_true", help="count FLOPs but skip timing")
-    p.add_argument("--max-seconds", type=_at_least(0.0), default=10.0, help="time budget for latency per model")
+    p.add_argument("--max-seconds", type=at_least(0.0), default=10.0, help="time budget for latency per model")
     p.add_argument("--speedup", action="store_true", help="staged predictors: measure wall-clock speed-up")
     add_knob_arguments(p)
     _add_device(p)
@@ -200,25 +199,18 @@ def _parser_calibrate(sub) -> None:
     p.set_defaults(run=(HEAVY, "cmd_calibrate"))
 
 
-def _add_calibration_options(p: argparse.ArgumentParser) -> None:
-    """The options of ``summon calibrate`` besides the data (``summon quantize`` takes them too)."""
-    p.add_argument("--policy", default="max_prob",
-                   choices=["max_prob", "margin", "entropy", "patience", "defer", "gate", "learned"],
-                   help="confidence score; defer needs a learned defer output (cascade students); learned fits a "
-                   "logistic score per stage on the temperature rows (this and the previous stage's confidence, "
-                   "agreement run, input length)")
-    p.add_argument("--learned-target", choices=["reference", "gold"], default="reference",
-                   help="--policy learned: predict agreement with the full model's answer or with the gold label")
-    p.add_argument("--token-reduce", choices=["min", "mean", "path"], default="min",
-                   help="taggers with exits: a sentence's score from its words' (the least sure word, the mean, or "
-                   "the product: the best tag path's probability)")
+def _add_calibration_options(p: _SubParser) -> None:
+    """The options of ``summon calibrate`` besides the data (``summon quantize`` takes them too): a flag for every
+    field of :class:`~summon.adaptive.calibration.CalibrationSpec` (derived from it, so a new field is a new flag),
+    the knob flags that give its rule, value, delta and cost unit, and ``--against``."""
+    spec = p.add_argument_group("calibration (the fields of summon.adaptive.calibration.CalibrationSpec)")
+    p.options_of(spec, "summon.adaptive.calibration:CalibrationSpec")
     add_knob_arguments(p, threshold=False)
-    p.add_argument("--against", choices=["reference", "gold"], default="reference",
-                   help="--max-drop: measure the drop against the full model's answers or the gold labels")
-    p.add_argument("--temperature-fraction", type=float, default=0.3, help="share of rows that fit temperatures")
+    p.add_argument("--against", choices=["reference", "gold"], default=argparse.SUPPRESS,
+                   help="--max-drop: measure the drop against the full model's answers or the gold labels "
+                   "(default: reference)")
     p.add_argument("--no-latency", action="store_true", help="skip measuring per-stage milliseconds")
-    p.add_argument("--seed", type=int, default=0, help="seed of the temperature/threshold row split")
-    p.add_argument("--table-rows", type=_at_least(0), default=24, help="rows of the threshold table to print (0: all)")
+    p.add_argument("--table-rows", type=at_least(0), default=24, help="rows of the threshold table to print (0: all)")
 
 
 def _parser_quantize(sub) -> None:
@@ -254,7 +246,7 @@ def _parser_predict(sub) -> None:
     p.add_argument("--format", default="auto", choices=["auto", *FORMATS],
                    help="format of --file (auto: from the extension; standard input: txt)")
     p.add_argument("--out", help="write JSON lines to this file (default: standard output)")
-    p.add_argument("--batch-size", type=_at_least(1), default=64, help="rows per batch")
+    p.add_argument("--batch-size", type=at_least(1), default=64, help="rows per batch")
     add_knob_arguments(p)
     _add_device(p)
     p.set_defaults(run=(HEAVY, "cmd_predict"))
@@ -265,7 +257,7 @@ def _parser_other(sub) -> None:
                        formatter_class=_FORMATTER)
     p.add_argument("stages", nargs="+", help="predictor directories or http://host:port of `summon serve-logits`")
     p.add_argument("--out", required=True, help="cascade directory to write (then run summon calibrate on it)")
-    p.add_argument("--timeout", type=_above(0.0), default=10.0, help="seconds to wait for a remote stage")
+    p.add_argument("--timeout", type=above(0.0), default=10.0, help="seconds to wait for a remote stage")
     _add_device(p)
     p.set_defaults(run=(HEAVY, "cmd_cascade"))
 
@@ -273,11 +265,11 @@ def _parser_other(sub) -> None:
                        formatter_class=_FORMATTER)
     p.add_argument("predictor", help="a predictor directory")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
-    p.add_argument("--port", type=_at_least(0, 65535), default=8080, help="TCP port to listen on (0: any free port)")
+    p.add_argument("--port", type=at_least(0, 65535), default=8080, help="TCP port to listen on (0: any free port)")
     p.add_argument("--name", default="teacher", help="the stage name the server reports in /v1/info")
-    p.add_argument("--max-body-bytes", type=_at_least(1), default=16 * 1024 * 1024,
+    p.add_argument("--max-body-bytes", type=at_least(1), default=16 * 1024 * 1024,
                    help="largest request body; a larger one is answered 413")
-    p.add_argument("--max-rows", type=_at_least(1), default=1024, help="most inputs per request; more are answered 413")
+    p.add_argument("--max-rows", type=at_least(1), default=1024, help="most inputs per request; more are answered 413")
     _add_device(p)
     p.set_defaults(run=(HEAVY, "cmd_serve_logits"))
 
@@ -293,7 +285,7 @@ def _parser_other(sub) -> None:
     p = sub.add_parser("quickstart", help="offline end-to-end demo: fine-tune, distil, evaluate, report",
                        formatter_class=_FORMATTER)
     p.add_argument("--out", default="summon_quickstart", help="output folder")
-    p.add_argument("--max-seconds", type=_at_least(0.0), default=6.0, help="latency time budget per model")
+    p.add_argument("--max-seconds", type=at_least(0.0), default=6.0, help="latency time budget per model")
     p.set_defaults(run=(HEAVY, "cmd_quickstart"))
 
 
@@ -327,27 +319,12 @@ def _parser_serve(sub) -> None:
                    help="predictor directories, NAME=DIR to name one (default: the folder's name); the first is the "
                    "default model")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
-    p.add_argument("--port", type=_at_least(0, 65535), default=8080, help="TCP port to listen on (0: any free port)")
-    p.add_argument("--max-batch-rows", type=_at_least(1), default=64, help="rows per batch (across requests)")
-    p.add_argument("--max-batch-tokens", type=_at_least(1), default=None,
-                   help="tokens per batch (across requests; a single larger request runs alone); default: rows only")
-    p.add_argument("--max-wait-ms", type=_at_least(0.0), default=5.0, help="how long a batch waits to fill")
-    p.add_argument("--max-queue-rows", type=_at_least(1), default=4096,
-                   help="rows queued per model; more are refused (--overload-status, with Retry-After)")
-    p.add_argument("--max-body-bytes", type=_at_least(1), default=16 * 1024 * 1024,
-                   help="largest request body; a larger one is answered 413")
-    p.add_argument("--max-rows", type=_at_least(1), default=1024, help="most inputs per request; more are answered 413")
-    p.add_argument("--max-input-chars", type=_at_least(1), help="longest input in characters; longer is answered 413 "
-                   "(default: no limit)")
-    p.add_argument("--degrade", action="store_true", help="while a queue is past half full, lower each request's "
-                   "budget toward the cheapest operating point before refusing anything")
-    p.add_argument("--no-controller", action="store_true", help="keep every budget's calibrated threshold (no "
-                   "feedback on the realised cost)")
-    p.add_argument("--overload-status", type=int, choices=[503, 429], default=503, help="status of a full queue")
-    p.add_argument("--drain-seconds", type=_at_least(0.0), default=30.0,
-                   help="on SIGTERM, how long queued work may take to finish")
-    p.add_argument("--request-timeout", type=_above(0.0), default=30.0,
-                   help="seconds before an unanswered prediction is answered 504")
+    p.add_argument("--port", type=at_least(0, 65535), default=8080, help="TCP port to listen on (0: any free port)")
+    engine = p.add_argument_group("engine (the fields of summon.serve.queue.EngineConfig)")
+    add_options(engine, EngineConfig)
+    add_options(p.add_argument_group("budget controllers (the fields of summon.serve.control.ControlConfig)"),
+                ControlConfig, prefix=CONTROLLER)
+    add_options(p.add_argument_group("HTTP app (the fields of summon.serve.options.ServeOptions)"), ServeOptions)
     _add_device(p)
     _add_ray_arguments(p)
     p.set_defaults(run=(HEAVY, "cmd_serve"))
@@ -359,21 +336,21 @@ def _add_ray_arguments(p: argparse.ArgumentParser) -> None:
                                "at --host:--port (joins the cluster at $RAY_ADDRESS, else starts a local one). A "
                                "cascade's teacher runs as a deployment of its own, scaled apart from the students.")
     ray.add_argument("--ray", action="store_true", help="serve on Ray Serve instead of one uvicorn process")
-    ray.add_argument("--replicas", type=_at_least(1), default=1,
+    ray.add_argument("--replicas", type=at_least(1), default=1,
                      help="replicas of the models' deployment (with --max-replicas: the fewest)")
-    ray.add_argument("--max-replicas", type=_at_least(1), help="autoscale the models' deployment between --replicas "
+    ray.add_argument("--max-replicas", type=at_least(1), help="autoscale the models' deployment between --replicas "
                      "and this many replicas")
-    ray.add_argument("--max-ongoing-requests", type=_at_least(1), help="requests one replica holds at once "
+    ray.add_argument("--max-ongoing-requests", type=at_least(1), help="requests one replica holds at once "
                      "(default: 2 x --max-batch-rows, so batches can fill)")
-    ray.add_argument("--max-queued-requests", type=_at_least(-1), help="requests Ray queues per proxy before "
+    ray.add_argument("--max-queued-requests", type=at_least(-1), help="requests Ray queues per proxy before "
                      "answering --overload-status with Retry-After (default: 2 x --max-ongoing-requests; -1: no bound)")
-    ray.add_argument("--teacher-replicas", type=_at_least(1), default=1,
+    ray.add_argument("--teacher-replicas", type=at_least(1), default=1,
                      help="replicas of each cascade teacher's deployment (with --teacher-max-replicas: the fewest)")
-    ray.add_argument("--teacher-max-replicas", type=_at_least(1), help="autoscale each teacher's deployment up to this")
-    ray.add_argument("--teacher-timeout", type=_above(0.0), default=10.0, help="seconds before a teacher's rows are "
+    ray.add_argument("--teacher-max-replicas", type=at_least(1), help="autoscale each teacher's deployment up to this")
+    ray.add_argument("--teacher-timeout", type=above(0.0), default=10.0, help="seconds before a teacher's rows are "
                      "answered by the student (marked degraded)")
-    ray.add_argument("--replica-cpus", type=_at_least(0.0), default=1.0, help="CPUs Ray reserves per replica")
-    ray.add_argument("--replica-gpus", type=_at_least(0.0), default=0.0, help="GPUs Ray reserves per replica")
+    ray.add_argument("--replica-cpus", type=at_least(0.0), default=1.0, help="CPUs Ray reserves per replica")
+    ray.add_argument("--replica-gpus", type=at_least(0.0), default=0.0, help="GPUs Ray reserves per replica")
     ray.add_argument("--write-config", metavar="FILE", help="write a Ray Serve config file for these models and "
                      "options (run it with: serve run FILE, or serve deploy FILE on a cluster) and exit")
 

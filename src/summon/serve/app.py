@@ -59,6 +59,7 @@ from typing import Any
 
 from summon.adaptive.knob import KNOBS
 from summon.adaptive.staged import StagedBase
+from summon.core.options import options_for
 from summon.core.version import __version__
 from summon.predictors.predictor import canonical_inputs
 from summon.serve.demo import DEMO_HTML
@@ -79,13 +80,10 @@ from summon.serve.engine import (
 )
 from summon.serve.logits_server import (
     INPUT_ERRORS,
-    MAX_BODY_BYTES,
-    MAX_ROWS,
     BodyLimit,
     Refused,
     add_error_handlers,
     add_logits_routes,
-    check_limits,
     culprit,
     internal_error,
     json_type,
@@ -95,6 +93,10 @@ from summon.serve.logits_server import (
     too_many_rows,
 )
 from summon.serve.metrics import CONTENT_TYPE_LATEST, HttpStats, metrics_registry, render
+from summon.serve.options import (
+    ServeOptions,
+    warmup_sizes,
+)
 
 try:  # the serve extra; _require_serve_extra says how to install it when it is missing
     import uvicorn
@@ -114,43 +116,11 @@ def _require_serve_extra() -> None:
 logger = logging.getLogger(__name__)
 
 PROTOCOL = "summon-serve/1"
-REQUEST_TIMEOUT_S = 30.0
-DRAIN_SECONDS = 30.0
-WARMUP_SIZES = (1, 8)
-OVERLOAD_STATUSES = (503, 429)
 REQUEST_ID = "summon.request_id"  # where the middleware leaves the request id in the ASGI scope
 PREDICT_FIELDS = ("model", "inputs", "knob", "deadline_ms", "priority")
 SERVED = ("this server answers POST /v1/predict, GET /v1/models, GET /v1/info, GET /health, GET /ready, GET /metrics, "
           "GET / (demo), GET /docs, and summon-logits/1 under /models/NAME/v1/")
 _REQUEST_ID_OK = re.compile(r"^[\x21-\x7e]{1,128}$")  # visible ASCII, as a header value can carry it
-
-
-@dataclass(frozen=True)
-class ServeOptions:
-    """How the app answers (see :func:`create_server_app`)."""
-
-    max_body_bytes: int = MAX_BODY_BYTES
-    max_rows: int = MAX_ROWS
-    request_timeout_s: float = REQUEST_TIMEOUT_S
-    overload_status: int = 503
-    warmup_sizes: tuple[int, ...] = WARMUP_SIZES
-    drain_seconds: float = DRAIN_SECONDS
-
-    def __post_init__(self) -> None:
-        check_limits(self.max_body_bytes, self.max_rows)
-        if not _seconds(self.request_timeout_s) or self.request_timeout_s == 0:
-            raise ValueError(f"request_timeout_s must be a finite number of seconds > 0, got {self.request_timeout_s!r}")
-        if not _seconds(self.drain_seconds):
-            raise ValueError(f"drain_seconds must be a finite number of seconds >= 0, got {self.drain_seconds!r}")
-        if self.overload_status not in OVERLOAD_STATUSES:
-            raise ValueError(f"overload_status must be 503 or 429, got {self.overload_status!r}")
-        if not self.warmup_sizes or any(isinstance(n, bool) or not isinstance(n, int) or n < 1
-                                        for n in self.warmup_sizes):
-            raise ValueError(f"warmup_sizes must be positive whole numbers of rows, got {self.warmup_sizes!r}")
-
-
-def _seconds(value: Any) -> bool:
-    return not isinstance(value, bool) and isinstance(value, int | float) and 0 <= value < math.inf
 
 
 # --- the server's life: started, warmed up, draining ------------------------------------------------------
@@ -222,10 +192,7 @@ class ServerState:
 # --- the app ------------------------------------------------------------------------------------------------
 
 
-def create_server_app(engine: Engine, *, max_body_bytes: int = MAX_BODY_BYTES, max_rows: int = MAX_ROWS,
-                      request_timeout_s: float = REQUEST_TIMEOUT_S, overload_status: int = 503,
-                      warmup_sizes: Sequence[int] = WARMUP_SIZES, drain_seconds: float = DRAIN_SECONDS,
-                      title: str = "summon") -> Any:
+def create_server_app(engine: Engine, *, title: str = "summon", **options: Any) -> Any:
     """A FastAPI app serving ``engine`` (routes, headers and errors: see the module docstring).
 
     Its lifespan starts the engine and warms it up at ``warmup_sizes`` rows on startup, and drains it within
@@ -234,19 +201,19 @@ def create_server_app(engine: Engine, *, max_body_bytes: int = MAX_BODY_BYTES, m
 
     Args:
         engine: the engine (not started: the app starts it).
-        max_body_bytes: largest request body (413 above it).
-        max_rows: most inputs in one request (413 above it); the engine's ``max_request_rows`` applies too.
-        request_timeout_s: a prediction not answered in this many seconds is answered 504.
-        overload_status: the status of a full queue, 503 or 429 (both with ``Retry-After``).
-        warmup_sizes: batch sizes the warm-up runs every model at before ``/ready`` says 200.
-        drain_seconds: how long shutdown waits for queued work.
         title: the OpenAPI title.
+        **options: the fields of :class:`ServeOptions` (each field's ``help`` says what it does):
+            ``max_body_bytes``, ``max_rows`` (the engine's ``max_request_rows`` applies too),
+            ``request_timeout_s``, ``overload_status`` (503 or 429), ``warmup_sizes`` (default 1, 8 and the
+            engine's ``max_batch_rows``) and ``drain_seconds``; an unknown name is refused with a suggestion.
     """
     _require_serve_extra()
     if not isinstance(engine, Engine):
         raise TypeError(f"engine must be a summon.serve.engine.Engine, got {type(engine).__name__}")
-    options = ServeOptions(max_body_bytes, max_rows, request_timeout_s, overload_status, tuple(warmup_sizes),
-                           drain_seconds)
+    chosen = options_for(options, ServeOptions, where="create_server_app", also=["title"])[0]
+    if chosen.get("warmup_sizes") is None:
+        chosen["warmup_sizes"] = warmup_sizes(engine.config.max_batch_rows)
+    options = ServeOptions(**chosen)
     state = ServerState(engine, options.warmup_sizes, options.drain_seconds)
     http = HttpStats()
     app = FastAPI(title=title, version=__version__, lifespan=_lifespan(state),

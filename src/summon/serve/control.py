@@ -27,20 +27,26 @@ import math
 import threading
 from collections import deque
 from collections.abc import Callable, Hashable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
 
 @dataclass(frozen=True)
 class ControlConfig:
-    """How budget controllers move (see the module docstring)."""
+    """How budget controllers move (see the module docstring). The one declaration of these settings:
+    ``summon serve`` derives its ``--controller-*`` flags from the fields (:mod:`summon.core.options`), and the
+    engine and the Ray app take them as keywords."""
 
-    window: int = 512  # rows in the sliding window of realised costs
-    settle_rows: int = 32  # rows answered at a threshold before it is judged
-    max_step: int | None = None  # ladder points per move down (default: a tenth of the ladder, at least 1)
-    gain: float = 1.0  # ladder points per unit of excess cost, times the ladder's length
-    relax_margin: float = 0.05  # step back up only when this far under the budget
+    window: int = field(default=512, metadata={"help": "controllers: rows in the sliding window of realised costs"})
+    settle_rows: int = field(default=32, metadata={
+        "help": "controllers: rows answered at a threshold before it is judged"})
+    max_step: int | None = field(default=None, metadata={
+        "help": "controllers: most ladder points per move down (default: a tenth of the ladder, at least 1)"})
+    gain: float = field(default=1.0, metadata={
+        "help": "controllers: ladder points per unit of excess cost, times the ladder's length"})
+    relax_margin: float = field(default=0.05, metadata={
+        "help": "controllers: step back up only when the realised cost is this far under the budget"})
 
     def __post_init__(self) -> None:
         for key in ("window", "settle_rows"):

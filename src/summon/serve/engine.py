@@ -84,7 +84,6 @@ from summon.adaptive.kinds import as_staged
 from summon.adaptive.knob import Knob
 from summon.adaptive.staged import StagedBase
 from summon.core.registry import suggest
-from summon.serve.control import ControlConfig
 from summon.serve.lane import Lane, Result
 from summon.serve.planner import ThresholdsInForce, json_float, knob_dict, knob_from, row_limits
 from summon.serve.queue import (
@@ -111,32 +110,17 @@ class Engine:
 
     Args:
         models: name -> predictor (``summon.load(...)``) of any kind (early exit, cascade, progressive, plain).
-        max_batch_rows: rows per batch (a single larger request runs alone), and the executor's batch size.
-        max_batch_tokens: tokens per batch (None: no bound but the rows'); see the module docstring.
-        max_wait_ms: how long the batcher waits after the oldest queued request for a batch to fill.
-        max_queue_rows: rows queued per model before :class:`QueueFull`.
-        max_request_rows: rows one request may carry.
-        max_input_chars: characters one input may carry (None: no limit).
-        age_ms: after this long a low-priority request is served as high.
-        degrade: lower operating points while a queue is past half full (see the module docstring).
-        controller: steer each budget's threshold by its realised cost (:mod:`summon.serve.control`).
-        window, settle_rows, max_step, gain, relax_margin: the controllers' settings (:class:`ControlConfig`).
-        max_controllers: distinct budgets per model that get a controller.
+        config: the engine's options (:class:`~summon.serve.queue.EngineConfig`, its fields documented there:
+            batch limits, queue bounds, ageing, degrade, the budget controllers' :class:`ControlConfig`).
+        **options: or the same options as keywords, in the flat form of :meth:`EngineConfig.of`
+            (``max_batch_rows=64, window=512, ...``); an unknown one is refused with a suggestion.
     """
 
-    def __init__(self, models: Mapping[str, Any], *, max_batch_rows: int = 64, max_batch_tokens: int | None = None,
-                 max_wait_ms: float = 5.0,
-                 max_queue_rows: int = 4096, max_request_rows: int = 1024, max_input_chars: int | None = None,
-                 age_ms: float = 200.0, degrade: bool = False, controller: bool = True, window: int = 512,
-                 settle_rows: int = 32, max_step: int | None = None, gain: float = 1.0, relax_margin: float = 0.05,
-                 max_controllers: int = 64):
-        control = ControlConfig(window=window, settle_rows=settle_rows, max_step=max_step, gain=gain,
-                                relax_margin=relax_margin)
-        self.config = EngineConfig(max_batch_rows=max_batch_rows, max_batch_tokens=max_batch_tokens,
-                                   max_wait_ms=max_wait_ms,
-                                   max_queue_rows=max_queue_rows, max_request_rows=max_request_rows,
-                                   max_input_chars=max_input_chars, age_ms=age_ms, degrade=degrade,
-                                   controller=controller, max_controllers=max_controllers, control=control)
+    def __init__(self, models: Mapping[str, Any], config: EngineConfig | None = None, **options: Any):
+        if config is not None and options:
+            raise TypeError(f"Engine: give a config or keyword options, not both (got config and "
+                            f"{', '.join(sorted(options))})")
+        self.config = config if config is not None else EngineConfig.of(**options)
         self._lanes = {name: Lane(name, predictor, self.config) for name, predictor in _check_models(models).items()}
         self._state: Literal["new", "running", "stopped"] = "new"
         self._lock = threading.Lock()

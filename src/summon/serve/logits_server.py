@@ -25,6 +25,7 @@ from typing import Any
 
 from summon.adaptive.remote import PROTOCOL
 from summon.predictors.predictor import canonical_inputs
+from summon.serve.options import MAX_BODY_BYTES, MAX_ROWS, check_limits
 
 try:  # the serve extra; create_app says how to install it when it is missing
     from fastapi import FastAPI
@@ -36,8 +37,6 @@ except ImportError:  # pragma: no cover - exercised only without the extra
 
 logger = logging.getLogger(__name__)
 
-MAX_BODY_BYTES = 16 * 1024 * 1024  # a remote stage sends up to 256 rows of long documents in one request
-MAX_ROWS = 1024  # rows per request (summon's remote stage sends 256)
 INPUT_ERRORS = (ValueError, TypeError)  # UnicodeError is a ValueError
 USAGE = 'send {"inputs": [{"text": ...}, ...]} ({"text", "text_pair"} for pair tasks, {"tokens": [...]} for tagging)'
 
@@ -118,12 +117,6 @@ def add_error_handlers(app: Any, served: str) -> None:
 def internal_error(err: Exception) -> dict[str, str]:
     """The body of a 500: the kind of error only (the traceback goes to the server's log)."""
     return {"error": f"internal error ({type(err).__name__}); see the server's log"}
-
-
-def check_limits(max_body_bytes: int, max_rows: int) -> None:
-    for key, value in (("max_body_bytes", max_body_bytes), ("max_rows", max_rows)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{key} must be a positive whole number, got {value!r}")
 
 
 def _info(predictor: Any, name: str, flops_per_example: float | None) -> dict[str, Any]:

@@ -27,9 +27,10 @@ import threading
 import time
 from collections import deque
 from concurrent.futures import Future
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
+from summon.core.options import options_for
 from summon.serve.control import ControlConfig
 
 PRIORITIES = ("high", "low")
@@ -49,7 +50,7 @@ class UnknownModel(ValueError):
 
 
 class InfeasibleKnob(EngineError, ValueError):
-    """A knob no operating point can meet (or any knob for a plain predictor); ``cheapest`` is the cheapest
+    """A knob no operating point can meet (or any knob for a one-stage predictor); ``cheapest`` is the cheapest
     feasible budget, when the model has a calibration."""
 
     reason = "infeasible_knob"
@@ -103,19 +104,48 @@ class Draining(EngineError):
 @dataclass(frozen=True)
 class EngineConfig:
     """The engine's limits and behaviour (see :mod:`summon.serve.engine`): the one typed config every piece
-    of the engine reads."""
+    of the engine reads, and the one declaration of these options: ``summon serve`` derives its flags from the
+    fields and their ``help`` (:mod:`summon.core.options`), the engine and the Ray app take them as keywords in
+    the flat form of :meth:`of` (the fields of :class:`ControlConfig` beside these)."""
 
-    max_batch_rows: int = 64
-    max_batch_tokens: int | None = None  # tokens per batch (see serve.engine: Tokens); None: rows bound batches
-    max_wait_ms: float = 5.0
-    max_queue_rows: int = 4096  # per model
-    max_request_rows: int = 1024
-    max_input_chars: int | None = None  # longest text of one input (all its texts or words together)
-    age_ms: float = 200.0
-    degrade: bool = False
-    controller: bool = True
-    max_controllers: int = 64  # budgets with a controller, per model (more distinct budgets run uncontrolled)
-    control: ControlConfig = field(default_factory=ControlConfig)
+    max_batch_rows: int = field(default=64, metadata={
+        "help": "rows per batch (across requests), and the executor's batch size"})
+    max_batch_tokens: int | None = field(default=None, metadata={  # see serve.engine: Tokens
+        "help": "tokens per batch (across requests; a single larger request runs alone); default: rows only"})
+    max_wait_ms: float = field(default=5.0, metadata={
+        "help": "how long a batch waits to fill after the oldest queued request (ms)"})
+    max_queue_rows: int = field(default=4096, metadata={
+        "help": "rows queued per model; more are refused (queue full: 503 or 429, with Retry-After)"})
+    max_request_rows: int = field(default=1024, metadata={
+        "cli": False, "flag": "--max-rows", "help": "rows one request may carry (served: the app's max_rows)"})
+    max_input_chars: int | None = field(default=None, metadata={
+        "help": "longest input in characters (all its texts or words together); longer is answered 413 "
+        "(default: no limit)"})
+    age_ms: float = field(default=200.0, metadata={
+        "help": "after this long (ms) a low-priority request is served as high"})
+    degrade: bool = field(default=False, metadata={
+        "help": "while a queue is past half full, lower each request's budget toward the cheapest operating point "
+        "before refusing anything"})
+    controller: bool = field(default=True, metadata={
+        "help": "steer each budget's threshold by the realised cost of its rows (budget controllers; off: every "
+        "budget keeps its calibrated threshold)"})
+    max_controllers: int = field(default=64, metadata={
+        "help": "budgets with a controller, per model (more distinct budgets run uncontrolled)"})
+    control: ControlConfig = field(default_factory=ControlConfig, metadata={
+        "cli": False, "help": "the controllers' settings: the fields of ControlConfig"})
+
+    @classmethod
+    def of(cls, **options: Any) -> EngineConfig:
+        """The config of keyword options in the flat form :class:`~summon.serve.engine.Engine` takes: these
+        fields and :class:`ControlConfig`'s side by side; an unknown name is refused with a suggestion."""
+        own, control = options_for(options, cls, ControlConfig, where="the engine",
+                                   set_by={"control": "its own fields (window, settle_rows, ...)"})
+        return cls(**own, control=ControlConfig(**control))
+
+    def flat(self) -> dict[str, Any]:
+        """The keyword options of :meth:`of` (and of ``Engine``) that make this config."""
+        own = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "control"}
+        return {**own, **asdict(self.control)}
 
     def __post_init__(self) -> None:
         for key in ("max_batch_rows", "max_queue_rows", "max_request_rows", "max_controllers"):
@@ -160,10 +190,10 @@ class Request:
     ``examples``), ``tokens``, ``priority``, ``deadline`` and ``enqueued``; the rest rides along."""
 
     examples: list[dict[str, Any]]  # canonical rows (what staged predictors take)
-    inputs: list[Any] = field(default_factory=list)  # raw, as given (what plain predictors take)
+    inputs: list[Any] = field(default_factory=list)  # raw, as given (a tagger's words and spans are read from them)
     pieces: list[Any] | None = None  # the model's own features, made at admission where it tokenises, else None
     tokens: int = 0  # see serve.engine: Tokens
-    knob: Any = None  # the request's Knob (None: a plain predictor)
+    knob: Any = None  # the request's Knob (empty: the default point)
     threshold: float | None = None  # what the knob sets on the calibration
     deadline: float | None = None  # time.monotonic() seconds
     priority: str = "high"

@@ -75,12 +75,13 @@ from summon.adaptive.cascade_stages import StageUnavailable
 from summon.adaptive.kinds import load as load_kind
 from summon.adaptive.kinds import staged_kind
 from summon.adaptive.remote import RemoteStage
-from summon.core.registry import suggest
+from summon.core.options import options_for
 from summon.models.hf import HF_PREFIX
 from summon.predictors.saved import read_json_manifest
-from summon.serve.app import DRAIN_SECONDS, REQUEST_TIMEOUT_S, ServeOptions, create_server_app
+from summon.serve.app import create_server_app
+from summon.serve.control import ControlConfig
 from summon.serve.engine import Engine, EngineConfig
-from summon.serve.logits_server import MAX_BODY_BYTES, MAX_ROWS
+from summon.serve.options import ServeOptions, served_engine_config, warmup_sizes
 
 logger = logging.getLogger(__name__)
 
@@ -109,24 +110,19 @@ def ray_serve() -> Any:
 # --- options ------------------------------------------------------------------------------------------------
 
 
+NESTED = {"engine": "the engine's own options (max_batch_rows, ...)", "app": "the app's own options (max_rows, ...)",
+          "control": "the controllers' own options (window, settle_rows, ...)"}
+
+
 @dataclass(frozen=True)
 class RayServeOptions:
-    """Everything :func:`ray_app` takes besides the models (the ``args`` of a config file, too)."""
+    """Everything :func:`ray_app` takes besides the models: the engine's config (:class:`EngineConfig` with its
+    :class:`~summon.serve.control.ControlConfig`), the app's options (:class:`ServeOptions`) — each declared once,
+    there — and the deployments' settings below. :meth:`of` builds it from flat keyword options (the ``args`` of a
+    config file, :meth:`from_args`), :meth:`to_args` writes them back."""
 
-    # the engine in each replica (see Engine)
-    max_batch_rows: int = 64
-    max_batch_tokens: int | None = None
-    max_wait_ms: float = 5.0
-    max_queue_rows: int = 4096
-    max_rows: int = MAX_ROWS  # inputs per request (the app's max_rows and the engine's max_request_rows)
-    max_input_chars: int | None = None
-    degrade: bool = False
-    controller: bool = True
-    # the HTTP app (see create_server_app)
-    max_body_bytes: int = MAX_BODY_BYTES
-    request_timeout_s: float = REQUEST_TIMEOUT_S
-    overload_status: int = 503  # also the status of Ray's backpressure
-    drain_seconds: float = DRAIN_SECONDS
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    app: ServeOptions = field(default_factory=ServeOptions)
     device: str = "auto"
     # the models' deployment
     num_replicas: int | str | None = None  # None: 1, or what autoscaling_config says; "auto": Ray's autoscaling
@@ -146,9 +142,9 @@ class RayServeOptions:
     teacher_wait_ms: float = 2.0
 
     def __post_init__(self) -> None:
-        EngineConfig(**self.engine_options())  # the engine's and the app's own checks, before Ray sees anything
-        ServeOptions(self.max_body_bytes, self.max_rows, self.request_timeout_s, self.overload_status,
-                     self.warmup_sizes(), self.drain_seconds)
+        if not isinstance(self.engine, EngineConfig) or not isinstance(self.app, ServeOptions):
+            raise TypeError("engine must be an EngineConfig and app a ServeOptions (or give flat options to "
+                            "RayServeOptions.of)")
         for key in ("num_replicas", "teacher_replicas"):
             value = getattr(self, key)
             if value is not None and value != "auto" and not _count(value):
@@ -176,50 +172,56 @@ class RayServeOptions:
             raise ValueError(f"teacher_max_batch must be a positive whole number, got {self.teacher_max_batch!r}")
         if not isinstance(self.split_teachers, bool) or not isinstance(self.device, str):
             raise TypeError("split_teachers must be True or False and device a string such as 'auto' or 'cpu'")
-        if self.ongoing() <= self.max_batch_rows:
+        if self.ongoing() <= self.engine.max_batch_rows:
             logger.warning("max_ongoing_requests=%d is not above max_batch_rows=%d: batches of one-row requests "
-                           "will hold at most %d rows", self.ongoing(), self.max_batch_rows, self.ongoing())
+                           "will hold at most %d rows", self.ongoing(), self.engine.max_batch_rows, self.ongoing())
+
+    @classmethod
+    def of(cls, *, where: str = "summon.serve.ray_app", error: type[Exception] = TypeError,
+           **options: Any) -> RayServeOptions:
+        """The options of flat keywords: :class:`EngineConfig`'s fields, :class:`ControlConfig`'s,
+        :class:`ServeOptions`' and this class's own; the engine's ``max_request_rows`` follows ``max_rows`` unless
+        given. An unknown name raises ``error`` with a suggestion."""
+        engine, control, app, own = options_for(options, EngineConfig, ControlConfig, ServeOptions, cls, where=where,
+                                                set_by=NESTED, error=error)
+        served = ServeOptions(**app)
+        return cls(engine=served_engine_config(served, **engine, **control), app=served, **own)
 
     @classmethod
     def from_args(cls, args: Mapping[str, Any]) -> RayServeOptions:
         """The options of a config file's ``args`` (without ``models``); unknown keys are refused by name."""
-        known = [f.name for f in dataclasses.fields(cls)]
-        unknown = sorted(set(args) - set(known))
-        if unknown:
-            raise ValueError(f"unknown option(s) {', '.join(map(repr, unknown))}.{suggest(unknown[0], known)} "
-                             f"summon's Ray Serve app takes models and {', '.join(known)}")
-        return cls(**args)
+        return cls.of(where="the args of summon's Ray Serve app", error=ValueError, **args)
 
     def to_args(self) -> dict[str, Any]:
-        """The options as a config file's ``args`` (JSON/YAML values)."""
-        return dataclasses.asdict(self)
+        """The options as a config file's ``args`` (JSON/YAML values): the flat keywords of :meth:`of`."""
+        own = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in NESTED}
+        app = dataclasses.asdict(self.app)
+        return {**self.engine.flat(), **app, "warmup_sizes": None if app["warmup_sizes"] is None else
+                list(app["warmup_sizes"]), **own}
 
     def engine_options(self) -> dict[str, Any]:
-        return {"max_batch_rows": self.max_batch_rows, "max_batch_tokens": self.max_batch_tokens,
-                "max_wait_ms": self.max_wait_ms,
-                "max_queue_rows": self.max_queue_rows, "max_request_rows": self.max_rows,
-                "max_input_chars": self.max_input_chars, "degrade": self.degrade, "controller": self.controller}
+        """Keyword arguments of :class:`~summon.serve.engine.Engine`."""
+        return self.engine.flat()
 
     def app_options(self) -> dict[str, Any]:
-        return {"max_body_bytes": self.max_body_bytes, "max_rows": self.max_rows,
-                "request_timeout_s": self.request_timeout_s, "overload_status": self.overload_status,
-                "warmup_sizes": self.warmup_sizes(), "drain_seconds": self.drain_seconds}
+        """Keyword arguments of :func:`~summon.serve.app.create_server_app`."""
+        return {**dataclasses.asdict(self.app), "warmup_sizes": self.warmup_sizes()}
 
     def warmup_sizes(self) -> tuple[int, ...]:
-        return tuple(sorted({1, min(8, self.max_batch_rows), self.max_batch_rows}))
+        return self.app.warmup_sizes or warmup_sizes(self.engine.max_batch_rows)
 
     def ongoing(self) -> int:
-        return self.max_ongoing_requests or 2 * self.max_batch_rows
+        return self.max_ongoing_requests or 2 * self.engine.max_batch_rows
 
     def model_deployment(self) -> dict[str, Any]:
         """Keyword arguments of ``serve.deployment`` for the models' deployment."""
         ongoing = self.ongoing()
         queued = self.max_queued_requests if self.max_queued_requests is not None else 2 * ongoing
-        return {**_replicas(self.num_replicas, self.autoscaling_config, self.max_batch_rows),
+        return {**_replicas(self.num_replicas, self.autoscaling_config, self.engine.max_batch_rows),
                 "max_ongoing_requests": ongoing, "max_queued_requests": queued,
-                "backpressure_config": {"status_code": self.overload_status, "retry_after_s": 1},
+                "backpressure_config": {"status_code": self.app.overload_status, "retry_after_s": 1},
                 "ray_actor_options": dict(self.ray_actor_options),
-                "graceful_shutdown_timeout_s": self.drain_seconds + 10.0}
+                "graceful_shutdown_timeout_s": self.app.drain_seconds + 10.0}
 
     def teacher_deployment(self) -> dict[str, Any]:
         """Keyword arguments of ``serve.deployment`` for a teacher's deployment."""
@@ -267,10 +269,12 @@ def ray_app(models: Mapping[str, str | os.PathLike], **options: Any) -> Any:
     Args:
         models: name -> a saved predictor (early exit, cascade, progressive or plain) or ``hf:ID``; folders must
             be readable at the same path on every node.
-        **options: the fields of :class:`RayServeOptions` — the engine's (``max_batch_rows``, ``max_wait_ms``,
-            ``max_queue_rows``, ``max_rows``, ``max_input_chars``, ``degrade``, ``controller``), the app's
-            (``max_body_bytes``, ``request_timeout_s``, ``overload_status``, ``drain_seconds``, ``device``), the
-            deployment's (``num_replicas``, ``autoscaling_config``, ``max_ongoing_requests``,
+        **options: flat keyword options (:meth:`RayServeOptions.of`): the engine's — the fields of
+            :class:`~summon.serve.queue.EngineConfig` (``max_batch_rows``, ``max_wait_ms``, ``degrade``,
+            ``controller``, ...) and of :class:`~summon.serve.control.ControlConfig` (``window``, ``settle_rows``,
+            ...) —, the app's — the fields of :class:`~summon.serve.app.ServeOptions` (``max_rows``,
+            ``max_body_bytes``, ``request_timeout_s``, ``overload_status``, ``drain_seconds``, ...) —, ``device``,
+            the deployment's (``num_replicas``, ``autoscaling_config``, ``max_ongoing_requests``,
             ``max_queued_requests``, ``ray_actor_options``) and the teachers' (``split_teachers``,
             ``teacher_replicas``, ``teacher_autoscaling_config``, ``teacher_max_ongoing_requests``,
             ``teacher_max_queued_requests``, ``teacher_ray_actor_options``, ``teacher_timeout_s``,
@@ -296,7 +300,7 @@ def ray_deployments(models: Mapping[str, str | os.PathLike], *, options: RayServ
     """:func:`ray_app`, returning the deployments too (``options`` or keyword arguments, not both)."""
     if options is not None and kwargs:
         raise TypeError("give RayServeOptions or keyword options, not both")
-    options = options or RayServeOptions(**kwargs)
+    options = options or RayServeOptions.of(**kwargs)
     paths = model_paths(models)
     serve = ray_serve()
     teachers: dict[str, Any] = {}
@@ -307,7 +311,7 @@ def ray_deployments(models: Mapping[str, str | os.PathLike], *, options: RayServ
             teachers[name] = serve.deployment(TeacherReplica, name=f"teacher-{names[name]}",
                                               **options.teacher_deployment())
             handles[name] = teachers[name].bind(path, options.device, options.teacher_max_batch,
-                                                options.teacher_wait_ms, options.max_batch_rows)
+                                                options.teacher_wait_ms, options.engine.max_batch_rows)
     ingress = serve.deployment(serve.ingress()(ModelReplica), name=DEPLOYMENT, **options.model_deployment())
     app = ingress.bind(paths, handles, options.engine_options(), options.app_options(), options.device,
                        options.teacher_timeout_s)
