@@ -352,6 +352,31 @@ def executor_overhead(r: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def core_surface(r: dict) -> str:
+    lines = ["## The package's shape: one staged core (`core_surface.py`)", "", provenance(r), "",
+             f"Before: `{r['base'][:7]}` (main before the rework); after: the commit above. Definitions in "
+             "`tests/surface_metrics.py`.", "", "| measure | before | after |", "|---|---:|---:|"]
+    for key in ("plain_staged_branches", "cost_measurement_functions", "timing_loops", "benchmark_protocol_copies",
+                "top_level_modules", "largest_class_lines", "largest_class_methods", "src_lines"):
+        lines.append(f"| {key} | {r[key]['before']} | {r[key]['after']} |")
+    tests = r["default_tests"]
+    lines.append(f"| default_tests (passed / skipped) | {tests['before'].get('passed')} / "
+                 f"{tests['before'].get('skipped', 0)} | {tests['after'].get('passed')} / {tests['after'].get('skipped', 0)} |")
+    lines.append(f"| default_test_seconds | {r['default_test_seconds']['before']:.1f} | "
+                 f"{r['default_test_seconds']['after']:.1f} |")
+    return "\n".join(lines) + "\n"
+
+
+def refactor_parity(r: dict) -> str:
+    lines = ["## Behaviour kept through the rework (`refactor_parity.py`)", "", provenance(r), "",
+             f"Base `{r['base'][:7]}`, head `{r['head'][:7]}`; each side trained and evaluated by its own code at small "
+             "settings; every non-timing, non-provenance figure compared.", "",
+             "| result file | settings | compared | identical | differ |", "|---|---|---:|---:|---:|"]
+    for name, f in r["files"].items():
+        lines.append(f"| {name} | `{r['settings'][name]}` | {f['compared']} | {f['identical']} | {f['differ']} |")
+    return "\n".join(lines) + "\n"
+
+
 SECTIONS = {"foundation_sst2.json": foundation, "early_exit_sst2.json": early_exit,
             "early_exit_ag_news.json": early_exit, "cascade_sst2.json": cascade, "cascade_ag_news.json": cascade,
             "structured_kd_ner.json": structured_kd, "structured_kd_chunking.json": structured_kd,
@@ -359,7 +384,8 @@ SECTIONS = {"foundation_sst2.json": foundation, "early_exit_sst2.json": early_ex
             "progressive_ag_news.json": progressive, "progressive_sst2.json": progressive,
             "serve_load.json": serve_load, "int8.json": int8, "multi_teacher_sst2.json": multi_teacher,
             "multi_teacher_mrpc.json": multi_teacher, "early_exit_conll2003.json": early_exit_conll,
-            "executor_overhead.json": executor_overhead}
+            "executor_overhead.json": executor_overhead, "core_surface.json": core_surface,
+            "refactor_parity.json": refactor_parity}
 
 
 def main() -> None:
