@@ -187,10 +187,12 @@ def test_an_interrupted_swap_resumes_from_the_previous_checkpoint(run, reference
 def test_planted_pickles_under_every_old_name_are_never_loaded(run, reference, train_file, tmp_path):
     marker = tmp_path / "code_ran"
     plant(run / "checkpoint", marker)
-    plant(run, marker)
     train(config(run, train_file))
     assert not marker.exists()
     assert_same_weights(run, reference)
+    plant(run, marker)  # beside the run: files no run writes, so the folder is no longer this run's (issue 25)
+    refused(run, train_file, r"already holds 5 entries \(custom_checkpoint_0.pkl, optimizer.bin, ")
+    assert not marker.exists()
     torch.load(run / "optimizer.bin", weights_only=False)  # the planted file is live: loading it runs code
     assert marker.exists()
 

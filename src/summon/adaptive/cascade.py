@@ -47,6 +47,7 @@ import torch
 from summon.adaptive.cascade_stages import LocalStage, split_defer
 from summon.adaptive.remote import RemoteStage
 from summon.adaptive.staged import StagedBase
+from summon.core.files import check_destination
 from summon.core.version import __version__
 from summon.measure.cost import count_parameters
 from summon.measure.stage_costs import COST_BATCH, COST_ROWS, StageCosts, StageMeasurement, measure_costs
@@ -169,9 +170,16 @@ class CascadePredictor(StagedBase):
 
     def save(self, directory: str | Path) -> Path:
         """Write the cascade manifest; local stages are referenced by path (relative when inside ``directory``) with
-        their fingerprints, so a stage replaced later is refused on load."""
+        their fingerprints, so a stage replaced later is refused on load.
+
+        ``directory`` follows the one rule of :func:`~summon.core.files.check_destination` (a new or empty folder,
+        not a stage's folder, nor inside or holding one); the cascade's own folder (:attr:`path`) is the exception:
+        saving there again rewrites its manifest, keeping the calibration it replaces.
+        """
         directory = Path(directory)
-        _check_target(directory, self.stages)
+        if self.path is None or Path(self.path).resolve() != directory.resolve():
+            check_destination(directory, what="the cascade", option="folder for the cascade",
+                              sources=stage_folders(self.stages))
         directory.mkdir(parents=True, exist_ok=True)
         stages = [_stage_entry(stage, directory) for stage in self.stages]
         manifest = {**{k: v for k, v in self.manifest.items() if k not in ("stages",)},
@@ -201,19 +209,10 @@ def _quantized_stage(index: int, stage: Any, quantization: Quantization) -> Any:
     return LocalStage(stage.name, stage.predictor.quantized(quantization), stage.path)
 
 
-def _check_target(directory: Path, stages: Sequence[Any]) -> None:
-    """Refuse to write a cascade manifest over a stage's own folder or over another saved summon model."""
-    target = directory.resolve()
-    for stage in stages:
-        path = stage.path if isinstance(stage, LocalStage) else None
-        if path and not path.startswith(HF_PREFIX) and Path(path).resolve() == target:
-            raise ValueError(f"{directory} is the folder of stage '{stage.name}': a cascade saved there would replace "
-                             "that predictor's manifest and then point at itself. Save the cascade to a folder of "
-                             "its own (summon cascade ... --out NEW_DIR)")
-    fmt = str((read_json_manifest(directory) or {}).get("format", "")) if directory.is_dir() else ""
-    if fmt.startswith("summon-") and fmt != CASCADE_FORMAT:
-        raise ValueError(f"{directory} holds a saved {fmt!r}; a cascade saved there would replace its manifest. "
-                         "Save the cascade to a folder of its own")
+def stage_folders(stages: Sequence[Any]) -> dict[Path, str]:
+    """The local stages' folders (hub ids and remote stages left out), each described for a refusal."""
+    return {Path(stage.path): f"the folder of stage '{stage.name}'" for stage in stages
+            if isinstance(stage, LocalStage) and stage.path and not str(stage.path).startswith(HF_PREFIX)}
 
 
 def _stage_entry(stage: Any, directory: Path) -> dict[str, Any]:

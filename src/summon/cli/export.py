@@ -25,6 +25,6 @@ def add_export_parser(subparsers: Any) -> argparse.ArgumentParser:
         "models trained with model.kind: hf.")
     p.add_argument("model", metavar="MODEL", help="a saved summon predictor directory")
     p.add_argument("--format", choices=FORMATS, default="hf", help="hf: a Hugging Face model folder")
-    p.add_argument("out", metavar="OUT", help="the folder to write (created; its files are overwritten)")
+    p.add_argument("out", metavar="OUT", help="a new or empty folder to write (an existing one holding anything is refused)")
     p.set_defaults(run=("summon.cli.commands", "cmd_export"))
     return p

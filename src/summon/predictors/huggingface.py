@@ -23,6 +23,7 @@ from typing import Any
 import torch
 from transformers.utils import cached_file
 
+from summon.core.files import check_destination, follow_umask
 from summon.data.features import TokenizerFeaturizer
 from summon.measure.device import resolve_device
 from summon.models.hf import (
@@ -143,7 +144,7 @@ def _fingerprint(source: str) -> str | None:
     return digest.hexdigest()
 
 
-def export_hf(predictor: Predictor, out: str | os.PathLike) -> Path:
+def export_hf(predictor: Predictor, out: str | os.PathLike, *, option: str = "out") -> Path:
     """Write ``predictor`` as a standard Hugging Face classifier folder (weights, config, tokenizer).
 
     ``AutoModelForSequenceClassification.from_pretrained(out)`` (``AutoModelForTokenClassification`` for
@@ -156,7 +157,9 @@ def export_hf(predictor: Predictor, out: str | os.PathLike) -> Path:
 
     Args:
         predictor: a plain predictor (see :func:`load_plain`).
-        out: the folder to write (created; files in it are overwritten).
+        out: the folder to write: a new or empty one, never the predictor's own folder nor inside it
+            (:func:`~summon.core.files.check_destination`); its files get the mode the user's umask gives.
+        option: how the caller names ``out`` in messages (``summon export`` says ``OUT``).
 
     Returns:
         ``out`` as a Path.
@@ -164,7 +167,8 @@ def export_hf(predictor: Predictor, out: str | os.PathLike) -> Path:
     Raises:
         ValueError: For what has no standard equivalent: n-gram students, early-exit models, CRF taggers,
             defer outputs, mean or CLS pooling, pooler pooling on ELECTRA/DistilBERT encoders, or an int8
-            predictor; the message says what can be exported and how to train it.
+            predictor; the message says what can be exported and how to train it. For an ``out`` that holds
+            anything (or is a file, or is the predictor's folder), before anything is written.
     """
     if not all(hasattr(predictor, attr) for attr in ("model", "featurizer", "manifest")):
         raise ValueError(f"cannot export a {type(predictor).__name__}: it has no single model (a cascade or an "
@@ -176,6 +180,9 @@ def export_hf(predictor: Predictor, out: str | os.PathLike) -> Path:
                    "export the fp32 predictor it was made from")
     if problem:
         raise ValueError(f"cannot export {predictor.path or 'this predictor'} to Hugging Face format: {problem}.")
+    source = predictor.path if predictor.path and not str(predictor.path).startswith(HF_PREFIX) else None
+    check_destination(out, what="the Hugging Face export", option=option,
+                      sources={source: "the predictor being exported"} if source else {})
     hf_model = to_hf_task_model(predictor.model, arch, predictor.labels)
     tokenizer = copy.deepcopy(predictor.featurizer.tokenizer)
     tokenizer.model_max_length = predictor.featurizer.max_length
@@ -185,4 +192,5 @@ def export_hf(predictor: Predictor, out: str | os.PathLike) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     hf_model.save_pretrained(str(out))
     tokenizer.save_pretrained(str(out))
+    follow_umask(out)  # save_pretrained's safetensors file is written owner-only
     return out

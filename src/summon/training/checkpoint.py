@@ -34,6 +34,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, load_model, save_file, save_model
 
+from summon.core.files import follow_umask
 from summon.data.spec import TaskData
 from summon.predictors.saved import sha256
 
@@ -366,6 +367,7 @@ class Checkpointer:
 
     def _seal(self) -> None:
         """The manifest (every file's size and sha256), then ``COMPLETE``."""
+        follow_umask(self.staging)  # safetensors writes owner-only; the rest follows the umask
         files = {p.name: {"bytes": p.stat().st_size, "sha256": sha256(p)}
                  for p in sorted(self.staging.iterdir()) if p.is_file()}
         manifest = {"format": FORMAT, "format_version": FORMAT_VERSION, "files": files}

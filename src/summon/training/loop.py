@@ -13,6 +13,7 @@ Batches are global: ``train.batch_size`` rows are split across processes (``spli
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -36,6 +37,7 @@ from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
 from summon.core.config import dump_yaml, to_dict
+from summon.core.files import LOCK_FILE, check_destination, exclusive, follow_umask
 from summon.data.features import FeatureDataset, collate
 from summon.data.spec import TaskData
 from summon.measure.profile import measure_costs
@@ -43,7 +45,9 @@ from summon.measure.task import MAIN_METRIC, higher_is_better, score
 from summon.measure.timing import SECONDS_SUFFIX, clock
 from summon.methods import METHOD_MODULE, METHOD_MODULE_FILE, METHODS, Method
 from summon.methods.hooks import method_module
+from summon.methods.multi_teacher_kd import RECORDS as TEACHER_WEIGHTS
 from summon.models.build import Built, Source, build_model, needs_source
+from summon.models.hf import HF_PREFIX
 from summon.models.inference import predict_logits
 from summon.predictors.predictor import Predictor, load_predictor
 from summon.predictors.saved import save_predictor, update_manifest
@@ -299,6 +303,7 @@ def save_method_module(module: torch.nn.Module, path: Path, method: str, step: i
                                                                         *module.named_buffers()]}
     tmp = path.with_name(path.name + ".tmp")
     save_file(tensors, str(tmp), metadata={"method": method, "step": str(step)})
+    follow_umask(tmp)  # safetensors writes owner-only
     os.replace(tmp, path)
 
 
@@ -323,10 +328,58 @@ def train(cfg: RunConfig) -> Path:
     Running the same command again after an interruption resumes from the last checkpoint. A ``progressive``
     run without ``model`` trains its ensemble in rounds (:mod:`summon.training.progressive`), each candidate
     through this loop, and returns the saved ensemble.
+
+    ``output_dir`` follows the one rule for destinations (:func:`~summon.core.files.check_destination`): a new or
+    empty folder, or this run's own (:func:`not_of_a_run`: it resumes there), never a folder holding anything
+    else nor one of the run's inputs (a teacher, a data file), checked before anything loads. While the run lasts
+    its main process holds the folder (:func:`~summon.core.files.exclusive`): a second run on it stops at once.
     """
     cfg = typed_config(cfg)
-    if cfg.trains_ensemble:
-        return train_ensemble(cfg, train)
+    output_dir = check_destination(cfg.output_dir, what="a training run", option="output_dir",
+                                   sources=run_inputs(cfg), not_ours=not_of_a_run)
+    with exclusive(output_dir) if is_main_launch() else contextlib.nullcontext():
+        if cfg.trains_ensemble:
+            return train_ensemble(cfg, train_one)
+        return train_one(cfg)
+
+
+# What a training run writes into its output_dir (each also as NAME.tmp while it is written), and those of them
+# that only a run writes: a folder holding nothing else and at least one of these is a run to resume.
+RUN_ENTRIES = ("config.yaml", "metrics.jsonl", "model", "model.saving", "model.old", "checkpoint",
+               "checkpoint.staging", "checkpoint.previous", METHOD_MODULE_FILE, "hardness", "rounds", "rounds.json",
+               TEACHER_WEIGHTS, LOCK_FILE)  # what a run writes (methods' records included): resumed, not refused
+RUN_MARKERS = ("metrics.jsonl", "checkpoint", "checkpoint.staging", "checkpoint.previous", "rounds.json", LOCK_FILE)
+
+
+def not_of_a_run(path: Path) -> list[str]:
+    """The entries of ``path`` that are not a summon training run's: none when it holds a run (and nothing else),
+    one to resume, not to write over; all of them when nothing in it marks a run (a lone ``config.yaml``)."""
+    names = sorted(entry.name for entry in path.iterdir())
+    strangers = [name for name in names if name.removesuffix(".tmp") not in RUN_ENTRIES]
+    return strangers or ([] if set(names) & set(RUN_MARKERS) else names)
+
+
+def run_inputs(cfg: RunConfig) -> dict[str, str]:
+    """The run's local inputs, which its output_dir must not be, hold or lie inside: teachers and data files."""
+    inputs = {}
+    for teacher in [cfg.teacher, *(cfg.teachers or [])]:
+        if teacher and not teacher.startswith(HF_PREFIX):
+            inputs.setdefault(teacher, "the teacher" if teacher == cfg.teacher else "one of the teachers")
+    for split, spec in (("train", cfg.data.train), ("eval", cfg.data.eval)):
+        if spec is not None and spec.path:
+            inputs.setdefault(spec.path, f"the {split} data file")
+    return inputs
+
+
+def is_main_launch() -> bool:
+    """Whether this process is the main one of its launch (``accelerate launch``/``torchrun`` set ``RANK``): the one
+    that holds the run folder."""
+    return os.environ.get("RANK", "0") == "0"
+
+
+def train_one(cfg: RunConfig) -> Path:
+    """:func:`train` of one model in a folder already checked and held (a progressive round's candidate too)."""
+    cfg = typed_config(cfg)
     accelerator = build_accelerator(cfg)
     set_seed(cfg.train.seed)
     checkpointer = Checkpointer(Path(cfg.output_dir) / "checkpoint", config=fixed_part(to_dict(cfg)))

@@ -26,6 +26,7 @@ import torch
 from safetensors.torch import save_file
 
 from summon.core.config import dump_yaml, to_dict
+from summon.core.files import follow_umask
 from summon.data.spec import TaskData
 from summon.losses import adaboost_step, bounded, edge, residual_log_weights
 from summon.methods import METHODS
@@ -182,6 +183,7 @@ def _write_round_inputs(run_dir: Path, log_w: tuple[torch.Tensor, torch.Tensor],
         arrays["previous_hidden"] = previous.float().contiguous()
     tmp = run_dir / (ROUND_INPUTS + ".tmp")
     save_file(arrays, str(tmp))
+    follow_umask(tmp)  # safetensors writes owner-only: others read it as the rest of the run
     tmp.replace(run_dir / ROUND_INPUTS)
 
 

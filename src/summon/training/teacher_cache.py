@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from summon.core.files import follow_umask
 from summon.data.spec import TaskData
 from summon.models.pretrained import cache_dir as default_cache_dir
 
@@ -94,5 +95,6 @@ def write_cached(path: Path, tensors: dict[str, torch.Tensor], data: TaskData, w
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp")
     save_file(tensors, str(tmp), metadata={"source": data.source, "examples": str(len(data))})
+    follow_umask(tmp)  # safetensors writes owner-only: a shared cache is read by others too
     os.replace(tmp, path)
     logger.info("cached %s for %s at %s", what, data.source, path)
