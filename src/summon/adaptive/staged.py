@@ -262,7 +262,13 @@ class StagedBase(Calibrated):
         ``threshold``) sets the operating point, else the calibrated default. A sequence of thresholds
         gives one per input. ``deadline_ms`` caps the call: no row goes past the last stage whose measured
         latency fits the whole batch in it (:meth:`deadline_stage`). Each prediction says which stage
-        answered and what it cost."""
+        answered and what it cost.
+
+        Raises:
+            ValueError: For a ``deadline_ms`` that is not a positive number (``"5"``, ``True``, NaN, 0), before
+                anything runs; and for the knob's own problems.
+        """
+        check_deadline(deadline_ms)
         inputs = as_batch(inputs)
         if threshold is not None and not np.isscalar(threshold):
             limit: Any = np.asarray(threshold, dtype=np.float64)
@@ -311,6 +317,17 @@ class StagedBase(Calibrated):
             examples = canonical_inputs(self.task, chunk)
             result = self.run_examples(examples, limit, batch_size=batch_size)
             yield from self.predictions(result, unit=knob.unit, inputs=chunk, examples=examples)
+
+
+def check_deadline(deadline_ms: Any) -> None:
+    """``deadline_ms`` is None or a positive number of milliseconds (an int or a float, not a bool nor a string);
+    else a ``ValueError`` that names the argument and what was given."""
+    if deadline_ms is None:
+        return
+    number = isinstance(deadline_ms, int | float | np.integer | np.floating) and not isinstance(deadline_ms, bool)
+    if not number or not deadline_ms > 0:
+        raise ValueError(f"deadline_ms must be a number of milliseconds greater than 0, e.g. deadline_ms=5, got "
+                         f"{deadline_ms!r:.40} ({type(deadline_ms).__name__})")
 
 
 def tag_predictions(labels: Sequence[str], result: Execution, costs: Sequence[float | None],

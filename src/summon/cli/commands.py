@@ -16,14 +16,16 @@ from typing import Any, TextIO
 import summon
 from summon.adaptive.calibration import Calibration, CalibrationSpec
 from summon.adaptive.knob import Knob
+from summon.api import QUANTIZED
 from summon.cli.inputs import check_inputs, read_inputs
 from summon.cli.main import CONTROLLER
 from summon.cli.quickstart import run_quickstart
 from summon.core.config import to_dict
+from summon.core.files import check_destination, check_report_folder
 from summon.core.options import flags, given
 from summon.models.quantize import dynamic_linears, quantized_device
 from summon.predictors.huggingface import export_hf, load_plain
-from summon.predictors.saved import read_manifest
+from summon.predictors.saved import read_json_manifest
 from summon.serve.app import FullModel, create_server_app, run_server
 from summon.serve.control import ControlConfig
 from summon.serve.engine import Engine, EngineConfig
@@ -66,18 +68,34 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def _print_summary(model_dir: Path) -> None:
-    manifest = read_manifest(model_dir)
-    metrics = manifest.get("metrics", {}).get("eval") or {}
-    costs = manifest.get("costs", {})
-    shown = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if k != "n" and isinstance(v, float))
+    """What ``summon train`` saved, from its manifest: a plain or early-exit predictor's eval metrics and cost, or a
+    progressive ensemble's accuracy after each prefix (the manifest just written is read as it is: the ensemble
+    format is not the plain predictor's, and loading checks it, not this summary)."""
+    manifest = read_json_manifest(model_dir) or {}
+    metrics = (manifest.get("metrics") or {}).get("eval") or {}
+    costs = manifest.get("costs") or {}
+    shown = ", ".join(_metric(k, v) for k, v in metrics.items() if k != "n" and _shown(v))
     print(f"saved predictor: {model_dir}")
     if shown:
         print(f"eval ({manifest['metrics'].get('eval_data')}): {shown}")
-    if costs:
+    if costs.get("params") and costs.get("flops_per_example"):
         print(f"cost: {costs['params'] / 1e6:.2f}M params, {costs['flops_per_example']:.4g} FLOPs/example")
 
 
+def _shown(value: Any) -> bool:
+    return isinstance(value, float) or (isinstance(value, list) and bool(value)
+                                         and all(isinstance(x, float) for x in value))
+
+
+def _metric(name: str, value: float | list[float]) -> str:
+    return f"{name} {value:.4f}" if isinstance(value, float) else f"{name} [{', '.join(f'{x:.4f}' for x in value)}]"
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
+    """Run ``summon eval``: every predictor on ``--data``, printed, and with ``--out`` a report written there (a
+    folder: checked before any model loads); returns 0."""
+    if args.out:
+        check_report_folder(args.out, option="--out")
     entries = summon.evaluate(args.predictors, args.data, out=args.out, knob=knob_from_args(args),
                               latency=not args.no_latency, speedup=args.speedup, data_dir=args.data_dir,
                               limit=args.limit, max_seconds=args.max_seconds, device=args.device, progress=True)
@@ -144,7 +162,7 @@ def calibration_flags(args: argparse.Namespace) -> list[str]:
 
 def cmd_quantize(args: argparse.Namespace) -> int:
     """Run ``summon quantize``: an int8 copy of ``args.model``, calibrated on ``--data`` when given, written to
-    ``args.out`` (:func:`summon.quantize`); returns 0."""
+    ``args.out`` (:func:`summon.quantize`), a new or empty folder apart from the model's (checked first); returns 0."""
     keywords = calibration_keywords(args)  # every flag is checked before the model loads
     given_flags = calibration_flags(args)
     if args.data is None and given_flags:
@@ -152,6 +170,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
         raise ValueError(f"{', '.join(given_flags)} {'sets' if len(given_flags) == 1 else 'set'} how the int8 copy is "
                          f"calibrated; give --data SPLIT (held-out rows) with {them}, or drop {them}")
     quantized_device(args.device, "--device")
+    check_destination(args.out, what="the int8 predictor", option="OUT", sources={args.model: QUANTIZED})
     int8 = summon.quantize(args.model, dtype=args.dtype, calibrate_on=args.data, out=args.out,
                            latency=not args.no_latency, data_dir=args.data_dir, limit=args.limit, **keywords)
     layers = sum(dynamic_linears(model) for model in _models(int8))
@@ -326,14 +345,18 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    """Run ``summon export``: load ``args.model`` on the CPU and write it to ``args.out``; returns 0.
+    """Run ``summon export``: load ``args.model`` on the CPU and write it to ``args.out`` (a new or empty folder,
+    :func:`~summon.core.files.check_destination`); returns 0.
 
     Raises:
-        ValueError: If the model cannot be loaded or has no equivalent in ``args.format``.
+        ValueError: If the model cannot be loaded or has no equivalent in ``args.format``, or ``args.out`` is not a
+            new or empty folder apart from the model's.
     """
     if args.format != "hf":
         raise ValueError(f"--format {args.format!r}: unknown format; choose hf")
-    out = export_hf(load_plain(args.model, device="cpu"), args.out)
+    check_destination(args.out, what="the Hugging Face export", option="OUT",
+                      sources={args.model: "the predictor being exported"})  # before the model loads
+    out = export_hf(load_plain(args.model, device="cpu"), args.out, option="OUT")
     print(f"wrote a Hugging Face model to {out}; load it with "
           f"transformers.AutoModelFor...Classification.from_pretrained('{out}')")
     return 0

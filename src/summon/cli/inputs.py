@@ -121,6 +121,9 @@ def _jsonl(lines: Iterable[tuple[int, str]], where: str, task: str) -> Iterator[
         except json.JSONDecodeError as err:
             raise ValueError(f"{where}:{number}: not valid JSON ({err.msg} at column {err.colno}); "
                              "give one JSON object per line") from None
+        except RecursionError:
+            raise ValueError(f"{where}:{number}: JSON nested too deeply to read; give one flat JSON object per "
+                             "line ({\"text\": ...})") from None
         yield _row_input(row, task, f"{where}:{number}")
 
 

@@ -1,7 +1,8 @@
 """The ``summon`` command line: train, eval, calibrate, quantize, predict, cascade, serve, serve-logits, recipes,
 quickstart, export.
 
-User mistakes print one clear ``summon: error: ...`` message and exit with status 2; anything unexpected
+User mistakes print one clear ``summon: error: ...`` message and exit with status 2 (a path that is in the way,
+not a folder, a folder, or closed to this user, too: named, whatever raised it); anything unexpected
 prints one line and exits 1; ``--debug`` (or ``SUMMON_DEBUG=1``) shows the traceback instead. Every command that runs a model takes ``--device``;
 ``predict``, ``eval`` and ``calibrate`` take the same knob flags (:mod:`summon.cli.knob`). A sub-command's
 options and positionals may come in any order, and every ``--help`` shows the defaults.
@@ -376,6 +377,22 @@ def command(args: argparse.Namespace) -> Callable[[argparse.Namespace], int]:
     return getattr(importlib.import_module(module), name)
 
 
+# A path that is there and in the way, missing its folder, or closed to this user: the user's to fix, never a bug.
+PATH_ERRORS = (FileExistsError, NotADirectoryError, IsADirectoryError, PermissionError)
+_PATH_ADVICE = {
+    FileExistsError: "something is already there; choose another path, or move it away yourself first",
+    NotADirectoryError: "a part of the path is a file, not a folder; choose another path",
+    IsADirectoryError: "it is a folder where a file is meant; give a file's path",
+    PermissionError: "this user may not read or write it; fix its permissions, or choose another path",
+}
+
+
+def path_problem(err: OSError) -> str:
+    """``PATH: what is wrong (errno text); what to do`` for an error about a path."""
+    advice = next((text for kind, text in _PATH_ADVICE.items() if isinstance(err, kind)), "check the path")
+    return f"{err.filename}: {err.strerror or type(err).__name__}; {advice}"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     try:
@@ -400,6 +417,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("summon: interrupted; run the same command again to resume from the last checkpoint", file=sys.stderr)
         return 130
+    except PATH_ERRORS as err:  # a path the user gave that cannot be used as it is: name it (a summon check missed it)
+        if debug or not err.filename:
+            raise
+        print(f"summon: error: {path_problem(err)}", file=sys.stderr)
+        return EXIT_USAGE
     except Exception as err:  # a bug or an environment problem: one line, the traceback on request
         if debug:
             raise

@@ -21,6 +21,7 @@ import copy
 import dataclasses
 import difflib
 import os
+import reprlib
 import types
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -149,8 +150,15 @@ def _join(path: str, key: Any) -> str:
     return f"{path}.{key}" if path else str(key)
 
 
+_SHORT = reprlib.Repr()  # keyword arguments only from Python 3.12
+_SHORT.maxlevel, _SHORT.maxstring, _SHORT.maxother = 3, 50, 50
+_SHORT.maxtuple = _SHORT.maxlist = _SHORT.maxdict = _SHORT.maxset = 4
+
+
 def _describe(value: Any) -> str:
-    text = repr(value)
+    """A value for a message, at most ~60 characters: a bounded repr (a few items, a few levels), never the whole
+    of a large or deeply nested value."""
+    text = _SHORT.repr(value)
     if len(text) > 60:
         text = text[:57] + "..."
     return f"{text} ({type(value).__name__})"
@@ -420,9 +428,11 @@ def _apply_one(data: dict[str, Any], item: str) -> str | None:
     if not sep or not all(parts):
         return f"{item!r}: expected key=value, e.g. train.lr=3e-4 (dots separate nested keys)"
     try:
-        value = yaml.safe_load(raw)
+        value = safe_yaml(raw)
     except yaml.YAMLError as exc:
         return f"{item!r}: cannot parse the value as YAML ({getattr(exc, 'problem', None) or exc})"
+    except ValueError as exc:
+        return f"{item!r}: {exc}"
     node = data
     for i, part in enumerate(parts[:-1]):
         child = node.setdefault(part, {})
@@ -437,10 +447,13 @@ def _apply_one(data: dict[str, Any], item: str) -> str | None:
 def load_yaml(path: str | os.PathLike) -> dict[str, Any]:
     """Read a YAML file that holds a mapping of keys to values.
 
+    Anchors and aliases are refused, before anything is built, when they would expand the file beyond
+    :data:`MAX_YAML_VALUES` values (a "billion laughs") or refer to themselves (:func:`safe_yaml`).
+
     Raises:
         FileNotFoundError: If the file does not exist.
-        ConfigError: On non-UTF-8 bytes, a YAML syntax error (with 1-based line and column) or a top level
-            that is not a mapping.
+        ConfigError: On non-UTF-8 bytes, a YAML syntax error (with 1-based line and column), aliases that expand
+            too far or refer to themselves, nesting too deep to read, or a top level that is not a mapping.
     """
     path = Path(path)
     try:
@@ -455,14 +468,81 @@ def load_yaml(path: str | os.PathLike) -> dict[str, Any]:
         problem = f"not UTF-8 text (bad byte at offset {exc.start}); save the file as UTF-8"
         raise ConfigError([problem], source=str(path)) from None
     try:
-        loaded = yaml.safe_load(text)
+        loaded = safe_yaml(text)
     except yaml.YAMLError as exc:
         raise ConfigError([_yaml_problem(exc)], source=str(path)) from None
+    except ValueError as exc:
+        raise ConfigError([str(exc)], source=str(path)) from None
     if not isinstance(loaded, dict):
         held = "nothing (the file is empty)" if loaded is None else f"a {type(loaded).__name__}"
         problem = f"the file must hold a mapping of keys to values (like `lr: 0.001`), not {held}"
         raise ConfigError([problem], source=str(path))
     return loaded
+
+
+MAX_YAML_VALUES = 100_000  # values (scalars, lists, mappings) a YAML text may expand to through its aliases
+
+
+def safe_yaml(text: str) -> Any:
+    """``yaml.safe_load(text)``, refusing before anything is built what would cost far more than the text: aliases
+    that expand to more than :data:`MAX_YAML_VALUES` values (nested anchors, a "billion laughs"), an alias inside
+    the value it names (a structure that contains itself), and nesting too deep for the parser.
+
+    Raises:
+        yaml.YAMLError: On a syntax error.
+        ValueError: Naming the line (1-based) of the aliased value that grows too large, or of the alias that refers
+            to itself; never printing the expanded value.
+    """
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _check_expansion(node)
+        return loader.construct_document(node)
+    except RecursionError:
+        raise ValueError("the YAML is nested too deeply to read (lists or mappings inside one another hundreds of "
+                         "levels deep); write it flatter") from None
+    finally:
+        loader.dispose()
+
+
+def _check_expansion(root: yaml.Node) -> None:
+    """Count the values the node graph expands to (an aliased node counts each time it is used), without expanding
+    it: each distinct node is visited once (depth-first, iteratively), so the count costs the size of the text."""
+    sizes: dict[int, int] = {}
+    started: set[int] = set()  # nodes begun and not finished: the current node's ancestors
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, finished = stack.pop()
+        key = id(node)
+        children = _yaml_children(node)
+        if finished:
+            started.discard(key)
+            sizes[key] = 1 + sum(sizes[id(child)] for child in children)
+            if sizes[key] > MAX_YAML_VALUES:
+                raise ValueError(f"line {node.start_mark.line + 1}: anchors and aliases (&name, *name) expand this "
+                                 f"value to {sizes[key]:,} values, more than the {MAX_YAML_VALUES:,} summon reads "
+                                 "(nested aliases, a \"billion laughs\"?); write the values out, or alias less")
+            continue
+        if key in sizes:
+            continue
+        started.add(key)
+        stack.append((node, True))
+        for child in children:
+            if id(child) in started:
+                raise ValueError(f"line {child.start_mark.line + 1}: an alias refers to the value that holds it (a "
+                                 f"value containing itself, used at line {node.start_mark.line + 1}); remove the alias")
+            if id(child) not in sizes:
+                stack.append((child, False))
+
+
+def _yaml_children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.MappingNode):
+        return [part for pair in node.value for part in pair]
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    return []
 
 
 def _yaml_problem(exc: yaml.YAMLError) -> str:

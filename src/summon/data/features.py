@@ -72,6 +72,8 @@ class TokenizerFeaturizer:
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
 
     def encode(self, examples: Sequence[dict[str, Any]], task: str) -> list[Feature]:
+        if not examples:  # a fast tokenizer given no texts raises IndexError; no examples have no features
+            return []
         if task == "token_classification":
             return self._encode_words(examples)
         texts = [self._bounded(ex["text"]) for ex in examples]

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +23,7 @@ from summon.data.catalog import (
     local_file,
     resolve_data_dir,
 )
-from summon.data.readers import Row, read_rows
+from summon.data.readers import DELIMITERS, Row, describe_delimiter, read_rows
 from summon.data.spec import LABEL_COLUMN, TASK_COLUMNS, DatasetSpec, TaskData
 
 logger = logging.getLogger(__name__)
@@ -49,7 +49,7 @@ def load_split(
     examples = [_canonical_row(row, line, task, columns, source, require_labels) for line, row in rows]
     for ex, (line, _) in zip(examples, rows, strict=True):
         _refuse_repeated_header(ex, columns, f"{source}:{line}")
-    labels = declared or spec.labels or infer_labels(examples, task, source)
+    labels = declared or spec.labels or infer_labels(examples, task, source, [line for line, _ in rows])
     index = {name: i for i, name in enumerate(labels)}
     for ex, (line, _) in zip(examples, rows, strict=True):
         if label_key in ex:
@@ -74,7 +74,7 @@ def _fetch_rows(
 ) -> tuple[list[Row], str, CatalogEntry | None, list[str] | None]:
     """Rows, a source description, the catalog entry (if any) and hub label names (if from the hub)."""
     if spec.path:
-        return read_rows(spec.path, spec.format, spec.quoting), str(spec.path), None, None
+        return read_rows(spec.path, spec.format, spec.quoting, spec.delimiter), str(spec.path), None, None
     if spec.hub:
         label_column = spec.columns.get(LABEL_COLUMN[spec.task], LABEL_COLUMN[spec.task])
         rows, names = _hub_rows(spec.hub, spec.config, spec.split, spec.describe(), label_column, data_dir)
@@ -186,10 +186,23 @@ def _canonical_row(
             raise ValueError(
                 f"{source}:{line}: missing column '{column}' (for {key}). The row has: "
                 f"{', '.join(map(str, row)) or 'no columns'}. Map it with 'columns: {{{key}: <your column>}}'."
+                f"{_delimiter_hint(row)}"
             )
         out[key] = row[column]
     _check_types(out, task, f"{source}:{line}")
     return out
+
+
+def _delimiter_hint(row: dict[str, Any]) -> str:
+    """For a row read as one column whose name holds a delimiter (``text;label``): say so."""
+    if len(row) != 1:
+        return ""
+    name = str(next(iter(row)))
+    seps = [d for d in DELIMITERS if d in name]
+    if not seps:
+        return ""
+    return (f" The header reads as one column, {name!r}, holding {describe_delimiter(seps[0])}: is the file separated "
+            f"by it? Set 'delimiter: {DELIMITERS[seps[0]]}' in the data spec.")
 
 
 def _check_types(ex: dict[str, Any], task: str, where: str) -> None:
@@ -218,7 +231,10 @@ def _check_label(value: Any, where: str, what: str) -> None:
     if isinstance(value, str) and value.strip():
         return
     if not isinstance(value, bool) and (isinstance(value, int) or (isinstance(value, float) and value.is_integer())):
-        return
+        if abs(value) < 10 ** MAX_ID_DIGITS:
+            return
+        raise ValueError(f"{where}: {what} {_short(value)} is no class id: ids count the classes from 0 (0, 1, ...). "
+                         f"Fix the row (a typo?), or write class names.")
     raise ValueError(f"{where}: {what} {value!r} is neither a class id (0, 1, ...) nor a class name. Fix the row "
                      f"(an unlabelled row leaves the {what} out).")
 
@@ -229,37 +245,70 @@ def label_value(value: Any) -> Any:
     (rejected later)."""
     if isinstance(value, str):
         value = value.strip()
-        if value.lstrip("-").isdigit():
+        digits = value.removeprefix("-")
+        if digits.isdecimal() and len(digits) <= MAX_ID_DIGITS:  # not isdigit(): int() refuses "²"
             return int(value)
     if isinstance(value, float) and value.is_integer():
         return int(value)
     return value
 
 
-def infer_labels(examples: Sequence[dict[str, Any]], task: str, source: str = "the data") -> list[str]:
+MAX_ID_DIGITS = 18  # a label of more digits is no class id (and int("9" * 5000) is refused by Python itself)
+
+
+def max_class_id(distinct: int) -> int:
+    """The largest integer class id read when a split holds ``distinct`` distinct ids and no label list: ids may
+    skip classes a split lacks, but not by orders of magnitude (one mistyped ``100000000`` among ``0``/``1`` would
+    otherwise make a 100-million-class label set and a model to match)."""
+    return max(1023, 16 * distinct)
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else f"{text[:20]}...{text[-8:]} ({len(text)} characters)"
+
+
+def infer_labels(examples: Sequence[dict[str, Any]], task: str, source: str = "the data",
+                 lines: Sequence[int] | None = None) -> list[str]:
     """Label names when none were given: ``0..max`` for integer labels, else sorted names (``O`` first).
 
     Values are normalised first (:func:`label_value`). Integer labels with ids that no row uses, or a single
     class, are warned about: a typo such as one ``7`` among ``0``/``1`` would otherwise make an 8-class model
-    quietly.
+    quietly; an id beyond :func:`max_class_id` of the distinct ids is refused, naming its row (``lines``: each
+    example's line, when known), before any label set is allocated.
     """
     key = LABEL_COLUMN[task]
     values: set[Any] = set()
-    for ex in examples:
+    first: dict[Any, int] = {}  # value -> index of the first example holding it
+    for i, ex in enumerate(examples):
         if key in ex:
-            values.update(label_value(v) for v in (ex[key] if task == "token_classification" else [ex[key]]))
+            for v in (ex[key] if task == "token_classification" else [ex[key]]):
+                v = label_value(v)
+                values.add(v)
+                first.setdefault(v, i)
+
+    def where(value: Any) -> str:  # "FILE:LINE" of the first row holding value, when the lines are known
+        return f"{source}:{lines[first[value]]}" if lines is not None and value in first else source
+
     if not values:
         raise ValueError("no labels found to infer a label set from; give 'labels:' in the data spec.")
-    _refuse_mixed_kinds(values, source)
+    _refuse_mixed_kinds(values, where)
     if all(isinstance(v, int) and not isinstance(v, bool) for v in values):
         if min(values) < 0:
-            raise ValueError(f"{source}: label {min(values)} is negative; integer labels are class ids 0..K-1, "
+            raise ValueError(f"{where(min(values))}: label {min(values)} is negative; integer labels are class ids "
+                             "0..K-1, or give the names with 'labels: [...]' in the data spec.")
+        bound = max_class_id(len(values))
+        if max(values) > bound:
+            raise ValueError(f"{where(max(values))}: label {max(values)} is far beyond the other class ids (the rows "
+                             f"hold {len(values)} distinct ids; ids up to {bound:,} are read, a class set of 0-"
+                             f"{max(values)} would make a model of {max(values) + 1:,} classes). A typo? Fix the row, "
                              "or give the names with 'labels: [...]' in the data spec.")
         names = [str(i) for i in range(max(values) + 1)]
         unused = [n for i, n in enumerate(names) if i not in values]
         if unused:
+            shown = ", ".join(unused[:10]) + (f" and {len(unused) - 10} more" if len(unused) > 10 else "")
             logger.warning("%s: integer labels 0-%d, but no row has %s; is a label mistyped? Give 'labels: [...]' "
-                           "in the data spec to fix the set", source, len(names) - 1, ", ".join(unused))
+                           "in the data spec to fix the set", source, len(names) - 1, shown)
     else:
         names = sorted({str(v) for v in values})
         if "O" in names:
@@ -282,12 +331,14 @@ def _warn_unused_classes(examples: Sequence[dict[str, Any]], key: str, labels: S
                        "split lack a class?", source, ", ".join(unused))
 
 
-def _refuse_mixed_kinds(values: set[Any], source: str) -> None:
-    """Class ids and class names in one inferred label set would make ``0`` and ``"neg"`` two classes."""
+def _refuse_mixed_kinds(values: set[Any], where: Callable[[Any], str]) -> None:
+    """Class ids and class names in one inferred label set would make ``0`` and ``"neg"`` two classes; the message
+    names the row of the first name (``where(value)``: ``FILE:LINE`` of the first row holding it)."""
     ids = sorted(v for v in values if isinstance(v, int))
     names = sorted(str(v) for v in values if not isinstance(v, int))
     if ids and names:
-        raise ValueError(f"{source}: the labels mix class ids ({', '.join(map(str, ids[:5]))}) and class names "
+        name = next(v for v in sorted(values, key=str) if not isinstance(v, int) and str(v) == names[0])
+        raise ValueError(f"{where(name)}: label {names[0]!r} is a class name among class ids; the labels mix class ids ({', '.join(map(str, ids[:5]))}) and class names "
                          f"({', '.join(names[:5])}). Write every label the same way, or give the names in id order "
                          "with 'labels: [...]' in the data spec.")
 

@@ -11,6 +11,7 @@ from typing import Any, Literal
 
 from summon.core.registry import suggest
 from summon.data.catalog import CATALOG, describe_local, resolve_data_dir
+from summon.data.readers import resolve_delimiter
 
 Task = Literal["classification", "pair_classification", "token_classification"]
 TASKS: tuple[str, ...] = ("classification", "pair_classification", "token_classification")
@@ -43,6 +44,9 @@ class DatasetSpec:
         format: ``jsonl``, ``csv`` or ``tsv``; inferred from the file name when omitted.
         quoting: for CSV/TSV files, ``none`` (a ``"`` is text; every line is one row, as the GLUE loaders
             read TSV) or ``csv`` (standard quoting); default ``none`` for TSV and ``csv`` for CSV.
+        delimiter: for CSV/TSV files, the field separator: ``,``, ``;``, ``|`` or a tab (or its name: ``comma``,
+            ``semicolon``, ``pipe``, ``tab``); default ``,`` for CSV and a tab for TSV, or the one the header uses
+            when it has none of those (:func:`summon.data.readers.choose_delimiter`).
     """
 
     name: str | None = None
@@ -57,6 +61,7 @@ class DatasetSpec:
     shuffle_seed: int | None = None
     format: Literal["jsonl", "csv", "tsv"] | None = None
     quoting: Literal["none", "csv"] | None = None
+    delimiter: str | None = None
 
     def __post_init__(self) -> None:
         given = [k for k in ("name", "path", "hub") if getattr(self, k)]
@@ -78,6 +83,12 @@ class DatasetSpec:
             raise ValueError("a hub dataset needs 'task' (classification, pair_classification, token_classification)")
 
     def _check_quoting(self) -> None:
+        if self.delimiter is not None:
+            resolve_delimiter(self.delimiter, "'delimiter'")
+            if not self.path or self.format == "jsonl" or str(self.path).lower().removesuffix(".gz").endswith(
+                    (".jsonl", ".json", ".ndjson")):
+                raise ValueError("'delimiter' applies to local CSV/TSV files ('path:'); drop it for "
+                                 f"{'JSONL' if self.path else 'catalog and hub data sets'}")
         if self.quoting is None:
             return
         if self.quoting not in ("none", "csv"):

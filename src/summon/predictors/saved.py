@@ -33,6 +33,7 @@ from safetensors.torch import load_file, save_model
 from torch import nn
 from transformers import AutoTokenizer
 
+from summon.core.files import follow_umask
 from summon.core.version import __version__
 from summon.data.features import NgramFeaturizer, TokenizerFeaturizer
 from summon.data.spec import TASKS
@@ -79,9 +80,13 @@ def sha256(path: Path) -> str:
 
 def save_predictor(directory: str | Path, model: nn.Module, featurizer: Any, task: str, labels: Sequence[str],
                    architecture: dict[str, Any], *, extra: dict[str, Any] | None = None) -> Path:
-    """Write weights, tokenizer and manifest into ``directory`` atomically (a temp folder, then a rename).
+    """Write weights, tokenizer and manifest into ``directory`` atomically (a temp folder, then a rename), every
+    file with the mode the user's umask gives (:func:`~summon.core.files.follow_umask`).
 
-    ``extra`` adds manifest keys such as ``metrics``, ``costs`` and ``training``.
+    ``directory`` is replaced when it exists: this is the format's writer, which ``summon train`` uses to keep its
+    best model; commands that write where a user points check the destination first
+    (:func:`~summon.core.files.check_destination`). ``extra`` adds manifest keys such as ``metrics``, ``costs``
+    and ``training``.
     """
     directory = Path(directory)
     staging = directory.with_name(directory.name + ".saving")
@@ -97,6 +102,7 @@ def save_predictor(directory: str | Path, model: nn.Module, featurizer: Any, tas
         **(extra or {}),
     }
     (staging / MANIFEST).write_text(json.dumps(jsonable(manifest), indent=2) + "\n", encoding="utf-8")
+    follow_umask(staging)  # safetensors writes its file owner-only; give it the mode the tokenizer files have
     old = directory.with_name(directory.name + ".old")
     shutil.rmtree(old, ignore_errors=True)
     if directory.exists():
@@ -136,6 +142,7 @@ def save_ensemble(directory: str | Path, members: Sequence[tuple[str | Path, dic
         if Path(source).resolve() != target.resolve():
             shutil.rmtree(target, ignore_errors=True)
             shutil.copytree(source, target)
+            follow_umask(target)  # a new copy reads as any new file does, whatever the source's modes
         weights = (read_json_manifest(target) or {}).get("files", {}).get(WEIGHTS, {})
         entries.append({**entry, "path": f"members/{k}", "sha256": weights.get("sha256")})
     for stale in sorted((directory / "members").glob("*")):
@@ -188,7 +195,18 @@ def read_manifest(directory: Path) -> dict[str, Any]:
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ValueError(f"{path}: unreadable manifest ({err}). The save was interrupted or the file edited; "
                          "re-save the predictor.") from None
+    except RecursionError:
+        raise ValueError(f"{path}: unreadable manifest (JSON nested too deeply). The file was edited or replaced; "
+                         "restore it from the original predictor.") from None
+    except OSError as err:
+        raise ValueError(unreadable(path, err)) from None
     return validate_manifest(manifest, path)
+
+
+def unreadable(path: Path, err: OSError) -> str:
+    """The message for a predictor file this process cannot read (permissions, a broken link, a device)."""
+    return (f"{path}: cannot be read ({err.strerror or err}). Check that this user may read every file of the "
+            "predictor folder (e.g. chmod -R a+rX on it), or copy the predictor somewhere readable.")
 
 
 def validate_manifest(manifest: Any, path: Path) -> dict[str, Any]:
@@ -304,6 +322,34 @@ def check_files(directory: Path, manifest: dict[str, Any]) -> None:
                              "it). Copy the whole predictor directory, or re-save it.")
     for name, expected in files.items():
         check_file(directory, name, expected)
+    for folder in sorted({Path(name).parts[0] for name in files if len(Path(name).parts) > 1}):
+        _refuse_unlisted(directory, folder, files)
+
+
+# Files a Hugging Face tokenizer folder may hold that AutoTokenizer reads when present (config.json can choose the
+# tokenizer's class): one of them added to a saved predictor's tokenizer/ changes what the predictor computes.
+TOKENIZER_READS = frozenset({
+    "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json", "config.json",
+    "vocab.txt", "vocab.json", "merges.txt", "spiece.model", "sentencepiece.bpe.model", "tokenizer.model",
+    "chat_template.jinja", "chat_template.json"})
+
+
+def _refuse_unlisted(directory: Path, folder: str, files: dict[str, Any]) -> None:
+    """A file the tokenizer would read (:data:`TOKENIZER_READS`), added to ``tokenizer/`` after the manifest listed
+    its files, is refused: an ``added_tokens.json`` gives ids past the model's vocabulary, which load and then fail
+    with an IndexError on the first text using them. Other added files (notes) are left alone."""
+    if folder != "tokenizer":
+        return
+    extra = sorted(p.relative_to(directory).as_posix() for p in (directory / folder).rglob("*")
+                   if p.is_file() and (p.name in TOKENIZER_READS or "chat_templates" in p.parts)
+                   and p.relative_to(directory).as_posix() not in files)
+    if extra:
+        listed = sorted(name.split("/", 1)[1] for name in files if name.startswith(folder + "/"))
+        more = f" (and {len(extra) - 3} more)" if len(extra) > 3 else ""
+        raise ValueError(f"{directory / extra[0]}: not a file of this predictor: {MANIFEST} lists {', '.join(listed)} "
+                         f"in {folder}/, and {', '.join(extra[:3])}{more} {'was' if len(extra) == 1 else 'were'} added "
+                         f"since it was saved, which the tokenizer would read. Remove what was added, or copy the "
+                         "predictor again from the original.")
 
 
 def check_file(directory: Path, name: str, expected: dict[str, Any]) -> Path:
@@ -314,7 +360,11 @@ def check_file(directory: Path, name: str, expected: dict[str, Any]) -> Path:
     if size != expected["bytes"]:
         raise ValueError(f"{path}: {size} bytes but the manifest says {expected['bytes']}: the file is truncated "
                          "or replaced. Copy it again from the original predictor.")
-    if sha256(path) != expected["sha256"]:
+    try:
+        digest = sha256(path)
+    except OSError as err:
+        raise ValueError(unreadable(path, err)) from None
+    if digest != expected["sha256"]:
         raise ValueError(f"{path}: contents do not match the manifest's sha256: the file was changed or belongs to "
                          "another predictor. Copy it again from the original.")
     return path
@@ -330,11 +380,25 @@ def load_featurizer(directory: Path, config: dict[str, Any]) -> Any:
             folder = directory / "tokenizer"
             if not folder.is_dir():
                 raise ValueError(f"{folder}: missing tokenizer folder. Copy the whole predictor directory.")
-            return TokenizerFeaturizer(AutoTokenizer.from_pretrained(str(folder)), **params)
+            return TokenizerFeaturizer(_tokenizer(folder), **params)
     except TypeError as err:
         raise ValueError(f"{directory / MANIFEST}: 'featurizer' has settings this summon does not take ({err}); "
                          "re-save the predictor.") from None
     raise ValueError(f"{directory / MANIFEST}: unknown featurizer {config.get('kind')!r}.")
+
+
+def _tokenizer(folder: Path) -> Any:
+    """The Hugging Face tokenizer saved in ``folder``; a file in it that cannot be read or parsed is a ValueError
+    naming the folder (transformers' own errors name neither the file nor the predictor)."""
+    try:
+        return AutoTokenizer.from_pretrained(str(folder))
+    except OSError as err:
+        where = Path(err.filename) if getattr(err, "filename", None) else folder
+        raise ValueError(unreadable(where, err)) from None
+    except (ValueError, KeyError, IndexError, AttributeError, RecursionError) as err:
+        raise ValueError(f"{folder}: the tokenizer cannot be loaded ({type(err).__name__}: {str(err)[:200]}): a file in "
+                         "it was changed or added since the predictor was saved. Copy the tokenizer folder again from "
+                         "the original predictor.") from None
 
 
 def load_model(directory: Path, manifest: dict[str, Any]) -> nn.Module:

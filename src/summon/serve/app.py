@@ -384,9 +384,20 @@ def parse_predict(body: bytes, engine: Engine, max_rows: int) -> PredictRequest:
                       'send {"inputs": ["a text", ...]}')
     if len(inputs) > max_rows:
         raise too_many_rows(len(inputs), max_rows)
-    raws = [raw_input(row, i, task) if isinstance(row, dict) else row for i, row in enumerate(inputs)]
+    raws = [_raw_input(row, i, task, model) if isinstance(row, dict) else row for i, row in enumerate(inputs)]
     return PredictRequest(model, raws, task, _knob(payload.get("knob")), _deadline(payload.get("deadline_ms")),
                           _priority(payload.get("priority", "high")))
+
+
+def _raw_input(row: dict[str, Any], i: int, task: str, model: str) -> Any:
+    """One JSON object's input (:func:`raw_input`); a ``text_pair`` for a model of single texts is refused, not
+    dropped: the answer would be for the first text alone."""
+    if "text_pair" in row and task != "pair_classification":
+        what = "tags the words of single texts" if task == "token_classification" else "classifies single texts"
+        raise Refused(422, f"input {i}: 'text_pair' is given, but model {model!r} {what} (task {task}): it would "
+                      f"answer for 'text' alone. Send {{\"text\": ...}} without 'text_pair', or choose a "
+                      "pair_classification model", i)
+    return raw_input(row, i, task)
 
 
 def _json_object(body: bytes) -> dict[str, Any]:

@@ -189,6 +189,9 @@ def raw_input(row: Any, i: int, task: str) -> Any:
         hint = " (or 'tokens')" if task == "token_classification" else ""
         raise Refused(422, f"input {i}: no {' or '.join(map(repr, missing))}{hint} (keys: "
                       f"{', '.join(map(repr, row)) or 'none'}); {USAGE}", i)
+    if task != "pair_classification" and row.get("text_pair") is not None:  # it would be answered for 'text' alone
+        raise Refused(422, f"input {i}: 'text_pair' is given, but this model classifies single texts (task {task}); "
+                      "send 'text' alone, or serve a model trained on pairs", i)
     return (row["text"], row["text_pair"]) if task == "pair_classification" else row["text"]
 
 

@@ -5,8 +5,9 @@ Finding, listing and copying recipes is :mod:`summon.core.recipe_files` (re-expo
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
-from summon.core.config import apply_overrides, from_dict, load_yaml
+from summon.core.config import ConfigError, apply_overrides, from_dict, load_yaml
 from summon.core.recipe_files import RECIPES_DIR, copy_recipe, describe, find, shipped
 from summon.training.config import RunConfig
 
@@ -24,4 +25,22 @@ def load_run_config(name_or_path: str, overrides: Sequence[str] = ()) -> RunConf
     """
     path = find(name_or_path)
     data = apply_overrides(load_yaml(path), overrides)
-    return from_dict(RunConfig, data, source=str(path))
+    cfg = from_dict(RunConfig, data, source=str(path))
+    problem = _folder_problem(cfg.cache_dir, "the teacher-output cache")
+    if problem:
+        raise ConfigError([f"cache_dir: {problem}"], source=str(path))
+    return cfg
+
+
+def _folder_problem(folder: str | None, what: str) -> str | None:
+    """Why ``folder`` cannot hold ``what`` (it is a file, or lies below one), or None; checked before any work."""
+    if not folder:
+        return None
+    target = Path(folder).expanduser()
+    for place in (target, *target.absolute().parents):
+        if place.exists():
+            if place.is_dir():
+                return None
+            where = "is a file" if place == target else f"lies below {place}, which is a file"
+            return f"{folder} {where}; {what} is a folder. Give another path, or move the file away"
+    return None
