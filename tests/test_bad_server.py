@@ -8,18 +8,24 @@ One tiny untrained n-gram predictor, one server per module, with small limits so
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
+import socket
+import threading
+import time
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
+from types import SimpleNamespace
 from urllib.parse import urlsplit
 
 import numpy as np
 import pytest
-from conftest import serving
+from conftest import call, find_free_port, serving
 
 import summon
+from summon.adaptive.plain import PlainPredictor
 from summon.adaptive.remote import RemoteStage
 from summon.models import ModelConfig, build_model
 from summon.predictors.predictor import Predictor
@@ -27,7 +33,12 @@ from summon.predictors.predictor import Predictor
 pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
 
+import uvicorn
+
+from summon.serve.app import create_server_app, head_timeout_protocol, response_bytes
+from summon.serve.engine import Engine
 from summon.serve.logits_server import create_app
+from summon.serve.options import MAX_RESPONSE_BYTES
 
 LABELS = ["neg", "pos"]
 MAX_BODY = 4096
@@ -240,3 +251,185 @@ def test_limits_that_cannot_be_meant_are_refused(predictor, limits):
 def test_the_protocols_client_gets_the_predictors_logits(url, predictor):
     stage = RemoteStage.connect(url, name="teacher")
     np.testing.assert_allclose(stage.logits(_texts(5)), predictor.logits(_texts(5), raw=True), rtol=1e-6)
+
+
+# --- summon serve: no small input buys unbounded work -------------------------------------------------------
+# Slow clients are bounded by read_timeout_s (the head: a disconnect; the body: a 408 in JSON), departed and
+# timed-out clients' queued work leaves the queue (counted cancelled / timed_out, never answered), and an answer
+# larger than max_response_bytes is refused 413 before anything runs.
+
+READ_TIMEOUT = 0.5
+
+
+class _Gated(PlainPredictor):
+    """A plain predictor whose runs wait for ``gate`` (open at first, for the warm-up) and count their rows."""
+
+    def __init__(self, inner):
+        super().__init__(inner.model, inner.featurizer, inner.task, inner.labels, inner.manifest, inner.path)
+        self.gate, self.rows = threading.Event(), []
+        self.gate.set()
+
+    def run(self, items, threshold, **kwargs):
+        self.rows.append(len(items))
+        assert self.gate.wait(timeout=20), "the test never opened the gate"
+        return super().run(items, threshold, **kwargs)
+
+
+@pytest.fixture
+def gated(predictor):
+    return _Gated(predictor)
+
+
+@contextlib.contextmanager
+def _summon_server(models: dict, *, head_timeout: bool = False, **options):
+    """``summon serve``'s app over a new engine, run by uvicorn in a thread (with the head deadline of
+    ``run_server`` when ``head_timeout``); yields (url, engine)."""
+    engine = Engine(models, max_wait_ms=1.0, max_batch_rows=4)
+    app = create_server_app(engine, **{"warmup_sizes": (1,), "drain_seconds": 2.0,
+                                       "read_timeout_s": READ_TIMEOUT, **options})
+    port = find_free_port()
+    extra = {"http": head_timeout_protocol(READ_TIMEOUT)} if head_timeout else {}
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="critical", lifespan="on",
+                                           **extra))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{port}"
+    until = time.monotonic() + 20
+    while call(url, "/ready")[0] != 200 if server.started else True:
+        assert thread.is_alive() and time.monotonic() < until, "the test server did not start"
+        time.sleep(0.02)
+    try:
+        yield url, engine
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+def _raw(url: str) -> socket.socket:
+    host, port = urlsplit(url).hostname, urlsplit(url).port
+    return socket.create_connection((host, port), timeout=10)
+
+
+def _read_all(sock: socket.socket) -> bytes:
+    out = b""
+    while chunk := sock.recv(65536):
+        out += chunk
+    return out
+
+
+def _stats(engine, name="m"):
+    return engine.stats()[name]
+
+
+def _until(check, seconds: float = 10.0) -> None:
+    until = time.monotonic() + seconds
+    while not check():
+        assert time.monotonic() < until, "timed out waiting"
+        time.sleep(0.01)
+
+
+def test_a_slow_body_is_408_json_within_the_read_timeout(predictor):
+    with _summon_server({"m": predictor}) as (url, _):
+        sock = _raw(url)
+        started = time.monotonic()
+        sock.sendall(b"POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: 100\r\n\r\n{\"inputs\": [")  # and then nothing
+        answer = _read_all(sock)  # the server answers and closes the connection
+        held = time.monotonic() - started
+        sock.close()
+        head, _, body = answer.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 408") and READ_TIMEOUT <= held < READ_TIMEOUT + 2
+        error = json.loads(body)
+        assert error["limit"] == "read_timeout_s" and error["allowed"] == READ_TIMEOUT and "0.5 s" in error["error"]
+        assert call(url, "/v1/predict", {"inputs": ["still up"]})[0] == 200
+
+
+def test_a_slow_head_is_disconnected_within_the_read_timeout(predictor):
+    with _summon_server({"m": predictor}, head_timeout=True) as (url, _):
+        socks = [_raw(url) for _ in range(5)]
+        started = time.monotonic()
+        for sock in socks:
+            sock.sendall(b"POST /v1/predict HTTP/1.1\r\nHost: x\r\n")  # a head never finished (slowloris)
+        for sock in socks:
+            assert _read_all(sock) == b""  # closed by the server, no answer
+            sock.close()
+        assert time.monotonic() - started < READ_TIMEOUT + 2
+        assert call(url, "/v1/predict", {"inputs": ["still up"]})[0] == 200
+
+
+def _post_then_leave(url: str, payload) -> socket.socket:
+    body = json.dumps(payload).encode()
+    sock = _raw(url)
+    sock.sendall(b"POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: "
+                 + str(len(body)).encode() + b"\r\n\r\n" + body)
+    return sock
+
+
+def test_a_departed_clients_queued_work_leaves_the_queue_and_is_not_answered(gated):
+    with _summon_server({"m": gated}) as (url, engine):
+        gated.gate.clear()
+        gated.rows.clear()
+        with ThreadPoolExecutor(1) as pool:
+            first = pool.submit(call, url, "/v1/predict", {"inputs": ["runs first"]})
+            _until(lambda: gated.rows == [1])  # in the model, waiting for the gate
+            leaver = _post_then_leave(url, {"inputs": ["x"] * 3})
+            _until(lambda: _stats(engine).queue_rows == 3)
+            left = time.monotonic()
+            leaver.close()
+            _until(lambda: _stats(engine).queue_rows == 0)
+            withdrawn_after = time.monotonic() - left
+            gated.gate.set()
+            assert first.result(timeout=20)[0] == 200
+        stats = _stats(engine)
+        assert stats.cancelled == 1 and stats.answered == 1 and stats.failed == 0
+        assert gated.rows == [1] and withdrawn_after < 2  # its 3 rows never ran: no work after the disconnect
+        metrics = call(url, "/metrics")[2]
+        assert 'summon_requests_cancelled_total{model="m"} 1.0' in metrics
+
+
+def test_a_departed_clients_running_rows_are_dropped_not_answered(gated):
+    with _summon_server({"m": gated}) as (url, engine):
+        gated.gate.clear()
+        leaver = _post_then_leave(url, {"inputs": ["x", "y"]})
+        _until(lambda: _stats(engine).in_flight_rows == 2)
+        leaver.close()
+        _until(lambda: _stats(engine).cancelled == 1)
+        gated.gate.set()
+        _until(lambda: _stats(engine).in_flight_rows == 0)
+        stats = _stats(engine)
+        assert stats.answered == 0 and stats.rows == 0 and stats.cancelled == 1
+
+
+def test_a_timed_out_request_is_504_json_leaves_the_queue_and_counts_as_timed_out(gated):
+    with _summon_server({"m": gated}, request_timeout_s=0.3) as (url, engine):
+        gated.gate.clear()
+        gated.rows.clear()
+        with ThreadPoolExecutor(2) as pool:
+            running = pool.submit(call, url, "/v1/predict", {"inputs": ["runs"]})
+            _until(lambda: gated.rows == [1])
+            queued = pool.submit(call, url, "/v1/predict", {"inputs": ["waits", "too"]})
+            status, _, answer = queued.result(timeout=10)
+            assert status == 504 and answer["reason"] == "timeout" and "request timeout" in answer["error"]
+            assert running.result(timeout=10)[0] == 504
+            assert _stats(engine).queue_rows == 0
+            gated.gate.set()
+            _until(lambda: _stats(engine).in_flight_rows == 0)
+        stats = _stats(engine)
+        assert stats.timed_out == 2 and stats.answered == 0 and gated.rows == [1]
+
+
+def test_an_answer_over_max_response_bytes_is_413_before_anything_runs(gated):
+    with _summon_server({"m": gated}, max_response_bytes=2000) as (url, _):
+        gated.rows.clear()
+        status, _, answer = call(url, "/v1/predict", {"inputs": ["a"] * 8})
+        assert status == 413 and answer["limit"] == "max_response_bytes" and answer["allowed"] == 2000
+        assert answer["estimate"] > 2000 and "max_response_bytes" in answer["error"] and gated.rows == []
+        status, _, raw = call(url, "/v1/predict", {"inputs": ["a"]})
+        assert status == 200 and len(json.dumps(raw)) <= 2000
+
+
+def test_the_response_estimate_bounds_the_answer_and_refuses_a_10000_class_request():
+    many = SimpleNamespace(labels=[f"class_{i}" for i in range(10_000)])
+    request = SimpleNamespace(task="classification", inputs=["x"] * 1024)
+    assert response_bytes(many, request) > MAX_RESPONSE_BYTES  # 1024 rows x 10,000 probabilities: refused
+    assert response_bytes(many, SimpleNamespace(task="classification", inputs=["x"] * 8)) < MAX_RESPONSE_BYTES

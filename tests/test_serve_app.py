@@ -624,3 +624,67 @@ def test_summon_serve_drains_and_exits_0_on_sigterm(models):
             proc.kill()
     assert proc.returncode == 0, err[-2000:]
     assert "drained and stopped" in err
+
+
+SLEEPY_SERVER = """
+import sys, time
+from summon.adaptive.plain import PlainPredictor
+from summon.models import ModelConfig, build_model
+from summon.serve.app import create_server_app, run_server
+from summon.serve.engine import Engine
+
+class Sleepy(PlainPredictor):  # runs (after the warm-up) take far longer than the drain window
+    warm = False
+    def run(self, items, threshold, **kwargs):
+        if self.warm:
+            time.sleep(60)
+        return super().run(items, threshold, **kwargs)
+
+built = build_model(ModelConfig(kind="ngram", num_buckets=64, embed_dim=4, init_seed=1), "classification", 2)
+sleepy = Sleepy(built.model, built.featurizer, "classification", ["neg", "pos"], {"architecture": built.architecture})
+app = create_server_app(Engine({"m": sleepy}, max_batch_rows=2, max_wait_ms=1.0), warmup_sizes=(1,),
+                        drain_seconds=float(sys.argv[2]))
+app.state.summon.start(wait=True)
+sleepy.warm = True
+run_server(app, port=int(sys.argv[1]))
+print("summon: drained and stopped", file=sys.stderr)
+"""
+
+
+@pytest.mark.integration
+def test_sigterm_answers_every_request_503_json_and_exits_within_the_drain_window():
+    drain = 2.0
+    port = find_free_port()
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-c", SLEEPY_SERVER, str(port), str(drain)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        until = time.monotonic() + 60
+        while True:
+            assert proc.poll() is None, proc.communicate()[1][-2000:]
+            with contextlib.suppress(OSError):
+                if call(url, "/ready")[0] == 200:
+                    break
+            assert time.monotonic() < until, "the server did not become ready"
+            time.sleep(0.1)
+        with ThreadPoolExecutor(3) as pool:
+            answers = [pool.submit(predict, url, {"inputs": [f"text {i}", "two"]}) for i in range(3)]
+            _until(lambda: "summon_batches_total" in call(url, "/metrics")[2]
+                   and 'summon_queue_requests{model="m"} 2.0' in call(url, "/metrics")[2])  # one runs, two wait
+            signalled = time.monotonic()
+            proc.send_signal(signal.SIGTERM)
+            results = [a.result(timeout=30) for a in answers]
+        _, err = proc.communicate(timeout=30)
+        exit_seconds = time.monotonic() - signalled
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    for status, head, answer in results:  # every accepted request: the documented JSON, with Retry-After
+        assert status == 503 and answer["reason"] == "draining" and "drain" in answer["error"], answer
+        assert head["Retry-After"] == "1" and head["content-type"].startswith("application/json")
+    assert proc.returncode == 0, err[-2000:]
+    assert "Traceback" not in err and "CancelledError" not in err, err[-2000:]
+    print(f"sigterm_exit_seconds={exit_seconds:.2f} drain_seconds={drain}")
+    assert exit_seconds < drain + 3, f"exited {exit_seconds:.1f} s after SIGTERM with a {drain} s drain window"
+    assert "drained and stopped" in err

@@ -220,7 +220,8 @@ def create_server_app(engine: Engine, *, title: str = "summon", **options: Any) 
                   description="Adaptive inference: each request says how much compute its answers may cost. "
                   "Demo page at /.")
     app.state.summon = state
-    app.add_middleware(BodyLimit, max_bytes=options.max_body_bytes)
+    app.state.summon_options = options
+    app.add_middleware(BodyLimit, max_bytes=options.max_body_bytes, read_timeout_s=options.read_timeout_s)
     app.add_middleware(RequestMeta, http=http)  # added last: outermost, so it sees (and counts) every answer
     add_error_handlers(app, SERVED)
     _add_predict_route(app, engine, state, http, options)
@@ -280,10 +281,12 @@ def _add_predict_route(app: Any, engine: Engine, state: ServerState, http: HttpS
                           extra={"reason": "starting"})
         body = await request.body()
         try:
-            future = await run_in_threadpool(submit_body, engine, body, options, request.scope.get(REQUEST_ID))
-            result = await wait_result(future, options, started)
+            model, future = await run_in_threadpool(submit_body, engine, body, options, request.scope.get(REQUEST_ID))
+            result = await wait_result(future, options, started, request, lambda why: engine.give_up(model, future, why))
         except Refused:
             raise
+        except ClientLeft:  # nobody to answer; the engine dropped the request's work
+            return Response(status_code=499)
         except Exception as err:  # a bug or the environment: logged here, not sent to the client
             logger.exception("POST /v1/predict failed on a body of %d bytes", len(body))
             return JSONResponse(internal_error(err), status_code=500)
@@ -350,15 +353,17 @@ class PredictRequest:
     priority: str
 
 
-def submit_body(engine: Engine, body: bytes, options: ServeOptions, request_id: str | None) -> Any:
-    """Parse a ``/v1/predict`` body and submit it; the engine's future, or :class:`Refused`."""
+def submit_body(engine: Engine, body: bytes, options: ServeOptions, request_id: str | None) -> tuple[str, Any]:
+    """Parse a ``/v1/predict`` body and submit it; the model and the engine's future, or :class:`Refused`."""
     try:
         request = parse_predict(body, engine, options.max_rows)
+        check_response_size(engine.predictor(request.model), request, options.max_response_bytes)
     except (UnknownModel, EngineError) as err:
         raise refusal(err, options.overload_status) from None
     try:
-        return engine.submit(request.model, request.inputs, knob=request.knob, deadline_ms=request.deadline_ms,
-                             priority=request.priority, request_id=request_id)
+        return request.model, engine.submit(request.model, request.inputs, knob=request.knob,
+                                            deadline_ms=request.deadline_ms, priority=request.priority,
+                                            request_id=request_id)
     except (UnknownModel, EngineError) as err:
         raise refusal(err, options.overload_status) from None
     except INPUT_ERRORS as err:  # an input the predictor cannot take: name it
@@ -387,6 +392,34 @@ def parse_predict(body: bytes, engine: Engine, max_rows: int) -> PredictRequest:
     raws = [_raw_input(row, i, task, model) if isinstance(row, dict) else row for i, row in enumerate(inputs)]
     return PredictRequest(model, raws, task, _knob(payload.get("knob")), _deadline(payload.get("deadline_ms")),
                           _priority(payload.get("priority", "high")))
+
+
+ROW_BYTES = 320  # an answer row's JSON less its probabilities and label: stage, cost, flops, flags, separators
+PROB_BYTES = 24  # one probability in JSON, with its separator (17 significant digits and an exponent)
+
+
+def response_bytes(predictor: Any, request: PredictRequest) -> int:
+    """A bound on the JSON answer's size, before running: per row, its probabilities (one per label), its label
+    and fields; for tagging, per row, its words, tags and spans (bounded by the input's own length)."""
+    labels = list(predictor.labels)
+    label = max((len(json.dumps(x)) for x in labels), default=2)
+    if request.task == "token_classification":
+        per_word = 2 * label + 96  # its tag, and a span's label, offsets and keys
+        return sum(ROW_BYTES + (len(json.dumps(x)) + per_word * max(1, len(x) if isinstance(x, list) else
+                                                                       len(str(x).split())))
+                   for x in request.inputs)
+    return len(request.inputs) * (ROW_BYTES + label + PROB_BYTES * len(labels)) + 512
+
+
+def check_response_size(predictor: Any, request: PredictRequest, most: int) -> None:
+    """:class:`Refused` 413 when the answer would exceed ``max_response_bytes`` (:func:`response_bytes`)."""
+    size = response_bytes(predictor, request)
+    if size > most:
+        per_row = max(1, size // max(1, len(request.inputs)))
+        raise Refused(413, f"the answer to {len(request.inputs)} inputs would take about {size} bytes "
+                      f"({len(predictor.labels)} labels' probabilities per row); this server answers at most {most} "
+                      f"bytes (max_response_bytes): send at most {max(1, most // per_row)} inputs per request",
+                      extra={"limit": "max_response_bytes", "allowed": most, "estimate": size})
 
 
 def _raw_input(row: dict[str, Any], i: int, task: str, model: str) -> Any:
@@ -428,15 +461,40 @@ def _priority(value: Any) -> str:
     return value
 
 
-async def wait_result(future: Any, options: ServeOptions, started: float) -> Result:
+class ClientLeft(Exception):
+    """The client disconnected before its answer."""
+
+
+async def _departure(request: Any) -> None:
+    """Returns when the client disconnects (the body has been read: what ``receive`` gives next is that)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+async def wait_result(future: Any, options: ServeOptions, started: float, request: Any = None,
+                      give_up: Callable[[str], Any] | None = None) -> Result:
     """The engine's answer within the request timeout; :class:`Refused` for a refusal, a timeout (504) or
-    inputs the model refused (422). A request still queued at the timeout is withdrawn from the queue."""
+    inputs the model refused (422); :class:`ClientLeft` when the client disconnects first. On a timeout or a
+    departure, ``give_up`` tells the engine (``"timed_out"`` or ``"cancelled"``): a queued request leaves the
+    queue, a running one's rows are dropped, and neither counts as answered."""
     left = options.request_timeout_s - (time.monotonic() - started)
+    answer = asyncio.ensure_future(asyncio.wrap_future(future))
+    watch = [answer] + ([asyncio.ensure_future(_departure(request))] if request is not None else [])
     try:
-        return await asyncio.wait_for(asyncio.wrap_future(future), timeout=max(left, 0.001))
-    except TimeoutError:
+        done, _ = await asyncio.wait(watch, timeout=max(left, 0.001), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in watch[1:]:
+            task.cancel()
+    if answer not in done:
+        if give_up is not None:  # before cancelling the wrapper, which would cancel a queued future uncounted
+            give_up("cancelled" if done else "timed_out")
+        answer.cancel()
+        if done:
+            raise ClientLeft
         raise Refused(504, f"no answer within {options.request_timeout_s:g} s (the request timeout); retry with "
-                      "fewer inputs, a cheaper knob or later", extra={"reason": "timeout"}) from None
+                      "fewer inputs, a cheaper knob or later", extra={"reason": "timeout"})
+    try:
+        return answer.result()
     except (UnknownModel, EngineError) as err:
         raise refusal(err, options.overload_status) from None
     except INPUT_ERRORS as err:  # the model (or a remote stage) refused the inputs
@@ -573,14 +631,53 @@ def _route(scope: dict[str, Any]) -> str:
 # --- running it ---------------------------------------------------------------------------------------------
 
 
+def head_timeout_protocol(seconds: float) -> type:
+    """uvicorn's h11 protocol with a deadline on each request's head: a client that has not sent a whole head
+    ``seconds`` after connecting, or after its previous answer (slowloris, on a new or a kept-alive connection),
+    is disconnected. (uvicorn's own keep-alive timer stops at the first byte received.)"""
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class HeadTimeoutH11(H11Protocol):
+        def _arm_head_timer(self) -> None:
+            self._head_cycle = self.cycle  # the head is in once a new cycle begins
+            self._head_timer = self.loop.call_later(seconds, self._head_timeout)
+
+        def _head_timeout(self) -> None:
+            if self.cycle is self._head_cycle and not self.transport.is_closing():
+                self.transport.close()
+
+        def connection_made(self, transport: Any) -> None:
+            super().connection_made(transport)
+            self._arm_head_timer()
+
+        def data_received(self, data: bytes) -> None:
+            super().data_received(data)
+            if self.cycle is not self._head_cycle:
+                self._head_timer.cancel()
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            self._head_timer.cancel()
+            if not self.transport.is_closing():
+                self._arm_head_timer()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._head_timer.cancel()
+            super().connection_lost(exc)
+
+    return HeadTimeoutH11
+
+
 def run_server(app: Any, *, host: str = "127.0.0.1", port: int = 8080, log_level: str = "info") -> None:
     """Serve ``app`` (from :func:`create_server_app`) with uvicorn until SIGTERM or SIGINT: then ``/ready``
     answers 503 and the engine refuses new requests at once, the listening socket closes, in-flight requests
     finish within the drain window, and the function returns (the process exits 0)."""
     _require_serve_extra()
     state: ServerState = app.state.summon
+    options: ServeOptions = getattr(app.state, "summon_options", None) or ServeOptions()
     config = uvicorn.Config(app, host=host, port=port, log_level=log_level, access_log=False, lifespan="on",
-                            timeout_graceful_shutdown=max(1, math.ceil(state.drain_seconds)) + 1)
+                            timeout_graceful_shutdown=max(1, math.ceil(state.drain_seconds)) + 2,
+                            timeout_keep_alive=options.keep_alive_s, http=head_timeout_protocol(options.read_timeout_s))
     server = uvicorn.Server(config)
 
     def handle_exit(sig: int, frame: Any) -> None:  # uvicorn's own would re-raise the signal after shutdown

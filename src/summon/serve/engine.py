@@ -158,8 +158,9 @@ class Engine:
 
     def stop(self, drain_seconds: float = 30.0) -> None:
         """Stop accepting (new requests get :class:`Draining`), finish in-flight and queued work within
-        ``drain_seconds``, fail what is still queued then with :class:`Draining`, and join the threads (a
-        batch already in the model is always finished)."""
+        ``drain_seconds``, then fail what is left with :class:`Draining` — queued requests and those of a batch
+        still in the model — and return: within ``drain_seconds`` plus a tenth of a second. A batch still in the
+        model runs on in its (daemon) thread; its rows are dropped."""
         if isinstance(drain_seconds, bool) or not isinstance(drain_seconds, int | float) or not drain_seconds >= 0:
             raise ValueError(f"drain_seconds must be a number of seconds >= 0, got {drain_seconds!r}")
         with self._lock:
@@ -171,7 +172,8 @@ class Engine:
             lane.drain(until)
         for lane in self._lanes.values():
             lane.abort()
-            lane.join()
+        for lane in self._lanes.values():
+            lane.join(timeout=max(0.1, until - time.monotonic()))  # a batch past the window is not waited for
 
     def __enter__(self) -> Engine:
         return self.start()
@@ -210,6 +212,13 @@ class Engine:
             raise lane.refused(Draining(f"model {model!r}: the server is draining and takes no new requests; retry on "
                                  "another replica"))
         return lane.admit(inputs, knob, deadline_ms, priority, request_id)
+
+    def give_up(self, model: str, future: Future, reason: str = "cancelled") -> bool:
+        """The caller no longer wants the answer of ``future`` (from :meth:`submit` for ``model``): ``reason``
+        ``"cancelled"`` (its client left) or ``"timed_out"`` (it answered 504). A queued request leaves the queue
+        (no work is done for it); a running one's rows are dropped when its batch ends; either way it counts
+        under ``reason``, not as answered. False when it was answered already."""
+        return self._lane(model).give_up(future, reason)
 
     def stats(self) -> dict[str, ModelStats]:
         """A snapshot of every model's counters, gauges and histograms."""

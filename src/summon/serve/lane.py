@@ -17,11 +17,12 @@ a one-stage predictor's knob is refused by the knob module, and its only stage a
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
-from collections.abc import Sequence
-from concurrent.futures import Future
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass
 from typing import Any
 
@@ -86,6 +87,8 @@ class Lane:
         self._lock = threading.Lock()  # the counters
         self._stats = ModelStats()
         self._thread: threading.Thread | None = None
+        self._pending: dict[Future, Request] = {}  # accepted and not yet resolved, by their future
+        self._batch: Batch | None = None  # the batch in the model now
 
     # --- admission -----------------------------------------------------------------------------------
 
@@ -113,13 +116,42 @@ class Lane:
             request = Request(examples, raw, pieces, tokens, knob, threshold, None if deadline_ms is None else
                               time.monotonic() + deadline_ms / 1000.0, priority, request_id)
             if raw:
-                self.queue.put(request)
+                with self._lock:
+                    self._pending[request.future] = request
+                try:
+                    self.queue.put(request)
+                except EngineError:
+                    with self._lock:
+                        self._pending.pop(request.future, None)
+                    raise
+                request.future.add_done_callback(self._resolved)
         except EngineError as err:
             raise self.refused(err) from None
         if not raw:  # nothing to queue
             request.future.set_result(_result(self.name, request, Plan(knob, threshold), [], calibration,
                                               Batch([], 0, 0, 0.0, 0), request.enqueued, 0.0))
         return request.future
+
+    def _resolved(self, future: Future) -> None:
+        with self._lock:
+            self._pending.pop(future, None)
+
+    def give_up(self, future: Future, reason: str) -> bool:
+        """The transport no longer wants ``future``'s answer (``reason``: ``"cancelled"``, its client left, or
+        ``"timed_out"``, it answered 504): a queued request is withdrawn from the queue, a running one's rows are
+        dropped when its batch ends; it is counted under ``reason``, not as answered. False when it was already
+        answered (or unknown)."""
+        if reason not in ("cancelled", "timed_out"):
+            raise ValueError(f"reason must be 'cancelled' or 'timed_out', got {reason!r}")
+        with self._lock:
+            request = self._pending.pop(future, None)
+            if request is None or request.counted or request.given_up is not None or future.done():
+                return False
+            request.given_up = reason
+            setattr(self._stats, reason, getattr(self._stats, reason) + 1)
+        self.queue.withdraw(request)
+        future.cancel()  # a queued (not yet running) future; a running one keeps running until its batch ends
+        return True
 
     # --- the batcher ---------------------------------------------------------------------------------
 
@@ -129,52 +161,37 @@ class Lane:
 
     def _loop(self) -> None:
         while (batch := self.queue.take(planner.least_row_ms(self.predictor.calibration))) is not None:
+            self._batch = batch
             try:
                 self._serve(batch)
             except Exception as err:  # never let the thread die: the batch's requests get the error
                 logger.exception("model %r: a batch of %d rows failed", self.name, batch.rows)
                 self._fail([r for r in batch.requests if not r.future.done()], err)
             finally:
+                self._batch = None
                 self.queue.done(batch)
 
     def _serve(self, batch: Batch) -> None:
         started = time.monotonic()
-        live = self._unexpired([r for r in batch.requests if r.future.set_running_or_notify_cancel()], started)
+        live = _unexpired(self.name, [r for r in batch.requests if r.given_up is None and _start(r.future)],
+                          started, lambda request, err: self._fail([request], self.refused(err)))
         if not live:
             return
         rows = sum(r.rows for r in live)
         calibration = self.predictor.calibration
-        plans = [self._plan(r, calibration, batch.fill, rows, started) for r in live]
-        outputs = self._execute(live, plans)
+        plans = [_plan(self.predictor, self.config, self.controllers.get(r.knob), r, calibration, batch.fill, rows,
+                       started) for r in live]
+        outputs = _execute(self.predictor, live, plans, self.config.max_batch_rows)
         seconds = time.monotonic() - started
         done = [(r, p, out) for r, p, out in zip(live, plans, outputs, strict=True) if not isinstance(out, Exception)]
         for request, out in zip(live, outputs, strict=True):
             if isinstance(out, Exception):
                 self._fail([request], out)
-        self._count(done, rows, sum(r.tokens for r in live), seconds, started)
+        done = self._count(done, rows, sum(r.tokens for r in live), seconds, started)
         for request, plan, predictions in done:
-            request.future.set_result(_result(self.name, request, plan, predictions, calibration, batch, started,
-                                              seconds, rows))
-
-    def _plan(self, request: Request, calibration: Calibration | None, fill: float, batch_rows: int,
-              now: float) -> Plan:
-        return planner.plan(calibration, request.knob, request.threshold, self.controllers.get(request.knob),
-                            num_stages=self.predictor.num_stages, degrade=self.config.degrade, fill=fill,
-                            remaining_ms=None if request.deadline is None else (request.deadline - now) * 1000.0,
-                            batch_rows=batch_rows)
-
-    def _unexpired(self, requests: list[Request], now: float) -> list[Request]:
-        """The requests whose deadline has not passed; the others fail with :class:`DeadlineUnmeetable`."""
-        live = []
-        for request in requests:
-            if request.deadline is not None and request.deadline <= now:
-                waited = (now - request.enqueued) * 1000.0
-                self._fail([request], self.refused(DeadlineUnmeetable(
-                    f"model {self.name!r}: the deadline passed after {waited:.4g} ms in the queue; give a later "
-                    "deadline or retry when the queue is shorter")))
-            else:
-                live.append(request)
-        return live
+            with contextlib.suppress(InvalidStateError):  # failed meanwhile (the drain window closed): keeps its error
+                request.future.set_result(_result(self.name, request, plan, predictions, calibration, batch, started,
+                                                  seconds, rows))
 
     def _fail(self, requests: list[Request], err: Exception) -> None:
         with self._lock:
@@ -183,37 +200,21 @@ class Lane:
             if not request.future.done():
                 request.future.set_exception(err)
 
-    def _execute(self, requests: list[Request], plans: list[Plan]) -> list[list[Prediction] | Exception]:
-        """Predictions per request from one model call; when the inputs are refused, each request alone, so
-        only the one at fault fails."""
-        size = self.config.max_batch_rows
-        try:
-            return _run(self.predictor, requests, plans, size)
-        except (ValueError, TypeError) as err:
-            if len(requests) == 1:
-                return [err]
-        out: list[list[Prediction] | Exception] = []
-        for request, plan in zip(requests, plans, strict=True):
-            try:
-                out += _run(self.predictor, [request], [plan], size)
-            except (ValueError, TypeError) as err:
-                out.append(err)
-        return out
-
-    def _count(self, done: Done, rows: int, tokens: int, seconds: float, started: float) -> None:
-        """Feed the controllers, the queue's pace and the counters."""
-        moves = 0
-        for _, plan, predictions in done:
-            if plan.controller is not None and predictions and predictions[0].cost is not None:
-                moves += plan.controller.observe([p.cost for p in predictions], [p.stage for p in predictions])
+    def _count(self, done: Done, rows: int, tokens: int, seconds: float, started: float) -> Done:
+        """Feed the controllers, the queue's pace and the counters; the requests still wanted (the others were
+        given up while their batch ran: their rows are dropped, not counted as answered)."""
+        moves = _observe(done)
         self.queue.record(rows, seconds)
         with self._lock:
             self._stats.count_batch(rows, tokens, seconds)
+            done = [d for d in done if d[0].given_up is None]
             for request, plan, predictions in done:
+                request.counted = True
                 self._stats.count_answer([p.cost for p in predictions], started - request.enqueued, plan.degraded)
                 self._stats.count_exits([p.stage for p in predictions], self.predictor.num_stages)
                 self._stats.stage_unavailable_rows += sum(bool(p.fallback) for p in predictions)
             self._stats.controller_moves += moves != 0
+        return done
 
     # --- stopping ------------------------------------------------------------------------------------
 
@@ -227,20 +228,25 @@ class Lane:
             self.queue.drain(until)
 
     def abort(self) -> None:
-        """Fail every request still queued with :class:`Draining`."""
+        """Fail every request still queued, and those of the batch still in the model, with :class:`Draining`
+        (the batch runs on in its thread; its rows are dropped)."""
         left = self.queue.abort()
+        batch = self._batch
         with self._lock:
-            self._stats.rejections["draining"] += len(left)
-            self._stats.failed += len(left)
-        for request in left:
-            if request.future.set_running_or_notify_cancel():
-                request.future.set_exception(Draining(
-                    f"model {self.name!r}: the server stopped before this request was served (the drain window "
-                    "closed); retry on another replica"))
+            running = [r for r in (batch.requests if batch is not None else ())
+                       if r.given_up is None and not r.counted and not r.future.done()]
+            for request in running:
+                request.given_up = "draining"
+            self._stats.rejections["draining"] += len(left) + len(running)
+            self._stats.failed += len(left) + len(running)
+        _drained(self.name, left, running)
 
-    def join(self) -> None:
+    def join(self, timeout: float | None = None) -> bool:
+        """Wait for the batcher thread (at most ``timeout`` seconds); whether it has ended."""
         if self._thread is not None:
-            self._thread.join()
+            self._thread.join(timeout)
+            return not self._thread.is_alive()
+        return True
 
     # --- reading -------------------------------------------------------------------------------------
 
@@ -258,10 +264,7 @@ class Lane:
 
     def info(self) -> dict[str, Any]:
         """JSON-able: kind, task, labels, stages and their costs, the operating points, the thresholds in force."""
-        predictor = self.predictor
-        return {"name": self.name, "kind": predictor.kind, "task": predictor.task, "labels": list(predictor.labels),
-                "num_stages": predictor.num_stages,
-                **_calibration_info(predictor.calibration, self.thresholds_in_force())}
+        return _info(self.name, self.predictor, self.thresholds_in_force())
 
     def warmup(self, batch_sizes: Sequence[int]) -> None:
         placeholder = WARMUP_INPUTS.get(self.predictor.task, "warm up")
@@ -269,6 +272,77 @@ class Lane:
             examples = canonical_inputs(self.predictor.task, [placeholder] * size)
             self.predictor.run_examples(examples, np.inf, batch_size=self.config.max_batch_rows)
 
+
+
+def _plan(predictor: StagedBase, config: EngineConfig, controller: Any, request: Request,
+          calibration: Calibration | None, fill: float, batch_rows: int, now: float) -> Plan:
+    """The request's plan in this batch (:func:`summon.serve.planner.plan`)."""
+    return planner.plan(calibration, request.knob, request.threshold, controller, num_stages=predictor.num_stages,
+                        degrade=config.degrade, fill=fill,
+                        remaining_ms=None if request.deadline is None else (request.deadline - now) * 1000.0,
+                        batch_rows=batch_rows)
+
+
+def _execute(predictor: StagedBase, requests: list[Request], plans: list[Plan],
+             size: int) -> list[list[Prediction] | Exception]:
+    """Predictions per request from one model call; when the inputs are refused, each request alone, so only the
+    one at fault fails."""
+    try:
+        return _run(predictor, requests, plans, size)
+    except (ValueError, TypeError) as err:
+        if len(requests) == 1:
+            return [err]
+    out: list[list[Prediction] | Exception] = []
+    for request, plan in zip(requests, plans, strict=True):
+        try:
+            out += _run(predictor, [request], [plan], size)
+        except (ValueError, TypeError) as err:
+            out.append(err)
+    return out
+
+
+def _observe(done: Done) -> int:
+    """Feed each budget's controller the realised costs of its rows; how many moved."""
+    moves = 0
+    for _, plan, predictions in done:
+        if plan.controller is not None and predictions and predictions[0].cost is not None:
+            moves += plan.controller.observe([p.cost for p in predictions], [p.stage for p in predictions])
+    return moves
+
+
+def _unexpired(model: str, requests: list[Request], now: float, fail: Callable[[Request, Exception], None]
+               ) -> list[Request]:
+    """The requests whose deadline has not passed; ``fail`` gets the others with :class:`DeadlineUnmeetable`."""
+    live = []
+    for request in requests:
+        if request.deadline is not None and request.deadline <= now:
+            waited = (now - request.enqueued) * 1000.0
+            fail(request, DeadlineUnmeetable(f"model {model!r}: the deadline passed after {waited:.4g} ms in the "
+                                             "queue; give a later deadline or retry when the queue is shorter"))
+        else:
+            live.append(request)
+    return live
+
+
+def _drained(model: str, left: list[Request], running: list[Request]) -> None:
+    """Fail with :class:`Draining` the requests still queued (``left``) and those whose batch was still in the model
+    (``running``) when the drain window closed."""
+    for request in left:
+        if request.future.set_running_or_notify_cancel():
+            request.future.set_exception(Draining(
+                f"model {model!r}: the server stopped before this request was served (the drain window closed); "
+                "retry on another replica"))
+    for request in running:
+        with contextlib.suppress(InvalidStateError):
+            if request.future.running() or _start(request.future):
+                request.future.set_exception(Draining(
+                    f"model {model!r}: the server stopped before this request's batch finished (the drain window "
+                    "closed); retry on another replica"))
+
+
+def _info(name: str, predictor: StagedBase, forced: ThresholdsInForce) -> dict[str, Any]:
+    return {"name": name, "kind": predictor.kind, "task": predictor.task, "labels": list(predictor.labels),
+            "num_stages": predictor.num_stages, **_calibration_info(predictor.calibration, forced)}
 
 def _result(model: str, request: Request, plan: Plan, predictions: list[Prediction], calibration: Calibration | None,
             batch: Batch, started: float, seconds: float, batch_rows: int = 0) -> Result:
@@ -278,6 +352,14 @@ def _result(model: str, request: Request, plan: Plan, predictions: list[Predicti
                   degraded=plan.degraded, queue_ms=(started - request.enqueued) * 1000.0,
                   inference_ms=seconds * 1000.0, batch=batch.number, batch_rows=batch_rows, flops=flops,
                   request_id=request.request_id)
+
+
+def _start(future: Future) -> bool:
+    """Mark ``future`` running; False when it was cancelled, or another thread got there first."""
+    try:
+        return future.set_running_or_notify_cancel()
+    except RuntimeError:  # already running or finished
+        return False
 
 
 def _calibration_info(calibration: Calibration | None, forced: ThresholdsInForce | None) -> dict[str, Any]:

@@ -18,14 +18,16 @@ for a 413); no inputs answer ``{"logits": []}``. The pieces (:class:`BodyLimit`,
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from summon.adaptive.remote import PROTOCOL
 from summon.predictors.predictor import canonical_inputs
-from summon.serve.options import MAX_BODY_BYTES, MAX_ROWS, check_limits
+from summon.serve.options import MAX_BODY_BYTES, MAX_ROWS, READ_TIMEOUT_S, check_limits
 
 try:  # the serve extra; create_app says how to install it when it is missing
     from fastapi import FastAPI
@@ -236,11 +238,14 @@ def _logits(predictor: Any, examples: list[dict[str, Any]]) -> list[list[float]]
 class BodyLimit:
     """ASGI middleware answering 413 (JSON) to a request body over ``max_bytes``, before the app reads it: the
     declared ``Content-Length`` is checked first, then the bytes actually streamed (chunked uploads, or a
-    length that lies). The server reads and drops the rest of a refused body, so the client gets the answer."""
+    length that lies). The server reads and drops the rest of a refused body, so the client gets the answer.
+    A body not received whole within ``read_timeout_s`` seconds (a slow or stalled client) is answered 408 (JSON)
+    and the connection closed."""
 
-    def __init__(self, app: Any, max_bytes: int):
+    def __init__(self, app: Any, max_bytes: int, read_timeout_s: float | None = READ_TIMEOUT_S):
         self.app = app
         self.max_bytes = max_bytes
+        self.read_timeout_s = read_timeout_s
 
     async def __call__(self, scope: dict[str, Any], receive: Callable, send: Callable) -> None:
         if scope["type"] != "http":
@@ -251,8 +256,16 @@ class BodyLimit:
             await self._refuse(send, f"{declared} bytes")
             return
         chunks, size, more = [], 0, True
+        until = None if self.read_timeout_s is None else time.monotonic() + self.read_timeout_s
         while more:
-            message = await receive()
+            try:
+                message = await asyncio.wait_for(receive(), None if until is None else max(until - time.monotonic(), 0))
+            except TimeoutError:
+                await self._answer(send, 408, {
+                    "error": f"the request body was not received within {self.read_timeout_s:g} s (read_timeout_s, "
+                    f"{size} bytes arrived); send it at once", "limit": "read_timeout_s", "allowed": self.read_timeout_s},
+                    close=True)
+                return
             if message["type"] == "http.disconnect":
                 return
             chunks.append(message.get("body", b""))
@@ -262,6 +275,14 @@ class BodyLimit:
                 return
             more = message.get("more_body", False)
         await self.app(scope, _replay(b"".join(chunks), receive), send)
+
+    @staticmethod
+    async def _answer(send: Callable, status: int, answer: dict[str, Any], close: bool = False) -> None:
+        body = json.dumps(answer).encode()
+        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+        await send({"type": "http.response.start", "status": status,
+                    "headers": headers + ([(b"connection", b"close")] if close else [])})
+        await send({"type": "http.response.body", "body": body})
 
     async def _refuse(self, send: Callable, size: str) -> None:
         body = json.dumps({"error": f"request body of {size}; this server takes at most {self.max_bytes} bytes "

@@ -18,6 +18,8 @@ metric                                      type       labels / meaning
 ``summon_requests_total``                   counter    ``model``: requests accepted into the queue
 ``summon_requests_answered_total``          counter    ``model``
 ``summon_requests_failed_total``            counter    ``model``: accepted, then drained, expired or failed
+``summon_requests_cancelled_total``         counter    ``model``: accepted, then given up by the client (it left)
+``summon_requests_timed_out_total``         counter    ``model``: accepted, then answered 504 (request timeout)
 ``summon_rejections_total``                 counter    ``model``, ``reason`` (queue_full, deadline, infeasible_knob,
                                                        too_large, draining)
 ``summon_rows_total``                       counter    ``model``: rows answered
@@ -152,6 +154,8 @@ COUNTERS = (  # (name, help, ModelStats field)
     ("summon_requests", "Requests accepted into the model's queue", "requests"),
     ("summon_requests_answered", "Requests answered", "answered"),
     ("summon_requests_failed", "Accepted requests that ended in an error (drained, expired, model error)", "failed"),
+    ("summon_requests_cancelled", "Accepted requests whose client left before the answer (not answered)", "cancelled"),
+    ("summon_requests_timed_out", "Accepted requests answered 504 at the request timeout (not answered)", "timed_out"),
     ("summon_rows", "Rows answered", "rows"),
     ("summon_batches", "Batches run", "batches"),
     ("summon_deferred_rows", "Rows answered by a later stage than the first", "deferred_rows"),

@@ -16,6 +16,9 @@ MAX_BODY_BYTES = 16 * 1024 * 1024  # a remote stage sends up to 256 rows of long
 MAX_ROWS = 1024  # rows per request (summon's remote stage sends 256)
 REQUEST_TIMEOUT_S = 30.0
 DRAIN_SECONDS = 30.0
+READ_TIMEOUT_S = 10.0
+KEEP_ALIVE_S = 5.0
+MAX_RESPONSE_BYTES = 32 * 1024 * 1024
 OVERLOAD_STATUSES = (503, 429)
 
 
@@ -42,12 +45,27 @@ class ServeOptions:
         "metavar": "ROWS", "help": "batch sizes the warm-up runs every model at before /ready answers 200 "
         "(default: 1, 8 and the engine's max_batch_rows)"})
     drain_seconds: float = field(default=DRAIN_SECONDS, metadata={
-        "help": "on SIGTERM, how long queued work may take to finish"})
+        "help": "on SIGTERM, how long queued and running work may take to finish; what is left then is answered "
+        "503 (draining, Retry-After) and the process exits"})
+    read_timeout_s: float = field(default=READ_TIMEOUT_S, metadata={
+        "flag": "--read-timeout", "help": "seconds a client may take to send a request's head (else the "
+        "connection is closed) and, from then, its whole body (else 408)"})
+    keep_alive_s: float = field(default=KEEP_ALIVE_S, metadata={
+        "flag": "--keep-alive", "help": "seconds an idle keep-alive connection is held open"})
+    max_response_bytes: int = field(default=MAX_RESPONSE_BYTES, metadata={
+        "help": "largest answer, estimated before running (rows x labels x bytes per probability); a request "
+        "whose answer would be larger is answered 413"})
 
     def __post_init__(self) -> None:
         if isinstance(self.warmup_sizes, list):  # a list read back from JSON or YAML becomes the tuple it was
             object.__setattr__(self, "warmup_sizes", tuple(self.warmup_sizes))
         check_limits(self.max_body_bytes, self.max_rows)
+        value = self.max_response_bytes
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"max_response_bytes must be a positive whole number, got {value!r}")
+        for key in ("read_timeout_s", "keep_alive_s"):
+            if not _seconds(getattr(self, key)) or getattr(self, key) == 0:
+                raise ValueError(f"{key} must be a finite number of seconds > 0, got {getattr(self, key)!r}")
         if not _seconds(self.request_timeout_s) or self.request_timeout_s == 0:
             raise ValueError(f"request_timeout_s must be a finite number of seconds > 0, got {self.request_timeout_s!r}")
         if not _seconds(self.drain_seconds):

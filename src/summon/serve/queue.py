@@ -17,7 +17,8 @@ first stage's calibrated latency), else 0.
 
 **Stopping.** :meth:`~BatchQueue.close` takes no more requests and stops the wait for rows;
 :meth:`~BatchQueue.drain` waits until the queue is empty and no batch runs; :meth:`~BatchQueue.abort` empties
-the queue and hands back what was left, for the caller to fail.
+the queue and hands back what was left, for the caller to fail; :meth:`~BatchQueue.withdraw` takes one request
+out (its client left, or its transport timed out).
 """
 
 from __future__ import annotations
@@ -200,6 +201,8 @@ class Request:
     request_id: str | None = None
     enqueued: float = field(default_factory=time.monotonic)
     future: Future = field(default_factory=Future)
+    given_up: str | None = None  # "cancelled", "timed_out" or "draining": its rows, if run, are dropped, not answered
+    counted: bool = False  # counted as answered (then it can no longer be given up)
 
     @property
     def rows(self) -> int:
@@ -366,6 +369,18 @@ class BatchQueue:
                 if left <= 0:
                     return
                 self._cond.wait(left)
+
+    def withdraw(self, request: Request) -> bool:
+        """Take ``request`` out of the queue if it is still there (not yet in a batch); whether it was."""
+        with self._cond:
+            queue = self._queues[request.priority]
+            at = next((i for i, r in enumerate(queue) if r is request), None)
+            if at is None:
+                return False
+            del queue[at]
+            self._queued_rows[request.priority] -= request.rows
+            self._cond.notify_all()
+            return True
 
     def abort(self) -> list[Request]:
         """Close, empty the queue and return what it held (the caller fails them)."""

@@ -58,6 +58,8 @@ class ModelStats:
     requests: int = 0  # accepted into the queue (the queue counts them; read at snapshot time, like the gauges)
     answered: int = 0  # requests answered
     failed: int = 0  # accepted requests that ended in an error (drained, deadline passed in the queue, model error)
+    cancelled: int = 0  # accepted requests withdrawn because the client left (their rows are not answered)
+    timed_out: int = 0  # accepted requests withdrawn at the transport's request timeout (its 504)
     rejections: dict[str, int] = field(default_factory=lambda: dict.fromkeys(REASONS, 0))
     rows: int = 0  # rows answered
     batches: int = 0
