@@ -192,7 +192,7 @@ def test_eval_on_data_with_other_labels_names_both_lists(saved, capsys):
 def test_eval_on_a_file_with_a_foreign_label_names_the_line(saved, tmp_path, capsys):
     data = write_jsonl(tmp_path / "other.jsonl", [{"text": "fine", "label": "neg"}, {"text": "x", "label": "maybe"}])
     err = fails(capsys, "eval", str(saved["plain"]), "--data", str(data), "--no-latency")
-    assert f"{data}:2: label 'maybe' is not in the label set (neg, pos" in err
+    assert f"{data}:2: label 'maybe' is not in the model's label set [neg, pos]" in err
 
 
 def test_calibrate_on_data_with_other_labels_names_both_lists(saved, capsys):

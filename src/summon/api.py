@@ -28,6 +28,7 @@ from summon.adaptive.kinds import load as load_kind
 from summon.adaptive.knob import Knob
 from summon.core.files import check_destination, check_report_folder, check_writable
 from summon.core.options import options_for
+from summon.data.labelset import same_labels, show_set
 from summon.data.spec import DatasetSpec, TaskData
 from summon.evaluation.adaptive import evaluate_adaptive
 from summon.evaluation.report import write_report
@@ -75,9 +76,9 @@ def _paths(value: Any, what: str) -> list[Any]:
 def _data(predictor: Any, data: str | DatasetSpec | TaskData, data_dir: str | None, limit: int | None) -> TaskData:
     """Loaded rows in the predictor's label order, from a spec string (``sst2:dev``), a DatasetSpec or as given."""
     if isinstance(data, TaskData):
-        if list(data.labels) != list(predictor.labels):
-            raise ValueError(f"{data.source}: the data's labels are [{', '.join(data.labels)}] but the predictor "
-                             f"predicts [{', '.join(predictor.labels)}]; load the data for this predictor (e.g. "
+        if not same_labels(data.labels, predictor.labels):
+            raise ValueError(f"{data.source}: the data's labels are {show_set(data.labels)} but the predictor "
+                             f"predicts {show_set(predictor.labels)}; load the data for this predictor (e.g. "
                              "summon.evaluate(..., 'sst2:dev') maps label names) or use a matching predictor")
         return data
     spec = data if isinstance(data, DatasetSpec) else spec_for(predictor, data, limit)

@@ -23,6 +23,15 @@ from summon.data.catalog import (
     local_file,
     resolve_data_dir,
 )
+from summon.data.labelset import (
+    case_hint,
+    label_key,
+    refuse_lookalikes,
+    refuse_odd_numeral,
+    same_labels,
+    show,
+    show_set,
+)
 from summon.data.readers import DELIMITERS, Row, describe_delimiter, read_rows
 from summon.data.spec import LABEL_COLUMN, TASK_COLUMNS, DatasetSpec, TaskData
 
@@ -30,40 +39,134 @@ logger = logging.getLogger(__name__)
 
 
 def load_split(
-    spec: DatasetSpec, *, data_dir: str | Path | None = None, require_labels: bool = True
+    spec: DatasetSpec, *, data_dir: str | Path | None = None, require_labels: bool = True,
+    expected: Sequence[str] | None = None,
 ) -> TaskData:
     """Load one split in canonical form.
+
+    Label names compare by :func:`~summon.data.labelset.label_key` (NFKC, no invisible characters); one label
+    written two ways in the data (or differing only in case) is refused, naming both spellings and their rows.
 
     Args:
         spec: where the split comes from.
         data_dir: local catalog directory (default ``$SUMMON_DATA_DIR``).
         require_labels: raise if a row lacks its label; with False, unlabelled splits load for prediction.
+        expected: the label set the rows must fit (a model's), in id order; the split comes back in it. Names
+            in the data (or the catalog's, or the spec's ``labels:``) are matched to it by name, and a name with no
+            place there is refused, naming both sets and the source. Rows with class ids only are refused when an
+            id is beyond the set, or when they hold every id of a smaller set of two or more classes (``0-3`` for a
+            5-class model: another task's ids) in :data:`ROWS_PER_CLASS` rows per expected class or more; ids that
+            stop short otherwise (one class only, a gap, a small split) are warned about.
     """
     rows, source, entry, hub_names = _fetch_rows(spec, resolve_data_dir(data_dir))
     task = spec.task or (entry.task if entry else None)
     columns = _column_map(spec, task, entry, source, from_hub=hub_names is not None)
-    label_key = LABEL_COLUMN[task]
+    key = LABEL_COLUMN[task]
     # The catalog's label set holds only for the catalog's own label column (not e.g. CoNLL chunk tags).
-    own_labels = entry is not None and label_key not in spec.columns
+    own_labels = entry is not None and key not in spec.columns
     declared = (list(entry.labels) if own_labels else None) or hub_names
     examples = [_canonical_row(row, line, task, columns, source, require_labels) for line, row in rows]
-    for ex, (line, _) in zip(examples, rows, strict=True):
+    lines = [line for line, _ in rows]
+    for ex, line in zip(examples, lines, strict=True):
         _refuse_repeated_header(ex, columns, f"{source}:{line}")
-    labels = declared or spec.labels or infer_labels(examples, task, source, [line for line, _ in rows])
-    index = {name: i for i, name in enumerate(labels)}
-    for ex, (line, _) in zip(examples, rows, strict=True):
-        if label_key in ex:
-            ex[label_key] = _label_ids(ex[label_key], labels, index, f"{source}:{line}")
-    if declared and spec.labels and list(spec.labels) != list(declared):
-        labels = _into_label_set(examples, label_key, declared, list(spec.labels), source)
+    _refuse_two_spellings(examples, key, lines, source)
+    named = declared or spec.labels  # the names the data's ids mean, when known apart from the rows
+    ids_only = False
+    if expected is not None and not named:
+        ids_only = _check_against(examples, key, lines, list(expected), source)
+    labels = named or (list(expected) if expected is not None else None) or infer_labels(examples, task, source,
+                                                                                           lines)
+    index = {label_key(name): i for i, name in enumerate(labels)}
+    for ex, line in zip(examples, lines, strict=True):
+        if key in ex:
+            ex[key] = _label_ids(ex[key], labels, index, f"{source}:{line}")
+    wanted = list(expected) if expected is not None else (list(spec.labels) if declared and spec.labels else None)
+    if named and wanted is not None and not same_labels(named, wanted):
+        if declared and spec.labels and expected is not None:  # catalog ids -> the spec's names -> the model's
+            labels = _into_label_set(examples, key, declared, list(spec.labels), source, "given in 'labels:'")
+        labels = _into_label_set(examples, key, list(labels), wanted,
+                                 source, "the model's" if expected is not None else "given in 'labels:'")
+    elif wanted is not None:
+        labels = wanted
     if spec.labels and not declared:
-        _warn_unused_classes(examples, label_key, labels, source)
+        _warn_unused_classes(examples, key, labels, source)
     if spec.shuffle_seed is not None:
         random.Random(spec.shuffle_seed).shuffle(examples)
     if spec.limit is not None:
         examples = examples[: spec.limit]
+    if ids_only:
+        _check_id_count(examples, key, list(labels), source)
     logger.info("loaded %d rows from %s", len(examples), source)
     return TaskData(task=task, labels=list(labels), examples=examples, source=source)
+
+
+ROWS_PER_CLASS = 4  # id-only rows per expected class from which a complete smaller id set is refused
+
+
+def _label_values(ex: dict[str, Any], key: str) -> list[Any]:
+    if key not in ex:
+        return []
+    return ex[key] if isinstance(ex[key], list) else [ex[key]]
+
+
+def _refuse_two_spellings(examples: Sequence[dict[str, Any]], key: str, lines: Sequence[int], source: str) -> None:
+    """One label written two ways (NFC/NFD, width, zero-width characters, case) in one split: refused, naming both
+    spellings with ``repr()`` and the line of each one's first row."""
+    spellings = ((v, f"line {line}") for ex, line in zip(examples, lines, strict=True)
+                 for v in _label_values(ex, key) if isinstance(v, str) and not isinstance(label_value(v), int))
+    refuse_lookalikes(spellings, source)
+
+
+def _check_against(examples: Sequence[dict[str, Any]], key: str, lines: Sequence[int], expected: list[str],
+                   source: str) -> bool:
+    """Refuse rows whose names are not in ``expected`` (naming both sets and each stray name's first line) or whose
+    class ids are beyond it; returns whether every label is a class id (no names)."""
+    keys = {label_key(n) for n in expected}
+    stray: dict[str, int] = {}
+    names: dict[str, None] = {}
+    ids: dict[int, int] = {}  # id -> first line
+    for ex, line in zip(examples, lines, strict=True):
+        for v in _label_values(ex, key):
+            value = label_value(v)
+            if isinstance(value, int) and not isinstance(value, bool):
+                ids.setdefault(value, line)
+            elif isinstance(value, str):
+                names.setdefault(value)
+                if label_key(value) not in keys:
+                    stray.setdefault(value, line)
+    if stray:
+        (first, line), *rest = stray.items()
+        more = ", ".join(f"{show(n)} (line {at})" for n, at in rest[:4])
+        more = f"; nor are {more}{' and more' if len(rest) > 4 else ''}" if rest else ""
+        raise ValueError(f"{source}:{line}: label {first!r} is not in the model's label set {show_set(expected)}"
+                         f"{case_hint(first, expected)}{more}. The data's labels are {show_set(names)}: is this data "
+                         "for another task? Use data with the model's labels, or a model trained on this data.")
+    beyond = sorted(v for v in ids if not 0 <= v < len(expected))
+    if beyond:
+        bad = beyond[-1] if beyond[-1] >= len(expected) else beyond[0]
+        raise ValueError(f"{source}:{ids[bad]}: label {bad} is no class id of the model, which has {len(expected)} "
+                         f"labels {show_set(expected)} (ids 0-{len(expected) - 1}); the data's ids run "
+                         f"{min(ids)}-{max(ids)}. Is this data for another task? Use data with the model's labels, or "
+                         "write the labels as the model's names.")
+    return bool(ids) and not names
+
+
+def _check_id_count(examples: Sequence[dict[str, Any]], key: str, expected: list[str], source: str) -> None:
+    """Class ids that stop short of the model's label set: refused when they are a complete set of two or more classes
+    in a split large enough to hold every class (the shape of another task's data), else warned about (always for
+    tags: a tag set's rare tags are often absent from a split)."""
+    used = {v for ex in examples for v in _label_values(ex, key)}
+    if not used or max(used) + 1 >= len(expected):
+        return
+    missing = list(range(max(used) + 1, len(expected)))
+    rows = sum(1 for ex in examples if key in ex)
+    text = (f"{source}: the labels are class ids 0-{max(used)} ({max(used) + 1} classes) but the model has "
+            f"{len(expected)} labels {show_set(expected)}; no row of {rows} has id {', '.join(map(str, missing))}")
+    whole = max(used) >= 1 and used == set(range(max(used) + 1)) and rows >= ROWS_PER_CLASS * len(expected)
+    if whole and key != "tags":  # a tag set's rare tags are often absent from a split: warned about only
+        raise ValueError(f"{text}. Is this data for another task? Use data with the model's labels, or write the "
+                         "labels as the model's names (then a split lacking a class is fine).")
+    logger.warning("%s (a small split may lack a class; is this data for another task?)", text)
 
 
 # --- fetching -------------------------------------------------------------------------------------
@@ -229,6 +332,7 @@ def _check_types(ex: dict[str, Any], task: str, where: str) -> None:
 def _check_label(value: Any, where: str, what: str) -> None:
     """A label is a class id (an integer; ``1.0`` counts as ``1``) or a non-blank class name."""
     if isinstance(value, str) and value.strip():
+        refuse_odd_numeral(value, where, what)
         return
     if not isinstance(value, bool) and (isinstance(value, int) or (isinstance(value, float) and value.is_integer())):
         if abs(value) < 10 ** MAX_ID_DIGITS:
@@ -246,7 +350,7 @@ def label_value(value: Any) -> Any:
     if isinstance(value, str):
         value = value.strip()
         digits = value.removeprefix("-")
-        if digits.isdecimal() and len(digits) <= MAX_ID_DIGITS:  # not isdigit(): int() refuses "²"
+        if digits.isascii() and digits.isdecimal() and len(digits) <= MAX_ID_DIGITS:  # "٣", "³": no ids
             return int(value)
     if isinstance(value, float) and value.is_integer():
         return int(value)
@@ -352,14 +456,16 @@ def _refuse_repeated_header(ex: dict[str, Any], columns: dict[str, str], where: 
 
 
 def _into_label_set(examples: list[dict[str, Any]], key: str, declared: list[str], wanted: list[str],
-                    source: str) -> list[str]:
+                    source: str, whose: str = "the model's") -> list[str]:
     """Re-number label ids from the data's own names to ``wanted`` (e.g. a model's), or refuse a mismatch."""
-    missing = [name for name in declared if name not in wanted]
+    keys = [label_key(name) for name in wanted]
+    missing = [name for name in declared if label_key(name) not in keys]
     if missing:
-        raise ValueError(f"{source}: the data's labels are [{', '.join(declared)}] but [{', '.join(wanted)}] are "
-                         f"expected (the model's); {', '.join(missing)} has no place there. Use data with the "
-                         "model's labels, or a model trained on this data.")
-    remap = [wanted.index(name) for name in declared]
+        raise ValueError(f"{source}: the data's labels are {show_set(declared)} but {show_set(wanted)} are "
+                         f"expected ({whose}); {', '.join(map(show, missing))} has no place there"
+                         f"{case_hint(missing[0], wanted)}. Use data with the model's labels, or a model trained on "
+                         "this data.")
+    remap = [keys.index(label_key(name)) for name in declared]
     for ex in examples:
         if key in ex:
             ex[key] = [remap[i] for i in ex[key]] if isinstance(ex[key], list) else remap[ex[key]]
@@ -373,14 +479,15 @@ def _label_ids(value: Any, labels: Sequence[str], index: dict[str, int], where: 
 
 
 def _label_id(value: Any, labels: Sequence[str], index: dict[str, int], where: str) -> int:
-    if isinstance(value, str) and value.strip() in index:
-        return index[value.strip()]
+    if isinstance(value, str) and label_key(value) in index:
+        return index[label_key(value)]
     value = label_value(value)  # CSV/TSV give every field as text
     if isinstance(value, bool):
         pass
     elif isinstance(value, int) and 0 <= value < len(labels):
         return value
     raise ValueError(
-        f"{where}: label {value!r} is not in the label set ({', '.join(labels)}; ids 0-{len(labels) - 1}). "
+        f"{where}: label {value!r} is not in the label set ({', '.join(map(show, labels))}; ids 0-{len(labels) - 1})"
+        f"{case_hint(value, labels) if isinstance(value, str) else ''}. "
         "Fix the row, or give the full set with 'labels: [...]' in the data spec."
     )

@@ -11,6 +11,7 @@ from typing import Any, Literal
 
 from summon.core.registry import suggest
 from summon.data.catalog import CATALOG, describe_local, resolve_data_dir
+from summon.data.labelset import refuse_lookalikes
 from summon.data.readers import resolve_delimiter
 
 Task = Literal["classification", "pair_classification", "token_classification"]
@@ -76,6 +77,7 @@ class DatasetSpec:
             repeated = sorted({n for n in names if names.count(n) > 1})
             if repeated:
                 raise ValueError(f"'labels' names {', '.join(repeated)} more than once; each class needs one name")
+            refuse_lookalikes(((n, f"item {i + 1}") for i, n in enumerate(names)), "'labels'")
         self._check_quoting()
         if self.path and self.task is None:
             raise ValueError("a local file needs 'task' (classification, pair_classification, token_classification)")

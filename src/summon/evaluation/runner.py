@@ -27,10 +27,11 @@ def spec_for(predictor: Any, text: str, limit: int | None = None) -> DatasetSpec
 
 
 def load_for(predictor: Any, spec: DatasetSpec, data_dir: str | None = None) -> TaskData:
-    """Load ``spec`` with the predictor's label set, checking the task matches."""
-    if spec.labels is None:
-        spec = DatasetSpec(**{**spec.__dict__, "labels": list(predictor.labels)})
-    data = load_split(spec, data_dir=data_dir)
+    """Load ``spec`` in the predictor's label set, checking the task matches and the labels fit: names (the data's,
+    the catalog's or the spec's ``labels:``) are matched to the predictor's by name, and data for another label set
+    (a stray name, an id beyond the predictor's labels, ids that stop short of them) is refused naming both sets
+    (:func:`~summon.data.loading.load_split` with ``expected``)."""
+    data = load_split(spec, data_dir=data_dir, expected=list(predictor.labels))
     if data.task != predictor.task:
         raise ValueError(f"{data.source} is a {data.task} set but the predictor does {predictor.task}")
     return data
