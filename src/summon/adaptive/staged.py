@@ -308,14 +308,20 @@ class StagedBase(Calibrated):
         return out
 
     def iter_predict(self, inputs: Iterable[Any], *, knob: Knob | None = None, batch_size: int = 64,
-                     window: int = 1024) -> Iterator[Prediction]:
-        """Predictions for an input stream (a file larger than memory), one window of rows at a time."""
+                     window: int = 1024, deadline_ms: float | None = None) -> Iterator[Prediction]:
+        """Predictions for an input stream (a file larger than memory), one window of rows at a time;
+        ``deadline_ms`` caps each window as :meth:`predict` caps a call."""
+        check_deadline(deadline_ms)
         knob = knob or Knob()
         limit = self.threshold_for(knob)
         iterator = as_stream(inputs)
         while chunk := list(itertools.islice(iterator, window)):
             examples = canonical_inputs(self.task, chunk)
-            result = self.run_examples(examples, limit, batch_size=batch_size)
+            rows = limit
+            if deadline_ms is not None:
+                rows = row_thresholds(limit, len(chunk), self.num_stages).copy()
+                rows[:, self.deadline_stage(deadline_ms, len(chunk)):] = -np.inf  # stop there at the latest
+            result = self.run_examples(examples, rows, batch_size=batch_size)
             yield from self.predictions(result, unit=knob.unit, inputs=chunk, examples=examples)
 
 

@@ -307,7 +307,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     knob = knob_from_args(args)
     predictor = summon.load(args.predictor, device=args.device)
     inputs = read_inputs(args.texts, args.file, task=predictor.task, fmt=args.format)
-    rows = (pred.to_dict() for pred in predict_stream(predictor, inputs, knob=knob, batch_size=args.batch_size))
+    rows = (pred.to_dict() for pred in predict_stream(predictor, inputs, knob=knob, batch_size=args.batch_size,
+                                                      deadline_ms=args.deadline_ms))
     first = next(rows, None)  # the first window is read and predicted before --out is created
     if first is None:
         print(f"summon: no inputs in {'standard input' if args.file == '-' else args.file}; nothing to predict",
@@ -322,10 +323,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def predict_stream(predictor: Any, inputs: Iterable[Any], *, knob: Knob | None = None, batch_size: int = 64,
-                   window: int = PREDICT_WINDOW) -> Iterator[Any]:
+                   window: int = PREDICT_WINDOW, deadline_ms: float | None = None) -> Iterator[Any]:
     """Predictions for a stream of inputs, ``window`` rows at a time: at most one window is held, so an input
-    larger than memory streams through. A one-stage predictor refuses a knob (:mod:`summon.adaptive.knob`)."""
-    return predictor.iter_predict(inputs, knob=knob or Knob(), batch_size=batch_size, window=window)
+    larger than memory streams through; ``deadline_ms`` caps each window. A one-stage predictor refuses a knob
+    (:mod:`summon.adaptive.knob`)."""
+    return predictor.iter_predict(inputs, knob=knob or Knob(), batch_size=batch_size, window=window,
+                                  deadline_ms=deadline_ms)
 
 
 def write_jsonl(rows: Iterable[dict[str, Any]], out: TextIO, flush_every: int = PREDICT_WINDOW) -> int:

