@@ -31,6 +31,7 @@ from summon.cli.main import main
 from summon.core.files import LOCK_FILE, exclusive
 from summon.models import ModelConfig, build_model
 from summon.predictors.saved import MANIFEST, WEIGHTS, save_predictor
+from summon.training import loop as loop_module
 
 LABELS = ["neg", "pos"]
 
@@ -308,3 +309,36 @@ def test_calibrate_of_a_folder_it_cannot_write_is_refused_before_the_pass(tmp_pa
     with read_only(cascade):
         refused(["calibrate", str(cascade), "--data", str(data), "--no-latency"], capsys, cascade,
                 f"{cascade} cannot be written by this user", "calibrate the copy")
+
+
+# --- conventions: training metrics to the trackers accelerate supports ----------------------------
+
+
+def test_report_to_tensorboard_logs_the_training_metrics_offline(tmp_path, capsys):
+    """``summon train --report-to tensorboard`` writes TensorBoard event files under OUTPUT_DIR/trackers holding
+    the loss curve, beside metrics.jsonl; a resumed run's folder (with trackers/ in it) is its own."""
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out = tmp_path / "run"
+    assert main(["train", str(recipe(tmp_path, out, epochs=2)), "--report-to", "tensorboard", "train.log_every=1"]) == 0
+    events = sorted((out / "trackers").rglob("events.out.tfevents.*"))
+    assert events, sorted(p.name for p in out.rglob("*"))
+    scalars = {}
+    for event in events:  # the run's scalars, and the hyper-parameters' own file
+        accumulator = EventAccumulator(str(event))
+        accumulator.Reload()
+        scalars.update({tag: accumulator.Scalars(tag) for tag in accumulator.Tags()["scalars"]})
+    assert len(scalars["loss"]) >= 2 and "lr" in scalars  # one point per logged step
+    assert main(["train", str(recipe(tmp_path, out, epochs=2)), "--report-to", "tensorboard"]) == 0  # done: no refusal
+
+
+def test_report_to_an_unknown_or_missing_tracker_is_refused_before_training(tmp_path, capsys, monkeypatch):
+    out = tmp_path / "run"
+    assert main(["train", str(recipe(tmp_path, out)), "--report-to", "tensorbord"]) == 2
+    assert "report_to: unknown tracker(s) 'tensorbord'" in capsys.readouterr().err and not out.exists()
+    real = loop_module.importlib.util.find_spec
+    monkeypatch.setattr(loop_module.importlib.util, "find_spec", lambda name, *a: None if name == "mlflow" else
+                        real(name, *a))
+    assert main(["train", str(recipe(tmp_path, out)), "--report-to", "mlflow"]) == 2
+    assert "train.report_to: mlflow needs its package: pip install mlflow" in capsys.readouterr().err

@@ -57,6 +57,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     overrides = list(args.overrides)
     if args.data_dir:
         overrides.append(f"data.data_dir={args.data_dir}")
+    if args.report_to:
+        overrides.append(f"train.report_to={json.dumps(args.report_to)}")
     cfg = load_run_config(args.recipe, overrides)
     if args.dry_run:
         print(json.dumps(to_dict(cfg), indent=2))

@@ -172,6 +172,11 @@ def _parser_train(sub) -> None:
                    help="dotted overrides, e.g. train.lr=3e-5 model.first=2 (applied in order)")
     p.add_argument("--data-dir", help="local data catalog folder (default $SUMMON_DATA_DIR)")
     p.add_argument("--dry-run", action="store_true", help="print the validated config and stop")
+    p.add_argument("--report-to", metavar="TRACKER[,TRACKER]", default=None,
+                   type=lambda text: [name.strip() for name in text.split(",") if name.strip()],
+                   help="also log the training metrics to these accelerate trackers, comma-separated (tensorboard, "
+                   "mlflow, wandb, ...; tensorboard and mlflow write offline under OUTPUT_DIR/trackers): "
+                   "train.report_to")
     p.set_defaults(run=(HEAVY, "cmd_train"))
 
 

@@ -12,6 +12,8 @@ from summon.data.spec import DatasetSpec
 from summon.methods import METHODS
 from summon.models.build import AnyModelConfig, ModelConfig
 
+TRACKERS = ("tensorboard", "mlflow", "wandb", "comet_ml", "aim", "clearml", "dvclive")
+
 
 @dataclass
 class DataConfig:
@@ -53,6 +55,9 @@ class TrainConfig:
     seed: int = 42
     metric: Literal["auto", "accuracy", "macro_f1", "f1", "nll"] = "auto"  # for best-checkpoint choice
     progress: bool = True
+    # trackers accelerate logs the training metrics to, beside metrics.jsonl (tensorboard and mlflow work offline,
+    # under <output_dir>/trackers; wandb offline with WANDB_MODE=offline): e.g. [tensorboard]
+    report_to: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         problems = [
@@ -70,6 +75,11 @@ class TrainConfig:
         if self.head_weight_decay is not None and (not _real(self.head_weight_decay) or self.head_weight_decay < 0):
             problems.append(f"head_weight_decay: must be 0 or more, got {self.head_weight_decay!r} (or null to use "
                             "weight_decay)")
+        unknown = [name for name in self.report_to if name not in TRACKERS] if isinstance(self.report_to, list) \
+            else [self.report_to]
+        if unknown:
+            problems.append(f"report_to: unknown tracker(s) {', '.join(map(repr, unknown))}; choose from "
+                            f"{', '.join(TRACKERS)} (a list, e.g. [tensorboard])")
         if self.lr_schedule not in ("linear", "efficient_kd_code"):
             problems.append(f"lr_schedule: must be 'linear' or 'efficient_kd_code', got {self.lr_schedule!r}")
         if not _real(self.warmup_ratio) or not 0.0 <= self.warmup_ratio < 1.0:

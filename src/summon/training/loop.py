@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import importlib.util
 import json
 import logging
 import math
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
@@ -216,9 +217,25 @@ def build_accelerator(cfg: RunConfig) -> Accelerator:
             precision = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
     # cpu=True on machines without CUDA makes several launched processes train together over gloo
     # (`accelerate launch --multi_gpu --num_processes N` or torchrun) instead of each running alone.
+    trackers = check_trackers(cfg.train.report_to)
     return Accelerator(mixed_precision=precision, gradient_accumulation_steps=cfg.train.grad_accum,
                        dataloader_config=DataLoaderConfiguration(split_batches=True),
-                       step_scheduler_with_optimizer=False, cpu=not torch.cuda.is_available())
+                       step_scheduler_with_optimizer=False, cpu=not torch.cuda.is_available(),
+                       log_with=trackers or None, project_dir=str(Path(cfg.output_dir) / TRACKERS_DIR))
+
+
+TRACKER_PACKAGES = {"tensorboard": "tensorboard", "mlflow": "mlflow", "wandb": "wandb", "comet_ml": "comet_ml",
+                    "aim": "aim", "clearml": "clearml", "dvclive": "dvclive"}
+
+
+def check_trackers(names: list[str]) -> list[str]:
+    """``train.report_to`` when every tracker's package is importable; else a ``ValueError`` naming what to install
+    (accelerate itself would only warn and log nowhere)."""
+    missing = [name for name in names if importlib.util.find_spec(TRACKER_PACKAGES[name]) is None]
+    if missing:
+        raise ValueError(f"train.report_to: {', '.join(missing)} needs its package: pip install "
+                         f"{' '.join(TRACKER_PACKAGES[m] for m in missing)} (or drop it from report_to)")
+    return list(names)
 
 
 def build_optimizer(model: torch.nn.Module, cfg: RunConfig, total_steps: int):
@@ -308,15 +325,31 @@ def save_method_module(module: torch.nn.Module, path: Path, method: str, step: i
 
 
 class MetricsLog:
-    """Appends one JSON object per line to ``metrics.jsonl`` (main process only)."""
+    """Appends one JSON object per line to ``metrics.jsonl`` (main process only), and hands each record's numbers
+    at a training step to accelerate's trackers (``train.report_to``: TensorBoard, MLflow, W&B, ...) as
+    ``name/key`` scalars."""
 
-    def __init__(self, path: Path, enabled: bool):
-        self.path, self.enabled = path, enabled
+    def __init__(self, path: Path, enabled: bool, accelerator: Accelerator | None = None):
+        self.path, self.enabled, self.accelerator = path, enabled, accelerator
 
     def write(self, record: dict[str, Any]) -> None:
         if self.enabled:
             with self.path.open("a", encoding="utf-8") as fh:
                 fh.write(json.dumps({"time": round(time.time(), 3), **record}) + "\n")
+        if self.accelerator is not None and self.accelerator.trackers and isinstance(record.get("step"), int):
+            scalars = dict(_scalars(record))
+            if scalars:
+                self.accelerator.log(scalars, step=record["step"])
+
+
+def _scalars(record: Mapping[str, Any], prefix: str = "") -> Iterator[tuple[str, float]]:
+    """The numbers of a metrics record, nested keys joined by ``/`` (``eval/accuracy``); the step is the x axis."""
+    for key, value in record.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            yield from _scalars(value, f"{name}/")
+        elif isinstance(value, int | float) and not isinstance(value, bool) and key != "step":
+            yield name, float(value)
 
 
 # --- the loop -------------------------------------------------------------------------------------
@@ -345,9 +378,10 @@ def train(cfg: RunConfig) -> Path:
 
 # What a training run writes into its output_dir (each also as NAME.tmp while it is written), and those of them
 # that only a run writes: a folder holding nothing else and at least one of these is a run to resume.
+TRACKERS_DIR = "trackers"  # where accelerate's offline trackers (tensorboard, mlflow) write, in output_dir
 RUN_ENTRIES = ("config.yaml", "metrics.jsonl", "model", "model.saving", "model.old", "checkpoint",
                "checkpoint.staging", "checkpoint.previous", METHOD_MODULE_FILE, "hardness", "rounds", "rounds.json",
-               TEACHER_WEIGHTS, LOCK_FILE)  # what a run writes (methods' records included): resumed, not refused
+               TEACHER_WEIGHTS, TRACKERS_DIR, LOCK_FILE)  # what a run writes (methods' records included): resumed, not refused
 RUN_MARKERS = ("metrics.jsonl", "checkpoint", "checkpoint.staging", "checkpoint.previous", "rounds.json", LOCK_FILE)
 
 
@@ -401,7 +435,9 @@ def train_one(cfg: RunConfig) -> Path:
     resumed = checkpointer.load(accelerator)  # refuses changed data before anything in output_dir is written
     if accelerator.is_main_process:
         dump_yaml(to_dict(cfg), run.output_dir / "config.yaml")
-    log = MetricsLog(run.output_dir / "metrics.jsonl", accelerator.is_main_process)
+    if cfg.train.report_to:
+        accelerator.init_trackers(run.output_dir.name, config=dict(_scalars(to_dict(cfg.train))))
+    log = MetricsLog(run.output_dir / "metrics.jsonl", accelerator.is_main_process, accelerator)
     log.write({"event": "resume" if resumed else "start", "step": state.step, "total_steps": steps,
                "processes": accelerator.num_processes})
     if not state.done:
@@ -552,5 +588,6 @@ def _finish(run: Run, accelerator: Accelerator, model, state: TrainerState, log:
                        "costs": {k: costs[k] for k in ("params", "flops_per_example")}})
         else:
             log.write({"event": "done", "step": state.step})
+    accelerator.end_training()  # flush and close the trackers (none without train.report_to)
     accelerator.wait_for_everyone()
     return model_dir
