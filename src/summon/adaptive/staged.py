@@ -1,11 +1,13 @@
 """The staged-predictor contract, and what every kind gets for implementing it.
 
-A staged predictor (early exit, cascade, progressive ensemble) implements :class:`StagedPredictor`:
+Every predictor is a staged predictor — a plain model (the one-stage kind, :mod:`summon.adaptive.plain`), early
+exit, a cascade, a progressive ensemble — and implements :class:`StagedPredictor`:
 
 * ``task``, ``labels``, ``manifest``, ``path`` and ``num_stages``;
 * ``runner()`` — a :class:`~summon.adaptive.executor.StageRunner` for the shared executor;
 * ``inputs(examples)`` — canonical examples turned into stage-0 pieces (featurized, or as they are);
-* ``measure_costs(examples, latency=)`` — :class:`~summon.measure.stage_costs.StageCosts` (FLOPs and ms);
+* ``measure_costs(examples, latency=)`` — :class:`~summon.measure.stage_costs.StageCosts` (FLOPs and ms), one
+  call to the one measurement (:func:`~summon.measure.stage_costs.measure_costs`) naming the kind's reference;
 * ``run_full(items)`` — the reference model alone, for measured speed-ups;
 * ``save(directory)``.
 
@@ -13,7 +15,8 @@ A staged predictor (early exit, cascade, progressive ensemble) implements :class
 :class:`~summon.adaptive.calibration.Calibration` saved in the manifest, the knob
 (``predict(texts, budget=0.4)``, ``max_drop=``, ``guaranteed=``/``delta=``, ``threshold=``, one per row if
 need be), batched adaptive execution in bounded windows, and predictions that say which stage answered and
-what it cost. Evaluation and serving take any ``StagedPredictor``.
+what it cost (:class:`Calibrated` holds the calibration state; a one-stage kind refuses calibration and a knob).
+Evaluation and serving take any ``StagedPredictor``.
 
 Each kind also gives an int8 copy of itself, ``quantized(quantization)`` (``summon.quantize``): its torch
 models' linear layers dynamic int8 (:mod:`summon.models.quantize`), with no calibration (never carried over

@@ -232,7 +232,8 @@ def _parser_quantize(sub) -> None:
     p.add_argument("out", help="directory to write the int8 predictor to (a new one: MODEL stays fp32)")
     p.add_argument("--dtype", default="int8", choices=["int8"], help="weight type of the linear layers")
     _add_data(p, "calibrate on", required=False, aliases=["--calibrate-data"],
-              text=f"held-out split to calibrate the int8 copy on (staged predictors): {DATA_HELP}; without it the "
+              text=f"held-out split to calibrate the int8 copy on (predictors with two stages or more): {DATA_HELP}; "
+              "without it the "
               "copy is saved uncalibrated")
     _add_calibration_options(p)
     p.add_argument("--device", default="auto", help="auto or cpu: dynamic int8 runs on the CPU only")
@@ -242,8 +243,8 @@ def _parser_quantize(sub) -> None:
 def _parser_predict(sub) -> None:
     p = sub.add_parser("predict", help="predict labels; one JSON object per input (label, probabilities, stage, "
                        "cost)", formatter_class=_FORMATTER,
-                       description="Predict labels and write one JSON object per input (label, probabilities; "
-                       "for staged predictors also the stage that answered and its cost), streaming: a file or "
+                       description="Predict labels and write one JSON object per input (label, probabilities, "
+                       "the stage that answered and its cost), streaming: a file or "
                        "pipe larger than memory is read, predicted and written one window of rows at a time.")
     p.add_argument("predictor", help="a predictor directory")
     p.add_argument("texts", nargs="*", default=[], help="texts to classify (or use --file); pair tasks: TEXT<TAB>TEXT_PAIR")

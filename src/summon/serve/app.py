@@ -17,7 +17,7 @@ route                                  answers
 ``GET /v1/models``                     the models served (the first is the default)
 ``GET /v1/info``                       every model's stages, costs, operating-point table and thresholds in
                                        force (:meth:`Engine.info`), and the server's limits
-``GET /models/NAME/v1/info``,          ``summon-logits/1`` for each model (a staged one as its full model), so
+``GET /models/NAME/v1/info``,          ``summon-logits/1`` for each model (its reference model, every stage), so
 ``POST /models/NAME/v1/logits``        ``RemoteStage.connect("http://HOST/models/NAME")`` makes it a cascade stage
 ``GET /health``                        200 while the process runs
 ``GET /ready``                         200 once the engine runs and is warmed up; 503 before, and while draining
