@@ -588,6 +588,7 @@ def _finish(run: Run, accelerator: Accelerator, model, state: TrainerState, log:
                        "costs": {k: costs[k] for k in ("params", "flops_per_example")}})
         else:
             log.write({"event": "done", "step": state.step})
-    accelerator.end_training()  # flush and close the trackers (none without train.report_to)
     accelerator.wait_for_everyone()
+    for tracker in accelerator.trackers:  # flush and close them (end_training would also end the process group,
+        tracker.finish()                  # which a launched run's caller may still use)
     return model_dir
