@@ -50,9 +50,9 @@ def fails(capsys, *argv: str) -> str:
     return err.split("summon: error: ", 1)[1]
 
 
-def save_ngram(directory: Path, seed: int = 1, task: str = "classification") -> str:
-    built = build_model(ModelConfig(kind="ngram", num_buckets=256, embed_dim=8, init_seed=seed), task, len(LABELS))
-    Predictor(built.model, built.featurizer, task, LABELS, {"architecture": built.architecture}).save(
+def save_ngram(directory: Path, seed: int = 1, task: str = "classification", labels: list[str] = LABELS) -> str:
+    built = build_model(ModelConfig(kind="ngram", num_buckets=256, embed_dim=8, init_seed=seed), task, len(labels))
+    Predictor(built.model, built.featurizer, task, labels, {"architecture": built.architecture}).save(
         directory, architecture=built.architecture)
     return str(directory)
 

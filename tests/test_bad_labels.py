@@ -20,8 +20,6 @@ from summon.adaptive.cascade import build_cascade
 from summon.data import DatasetSpec, TaskData, load_split
 from summon.data.labelset import label_key
 from summon.evaluation.runner import load_for
-from summon.models import ModelConfig, build_model
-from summon.predictors.predictor import Predictor
 from summon.predictors.saved import MANIFEST
 
 BBC = ["business", "entertainment", "politics", "sport", "tech"]
@@ -29,24 +27,15 @@ AG_NEWS = ["World", "Sports", "Business", "Sci/Tech"]
 NFC, NFD = "caf\u00e9", "cafe\u0301"
 
 
-def save_labelled(directory: Path, labels: list[str]) -> str:
-    """An n-gram predictor with ``labels`` (``save_ngram`` with another label set)."""
-    built = build_model(ModelConfig(kind="ngram", num_buckets=256, embed_dim=8, init_seed=1), "classification",
-                        len(labels))
-    Predictor(built.model, built.featurizer, "classification", labels, {"architecture": built.architecture}).save(
-        directory, architecture=built.architecture)
-    return str(directory)
-
-
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
     root = tmp_path_factory.mktemp("bad_labels")
-    return {"ngram": save_ngram(root / "ngram"), "bbc": save_labelled(root / "bbc", BBC)}
+    return {"ngram": save_ngram(root / "ngram"), "bbc": save_ngram(root / "bbc", labels=BBC)}
 
 
 def save_cascade(directory: Path, labels: list[str]) -> str:
     """A two-stage cascade of n-gram predictors with ``labels``: a kind that calibrates."""
-    stages = [save_labelled(directory.parent / f"{directory.name}_stage{i}", labels) for i in (0, 1)]
+    stages = [save_ngram(directory.parent / f"{directory.name}_stage{i}", labels=labels) for i in (0, 1)]
     build_cascade(stages).save(directory)
     return str(directory)
 
@@ -200,7 +189,7 @@ def test_a_csv_label_differing_by_normalisation_names_the_csv_lines(tmp_path):
 
 
 def test_nfd_data_matches_an_nfc_models_label(tmp_path):
-    model = save_labelled(tmp_path / "m", [NFC, "tea"])
+    model = save_ngram(tmp_path / "m", labels=[NFC, "tea"])
     path = rows_file(tmp_path / "nfd.jsonl", texts([NFD, "tea", NFD]))
     data = load_for(summon.load(model, device="cpu"), data_spec(path))
     assert [ex["label"] for ex in data.examples] == [0, 1, 0] and data.labels == [NFC, "tea"]

@@ -598,6 +598,18 @@ def test_serve_usage_errors(argv, needle, capsys):
     assert needle in capsys.readouterr().err
 
 
+def _wait_ready(proc: subprocess.Popen, url: str, seconds: float = 60.0) -> None:
+    """Until the server process at ``url`` answers /ready 200 (failing with its stderr if it ends first)."""
+    until = time.monotonic() + seconds
+    while True:
+        assert proc.poll() is None, proc.communicate()[1][-2000:]
+        with contextlib.suppress(OSError):
+            if call(url, "/ready")[0] == 200:
+                return
+        assert time.monotonic() < until, "the server did not become ready"
+        time.sleep(0.1)
+
+
 @pytest.mark.integration
 def test_summon_serve_drains_and_exits_0_on_sigterm(models):
     path = models.exits.path or models.root / "exits"
@@ -608,14 +620,7 @@ def test_summon_serve_drains_and_exits_0_on_sigterm(models):
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     url = f"http://127.0.0.1:{port}"
     try:
-        until = time.monotonic() + 60
-        while True:
-            assert proc.poll() is None, proc.communicate()[1][-2000:]
-            with contextlib.suppress(OSError):
-                if call(url, "/ready")[0] == 200:
-                    break
-            assert time.monotonic() < until, "summon serve did not become ready"
-            time.sleep(0.1)
+        _wait_ready(proc, url)
         assert predict(url, {"inputs": ["a film"], "knob": {"budget": BUDGET}})[0] == 200
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=30)
@@ -660,14 +665,7 @@ def test_sigterm_answers_every_request_503_json_and_exits_within_the_drain_windo
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     url = f"http://127.0.0.1:{port}"
     try:
-        until = time.monotonic() + 60
-        while True:
-            assert proc.poll() is None, proc.communicate()[1][-2000:]
-            with contextlib.suppress(OSError):
-                if call(url, "/ready")[0] == 200:
-                    break
-            assert time.monotonic() < until, "the server did not become ready"
-            time.sleep(0.1)
+        _wait_ready(proc, url)
         with ThreadPoolExecutor(3) as pool:
             answers = [pool.submit(predict, url, {"inputs": [f"text {i}", "two"]}) for i in range(3)]
             _until(lambda: "summon_batches_total" in call(url, "/metrics")[2]

@@ -280,12 +280,19 @@ class StagedBase(Calibrated):
         else:
             limit = self.threshold_for(knob or Knob.of(budget=budget, max_drop=max_drop, threshold=threshold,
                                                        guaranteed=guaranteed, delta=delta, unit=unit))
-        if deadline_ms is not None:
-            limit = row_thresholds(limit, len(inputs), self.num_stages).copy()
-            limit[:, self.deadline_stage(deadline_ms, len(inputs)):] = -np.inf  # stop there at the latest
+        limit = self.capped(limit, len(inputs), deadline_ms)
         examples = canonical_inputs(self.task, inputs)
         result = self.run_examples(examples, limit, batch_size=batch_size)
         return self.predictions(result, unit=unit, inputs=inputs, examples=examples)
+
+    def capped(self, limit: Any, rows: int, deadline_ms: float | None) -> Any:
+        """Thresholds ``limit`` for ``rows`` rows with ``-inf`` from the stage ``deadline_ms`` allows on (rows stop
+        there at the latest); ``limit`` as it is without a deadline."""
+        if deadline_ms is None:
+            return limit
+        limit = row_thresholds(limit, rows, self.num_stages).copy()
+        limit[:, self.deadline_stage(deadline_ms, rows):] = -np.inf
+        return limit
 
     def deadline_stage(self, deadline_ms: float, rows: int) -> int:
         """The last stage whose measured latency (per example, at the calibration's batch size) lets ``rows``
@@ -320,11 +327,7 @@ class StagedBase(Calibrated):
         iterator = as_stream(inputs)
         while chunk := list(itertools.islice(iterator, window)):
             examples = canonical_inputs(self.task, chunk)
-            rows = limit
-            if deadline_ms is not None:
-                rows = row_thresholds(limit, len(chunk), self.num_stages).copy()
-                rows[:, self.deadline_stage(deadline_ms, len(chunk)):] = -np.inf  # stop there at the latest
-            result = self.run_examples(examples, rows, batch_size=batch_size)
+            result = self.run_examples(examples, self.capped(limit, len(chunk), deadline_ms), batch_size=batch_size)
             yield from self.predictions(result, unit=knob.unit, inputs=chunk, examples=examples)
 
 
