@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 import numpy as np
 import pytest
 import torch
 from toy import NAMES, PLACES, run_config, sentiment_files, sentiment_rows, tagging_files
 from transformers import (
+    AutoConfig,
     AutoModelForSequenceClassification,
     AutoModelForTokenClassification,
     AutoTokenizer,
@@ -30,7 +32,7 @@ from transformers import (
 import summon
 from summon.adaptive.cascade import CascadePredictor
 from summon.cli.export import add_export_parser
-from summon.cli.main import command
+from summon.cli.main import command, main
 from summon.data.features import collate
 from summon.models import ModelConfig, build_model
 from summon.models.build import Source
@@ -40,6 +42,7 @@ from summon.models.tiny import tiny_tokenizer
 from summon.predictors.huggingface import export_hf, is_hf_model_dir, load_hf_predictor, load_plain
 from summon.predictors.predictor import Predictor, load_predictor
 from summon.predictors.saved import read_manifest, save_predictor
+from summon.predictors.st_export import export, export_format
 from summon.training.loop import train
 
 TEXTS = ["the movie was great fun", "a terrible boring plot and bad acting", "the film", "so very good"]
@@ -343,7 +346,7 @@ def test_export_of_an_hf_model_writes_it_again(hf_dirs, tmp_path):
 @pytest.mark.parametrize("cfg, task, message", [
     (ModelConfig(kind="ngram", num_buckets=64), "classification", "bag-of-n-grams model has no Hugging Face"),
     (ModelConfig(name="tiny-bert", exits="all"), "classification", "early-exit model has 2 classifiers"),
-    (ModelConfig(name="tiny-bert"), "classification", "pools with 'mean' .* Train with model.pooling: pooler"),
+    (ModelConfig(name="tiny-bert"), "classification", "pools with 'mean' .* --format sentence-transformers"),
     (ModelConfig(name="tiny-bert", pooling="cls"), "classification", "pools with 'cls'"),
     (ModelConfig(name="tiny-bert", crf=True), "token_classification", "CRF tagger .*model.crf: false"),
     (ModelConfig(kind="ngram", num_buckets=64, defer_output=True), "classification", "bag-of-n-grams"),
@@ -354,6 +357,64 @@ def test_export_explains_what_has_no_hf_equivalent(cfg, task, message, tmp_path)
     with pytest.raises(ValueError, match=f"cannot export .*{message}"):
         export_hf(_predictor(cfg, task, labels), tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+ST_EXPORTS = {
+    "bert-mean": (ModelConfig(name="tiny-bert", init_seed=1), "classification"),
+    "roberta-cls": (ModelConfig(name="tiny-roberta", pooling="cls"), "classification"),
+    "distilbert-mean": (ModelConfig(name="tiny-distilbert"), "classification"),
+    "mpnet-mean-pairs": (ModelConfig(name="tiny-mpnet"), "pair_classification"),
+    "truncated-mean": (ModelConfig(kind="truncated", name="tiny-bert", first=1), "classification"),
+}
+
+
+@pytest.mark.parametrize("key", list(ST_EXPORTS))
+def test_sentence_transformers_export_gives_the_same_logits(key, tmp_path):
+    from sentence_transformers import SentenceTransformer
+
+    cfg, task = ST_EXPORTS[key]
+    labels = ["neg", "pos", "mixed"]
+    predictor = _predictor(cfg, task, labels)
+    assert export_format(predictor) == "sentence-transformers"
+    out = export(predictor, tmp_path / "out")
+    texts = [*TEXTS, "long " * 400]  # truncated at summon's max_length by both
+    inputs = [(t, "a new film") for t in texts] if task == "pair_classification" else texts
+    theirs = SentenceTransformer(str(out), device="cpu").encode(inputs, convert_to_tensor=True)
+    ours = torch.tensor(np.stack(predictor.logits(predictor.examples_from_inputs(inputs))))
+    assert (ours - theirs).abs().max() < 1e-5 and theirs.abs().max() > 0.01
+    assert AutoConfig.from_pretrained(out).id2label == dict(enumerate(labels))
+
+
+def test_auto_export_picks_hf_where_a_classifier_holds_the_model_and_explains_the_rest(tmp_path):
+    assert export_format(_predictor(ModelConfig(name="tiny-bert", pooling="pooler"), "classification", ["a", "b"])) == "hf"
+    assert export_format(_predictor(ModelConfig(name="tiny-bert"), "token_classification", TAGS)) == "hf"
+    with pytest.raises(ValueError, match=r"sentence-transformers holds sentence .* not taggers"):
+        export(_predictor(ModelConfig(name="tiny-bert"), "token_classification", TAGS), tmp_path / "t",
+               format="sentence-transformers")
+    with pytest.raises(ValueError, match="bag-of-n-grams"):
+        export(_predictor(ModelConfig(kind="ngram", num_buckets=64), "classification", ["a", "b"]), tmp_path / "n")
+    with pytest.raises(ValueError, match="pools with 'pooler', which sentence-transformers' Pooling has no mode"):
+        export(_predictor(ModelConfig(name="tiny-bert", pooling="pooler"), "classification", ["a", "b"]),
+               tmp_path / "p", format="sentence-transformers")
+    assert not any((tmp_path / name).exists() for name in "tnp")
+
+
+def test_export_without_sentence_transformers_names_the_package(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "sentence_transformers", None)  # import raises ImportError
+    with pytest.raises(ValueError, match="pip install sentence-transformers"):
+        export(_predictor(ModelConfig(name="tiny-bert"), "classification", ["a", "b"]), tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_export_command_of_a_default_recipe_model_writes_sentence_transformers(tmp_path, capsys):
+    built = build_model(ModelConfig(name="tiny-bert"), "classification", 2)
+    save_predictor(tmp_path / "model", built.model, built.featurizer, "classification", ["neg", "pos"],
+                   built.architecture)
+    assert main(["export", str(tmp_path / "model"), str(tmp_path / "out")]) == 0
+    assert "SentenceTransformer(" in capsys.readouterr().out
+    assert (tmp_path / "out" / "modules.json").is_file()
+    assert main(["export", str(tmp_path / "model"), "--format", "hf", str(tmp_path / "hf")]) == 2
+    assert "--format sentence-transformers" in capsys.readouterr().err and not (tmp_path / "hf").exists()
 
 
 def test_export_command(tmp_path, capsys):

@@ -24,8 +24,9 @@ from summon.core.config import to_dict
 from summon.core.files import check_destination, check_report_folder
 from summon.core.options import flags, given
 from summon.models.quantize import dynamic_linears, quantized_device
-from summon.predictors.huggingface import export_hf, load_plain
+from summon.predictors.huggingface import load_plain
 from summon.predictors.saved import read_json_manifest
+from summon.predictors.st_export import ST_FORMAT, export, export_format
 from summon.serve.app import FullModel, create_server_app, run_server
 from summon.serve.control import ControlConfig
 from summon.serve.engine import Engine, EngineConfig
@@ -357,11 +358,15 @@ def cmd_export(args: argparse.Namespace) -> int:
         ValueError: If the model cannot be loaded or has no equivalent in ``args.format``, or ``args.out`` is not a
             new or empty folder apart from the model's.
     """
-    if args.format != "hf":
-        raise ValueError(f"--format {args.format!r}: unknown format; choose hf")
-    check_destination(args.out, what="the Hugging Face export", option="OUT",
+    check_destination(args.out, what="the export", option="OUT",
                       sources={args.model: "the predictor being exported"})  # before the model loads
-    out = export_hf(load_plain(args.model, device="cpu"), args.out, option="OUT")
-    print(f"wrote a Hugging Face model to {out}; load it with "
-          f"transformers.AutoModelFor...Classification.from_pretrained('{out}')")
+    predictor = load_plain(args.model, device="cpu")
+    chosen = export_format(predictor, args.format)
+    out = export(predictor, args.out, format=chosen, option="OUT")
+    if chosen == ST_FORMAT:
+        print(f"wrote a sentence-transformers model to {out}; SentenceTransformer('{out}').encode(texts) returns "
+              "the logits")
+    else:
+        print(f"wrote a Hugging Face model to {out}; load it with "
+              f"transformers.AutoModelFor...Classification.from_pretrained('{out}')")
     return 0

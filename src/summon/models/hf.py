@@ -308,8 +308,9 @@ def export_problem(arch: dict[str, Any]) -> str | None:
     if arch["pooling"] != "pooler" or model_type not in SEQUENCE_TAILS:
         return (f"summon's sequence head here pools with {arch['pooling']!r} on a {model_type} encoder; the "
                 "standard sequence classifiers pool with the encoder's pooler (dense + tanh on the first token), "
-                f"which summon matches for {', '.join(SEQUENCE_TAILS)} encoders. Train with model.pooling: pooler "
-                "on one of those to export")
+                f"which summon matches for {', '.join(SEQUENCE_TAILS)} encoders. Export it with --format "
+                "sentence-transformers (what --format auto picks for it), or train with model.pooling: pooler on "
+                "one of those")
     return None
 
 
