@@ -400,6 +400,50 @@ def test_a_departed_clients_running_rows_are_dropped_not_answered(gated):
         assert stats.answered == 0 and stats.rows == 0 and stats.cancelled == 1
 
 
+class _Stepped(PlainPredictor):
+    """A plain predictor whose stage batches each wait for one ``steps`` permit (the warm-up excepted), counted in
+    ``batches``."""
+
+    def __init__(self, inner):
+        super().__init__(inner.model, inner.featurizer, inner.task, inner.labels, inner.manifest, inner.path)
+        self.steps, self.batches, self.stepping = threading.Semaphore(0), [], False
+
+    def runner(self):
+        inner, outer = super().runner(), self
+
+        class Runner:
+            num_stages = inner.num_stages
+
+            def __getattr__(self, name):
+                return getattr(inner, name)
+
+            def run(self, stage, state):
+                if outer.stepping:
+                    outer.batches.append(stage)
+                    assert outer.steps.acquire(timeout=20), "the test never released the batch"
+                return inner.run(stage, state)
+
+        return Runner()
+
+
+def test_a_departed_clients_running_request_stops_at_its_next_stage_batch(predictor):
+    """A client leaves while its 12 rows run in batches of 4: the batch in the model finishes, the next two
+    never run (was: the whole request ran on for the departed client)."""
+    stepped = _Stepped(predictor)
+    with _summon_server({"m": stepped}) as (url, engine):
+        stepped.stepping = True
+        leaver = _post_then_leave(url, {"inputs": [f"row {i}" for i in range(12)]})
+        _until(lambda: len(stepped.batches) == 1)  # the first batch of 4 is in the model
+        leaver.close()
+        _until(lambda: _stats(engine).cancelled == 1)
+        stepped.steps.release(10)
+        _until(lambda: _stats(engine).in_flight_rows == 0)
+        stats = _stats(engine)
+        assert stepped.batches == [0] and stats.answered == 0 and stats.rows == 0
+        stepped.stepping = False
+        assert call(url, "/v1/predict", {"inputs": ["still up"]})[0] == 200
+
+
 def test_a_timed_out_request_is_504_json_leaves_the_queue_and_counts_as_timed_out(gated):
     with _summon_server({"m": gated}, request_timeout_s=0.3) as (url, engine):
         gated.gate.clear()

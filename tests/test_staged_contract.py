@@ -254,6 +254,44 @@ def test_batched_equals_one_by_one(kind):
     check_batched_equals_one_by_one(predictor, texts, _split_threshold(predictor, texts))
 
 
+class _CountingRunner:
+    """A kind's stage runner that records the rows of every batch it runs, per stage."""
+
+    def __init__(self, inner, ran):
+        self._inner, self._ran = inner, ran
+
+    def __getattr__(self, name):
+        return getattr(self._inner, name)
+
+    def run(self, stage, state):
+        state, raw = self._inner.run(stage, state)
+        self._ran[stage] += len(raw)
+        return state, raw
+
+
+def test_rows_no_longer_wanted_stop_being_run(kind, monkeypatch):
+    """What a server relies on when a client leaves: the executor asks ``wanted`` before every stage batch, never
+    runs the rows it drops, and answers the others as a full run does."""
+    predictor = kind["predictor"]
+    items = predictor.inputs(canonical_inputs(predictor.task, _texts(20, 8)))
+    full = predictor.run(items, np.inf, batch_size=4)
+    ran = [0] * predictor.num_stages
+    make_runner = predictor.runner
+    monkeypatch.setattr(predictor, "runner", lambda: _CountingRunner(make_runner(), ran))
+    asked = []
+
+    def even_only(rows):
+        asked.append(len(rows))
+        return rows % 2 == 0
+
+    part = predictor.run(items, np.inf, batch_size=4, wanted=even_only)
+    assert ran == [10] * predictor.num_stages and asked  # every stage ran the 10 wanted rows only
+    for row in range(0, 20, 2):
+        assert part.stage[row] == full.stage[row] == predictor.num_stages - 1
+        np.testing.assert_allclose(np.asarray(part.logits[row], dtype=np.float64),
+                                   np.asarray(full.logits[row], dtype=np.float64), atol=1e-5)
+
+
 def test_one_threshold_per_row_equals_each_row_at_its_own(kind):
     staged_only(kind)
     predictor = kind["predictor"]

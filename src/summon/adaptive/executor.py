@@ -114,10 +114,17 @@ def _chunks(items: list[_Pending], size: int) -> list[list[_Pending]]:
     return [items[i:i + size] for i in range(0, len(items), size)]
 
 
+Wanted = Callable[[np.ndarray], np.ndarray]  # row ids -> bool mask: whose answers are still wanted
+
+
+def _wanted_rows(rows: np.ndarray, wanted: Wanted | None) -> np.ndarray:
+    return rows if wanted is None or not len(rows) else rows[np.asarray(wanted(rows), dtype=bool)]
+
+
 @torch.inference_mode()
 def execute(runner: StageRunner, items: Sequence[Any], readout: Readout,
             threshold: float | Sequence[float] | np.ndarray, *, batch_size: int = 64,
-            collect: list[list[np.ndarray | None]] | None = None) -> Execution:
+            collect: list[list[np.ndarray | None]] | None = None, wanted: Wanted | None = None) -> Execution:
     """Run ``items`` (stage-0 pieces) adaptively; see the module docstring.
 
     A batch none of whose rows stops goes on as it is when the runner can hand a stage's state to the next
@@ -128,6 +135,9 @@ def execute(runner: StageRunner, items: Sequence[Any], readout: Readout,
         batch_size: rows per batch at every stage.
         collect: if given, ``collect[k][row]`` receives each row's raw logits at stage ``k`` (calibration
             passes run with an infinite threshold, so every row reaches every stage).
+        wanted: if given, asked before every batch which of its rows are still wanted (a server's client may
+            have left); the others are not run from there on: they keep the answer of their last stage run, or
+            none (``readout.blank``) when they had not started, so their caller must drop them.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
@@ -140,9 +150,16 @@ def execute(runner: StageRunner, items: Sequence[Any], readout: Readout,
         loose = sorted((p for p in pending if isinstance(p, _Pending)), key=lambda p: -p.length)
         going: list[_Pending | _Whole] = []
         for whole in (p for p in pending if isinstance(p, _Whole)):
+            if not len(_wanted_rows(whole.rows, wanted)):  # a batch with some rows wanted runs whole
+                continue
             going += _run_batch(runner, readout, k, whole.rows, partial(runner.follow, k - 1, whole.state),
                                 whole.carry, None, limits, out, collect)
         for chunk in _chunks(loose, batch_size):
+            if wanted is not None:
+                keep = set(_wanted_rows(np.array([p.row for p in chunk]), wanted).tolist())
+                chunk = [p for p in chunk if p.row in keep]
+                if not chunk:
+                    continue
             rows = np.array([p.row for p in chunk])
             carry = None if chunk[0].carry is None else torch.stack([p.carry for p in chunk])
             lengths = np.array([p.length for p in chunk]) if k == 0 and readout.needs_lengths else None

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+from functools import partial
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -35,7 +36,14 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from summon.adaptive.calibration import Calibration, CalibrationSpec, fit_calibration
-from summon.adaptive.executor import Execution, StageRunner, collect_stage_logits, execute, row_thresholds
+from summon.adaptive.executor import (
+    Execution,
+    StageRunner,
+    Wanted,
+    collect_stage_logits,
+    execute,
+    row_thresholds,
+)
 from summon.adaptive.knob import (
     Knob,
     check_threshold,
@@ -231,14 +239,16 @@ class StagedBase(Calibrated):
         return [np.concatenate(p) if p else np.zeros((0, len(self.labels)), np.float32) for p in parts]
 
     def run(self, items: Sequence[Any], threshold: float | Sequence[float] | np.ndarray, *,
-            batch_size: int = 64, progress: bool | str = False) -> Execution:
+            batch_size: int = 64, progress: bool | str = False, wanted: Wanted | None = None) -> Execution:
         """Adaptive execution of stage-0 pieces (``inputs(examples)``) at one threshold or one per row
-        (``progress``: a bar over windows of rows, a string its description)."""
+        (``progress``: a bar over windows of rows, a string its description; ``wanted``: rows no longer wanted
+        stop being run, see :func:`~summon.adaptive.executor.execute`)."""
         limits = row_thresholds(threshold, len(items), self.num_stages)
         runner, readout = self.runner(), self.readout()
         starts = tqdm(range(0, len(items), WINDOW_ROWS), desc=progress if isinstance(progress, str) else "predict",
                       disable=not progress, leave=False)
-        parts = [execute(runner, items[i:i + WINDOW_ROWS], readout, limits[i:i + WINDOW_ROWS], batch_size=batch_size)
+        parts = [execute(runner, items[i:i + WINDOW_ROWS], readout, limits[i:i + WINDOW_ROWS], batch_size=batch_size,
+                         wanted=None if wanted is None else partial(_offset, wanted, i))
                  for i in starts]
         if not parts:
             return execute(runner, [], readout, limits, batch_size=batch_size)
@@ -371,3 +381,8 @@ def row_lengths(predictor: StagedPredictor, examples: Sequence[dict[str, Any]]) 
 
 def _windows(examples: Sequence[Any]) -> list[Sequence[Any]]:
     return [examples[i:i + WINDOW_ROWS] for i in range(0, len(examples), WINDOW_ROWS)]
+
+
+def _offset(wanted: Wanted, start: int, rows: np.ndarray) -> np.ndarray:
+    """``wanted`` of a window's rows, which start at row ``start`` of the whole run."""
+    return wanted(rows + start)

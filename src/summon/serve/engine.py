@@ -216,7 +216,7 @@ class Engine:
     def give_up(self, model: str, future: Future, reason: str = "cancelled") -> bool:
         """The caller no longer wants the answer of ``future`` (from :meth:`submit` for ``model``): ``reason``
         ``"cancelled"`` (its client left) or ``"timed_out"`` (it answered 504). A queued request leaves the queue
-        (no work is done for it); a running one's rows are dropped when its batch ends; either way it counts
+        (no work is done for it); a running one's rows stop being run at the next stage batch and are dropped; either way it counts
         under ``reason``, not as answered. False when it was answered already."""
         return self._lane(model).give_up(future, reason)
 

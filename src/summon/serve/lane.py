@@ -18,6 +18,7 @@ a one-stage predictor's knob is refused by the knob module, and its only stage a
 from __future__ import annotations
 
 import contextlib
+from functools import partial
 import logging
 import threading
 import time
@@ -138,8 +139,8 @@ class Lane:
 
     def give_up(self, future: Future, reason: str) -> bool:
         """The transport no longer wants ``future``'s answer (``reason``: ``"cancelled"``, its client left, or
-        ``"timed_out"``, it answered 504): a queued request is withdrawn from the queue, a running one's rows are
-        dropped when its batch ends; it is counted under ``reason``, not as answered. False when it was already
+        ``"timed_out"``, it answered 504): a queued request is withdrawn from the queue, a running one's rows stop
+        being run at the next stage batch and are dropped; it is counted under ``reason``, not as answered. False when it was already
         answered (or unknown)."""
         if reason not in ("cancelled", "timed_out"):
             raise ValueError(f"reason must be 'cancelled' or 'timed_out', got {reason!r}")
@@ -150,7 +151,7 @@ class Lane:
             request.given_up = reason
             setattr(self._stats, reason, getattr(self._stats, reason) + 1)
         self.queue.withdraw(request)
-        future.cancel()  # a queued (not yet running) future; a running one keeps running until its batch ends
+        future.cancel()  # a queued (not yet running) future; a running one's rows stop at the next stage batch
         return True
 
     # --- the batcher ---------------------------------------------------------------------------------
@@ -229,7 +230,7 @@ class Lane:
 
     def abort(self) -> None:
         """Fail every request still queued, and those of the batch still in the model, with :class:`Draining`
-        (the batch runs on in its thread; its rows are dropped)."""
+        (the batch's thread stops running their rows at the next stage batch; they are dropped)."""
         left = self.queue.abort()
         batch = self._batch
         with self._lock:
@@ -390,13 +391,23 @@ def _run(predictor: StagedBase, requests: list[Request], plans: list[Plan], batc
     sizes = [r.rows for r in requests]
     limits = np.concatenate([planner.row_limits(p.threshold, p.stage_cap, n, predictor.num_stages)
                              for p, n in zip(plans, sizes, strict=True)])
-    result = predictor.run([x for r in requests for x in r.pieces], limits, batch_size=batch_size)
+    owner = np.repeat(np.arange(len(requests)), sizes)
+    result = predictor.run([x for r in requests for x in r.pieces], limits, batch_size=batch_size,
+                           wanted=partial(_still_wanted, requests, owner))
     out, start = [], 0
     for request, plan, n in zip(requests, plans, sizes, strict=True):
-        out.append(predictor.predictions(slice_execution(result, start, start + n), unit=plan.knob.unit,
-                                         inputs=request.inputs, examples=request.examples))
+        # a request given up while its batch ran stopped being run (some rows may have no answer): dropped
+        out.append([] if request.given_up is not None else predictor.predictions(
+            slice_execution(result, start, start + n), unit=plan.knob.unit, inputs=request.inputs,
+            examples=request.examples))
         start += n
     return out
+
+
+def _still_wanted(requests: list[Request], owner: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """Which ``rows`` (of a batch's run) belong to requests not given up: the executor asks before every stage
+    batch, so a departed client's (or a 504'd, or a drained) request stops costing compute at the next one."""
+    return np.array([requests[i].given_up is None for i in owner[rows]], dtype=bool)
 
 
 def slice_execution(result: Execution, start: int, stop: int) -> Execution:
