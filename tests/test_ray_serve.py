@@ -256,11 +256,12 @@ def test_the_written_config_builds_the_same_application(models, tmp_path, capsys
     pytest.importorskip("ray.serve", reason=RAY_MISSING)  # the config is checked against Ray's schema; Ray stays off
     out = tmp_path / "serve.yaml"
     assert main(["serve", *(f"{k}={v}" for k, v in models.paths.items()), "--ray", "--max-batch-rows", "8",
-                 "--max-replicas", "2", "--write-config", str(out)]) == 0
+                 "--max-replicas", "2", "--keep-alive", "7", "--write-config", str(out)]) == 0
     assert "serve run" in capsys.readouterr().out
     config = yaml.safe_load(out.read_text())
     (app,) = config["applications"]
     assert app["import_path"] == "summon.serve.ray_app:build_app" and config["http_options"]["host"] == "127.0.0.1"
+    assert config["http_options"]["keep_alive_timeout_s"] == 7.0  # --keep-alive reaches Ray's proxy
     assert app["args"]["models"] == {k: str(Path(v).resolve()) for k, v in models.paths.items()}
     assert app["args"]["autoscaling_config"] == {"min_replicas": 1, "max_replicas": 2}
     assert type(build_app(app["args"])).__name__ == "Application"

@@ -298,7 +298,7 @@ def serve_ray(args: argparse.Namespace) -> int:
         return 0
     deployments = ray_deployments(models, options=options)
     teachers = f"; teachers apart: {', '.join(deployments.teachers)}" if deployments.teachers else ""
-    run_ray_server(deployments.app, host=args.host, port=args.port, ready=lambda url: print(
+    run_ray_server(deployments.app, host=args.host, port=args.port, options=options.app, ready=lambda url: print(
         f"summon: serving {', '.join(models)} on Ray Serve at {url} ({deployments.options.ongoing()} ongoing requests "
         f"per replica{teachers}); Ctrl-C or SIGTERM shuts it down", file=sys.stderr, flush=True))
     print("summon: Ray Serve shut down", file=sys.stderr)

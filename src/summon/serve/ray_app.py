@@ -483,11 +483,20 @@ class HandleStage:
 # --- running it, and its config file ------------------------------------------------------------------------
 
 
+def http_options(host: str, port: int, options: ServeOptions) -> dict[str, Any]:
+    """Ray's proxy settings from the app's: its idle keep-alive bound. The app bounds the body read (408) and the
+    answer's wait (504) itself inside the deployment; Ray's proxy has no setting for a request head that never
+    ends (``summon serve`` without Ray closes it after ``read_timeout_s``): put a proxy that has one (nginx's
+    ``client_header_timeout``) in front of a Ray deployment that faces untrusted clients."""
+    return {"host": host, "port": port, "keep_alive_timeout_s": options.keep_alive_s}
+
+
 def run_ray_server(app: Any, *, host: str = "127.0.0.1", port: int = 8000, name: str = APP_NAME,
-                   route_prefix: str = "/", ready: Any = None) -> None:
+                   route_prefix: str = "/", ready: Any = None, options: ServeOptions | None = None) -> None:
     """Deploy ``app`` with ``serve.run`` on Ray's HTTP proxy at ``host:port`` and serve until SIGTERM or SIGINT,
     then shut Serve down (each replica drains its engine). Joins the cluster at ``RAY_ADDRESS`` when set, else
-    starts a local one (no dashboard). ``ready``: called with the URL once the application runs."""
+    starts a local one (no dashboard). ``ready``: called with the URL once the application runs; ``options``:
+    the app's, for the proxy's settings (:func:`http_options`)."""
     serve = ray_serve()
     import ray
 
@@ -497,7 +506,7 @@ def run_ray_server(app: Any, *, host: str = "127.0.0.1", port: int = 8000, name:
     stop = threading.Event()
     previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
-        serve.start(http_options={"host": host, "port": port})
+        serve.start(http_options=http_options(host, port, options or ServeOptions()))
         serve.run(app, name=name, route_prefix=route_prefix, blocking=False)
         if ready is not None:
             ready(f"http://{host}:{port}{route_prefix.rstrip('/')}/")
@@ -516,7 +525,7 @@ def serve_config(models: Mapping[str, str | os.PathLike], options: RayServeOptio
     """A Ray Serve config (``serve run FILE`` / ``serve deploy FILE``) for ``models``: one application built by
     :func:`build_app` with the models' absolute paths and every option as its ``args``."""
     paths = model_paths(models)
-    return {"proxy_location": "EveryNode", "http_options": {"host": host, "port": port},
+    return {"proxy_location": "EveryNode", "http_options": http_options(host, port, options.app),
             "applications": [{"name": name, "route_prefix": "/", "import_path": BUILDER,
                               "args": {"models": paths, **options.to_args()}}]}
 
