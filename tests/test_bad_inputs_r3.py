@@ -133,7 +133,8 @@ def test_eval_with_out_a_file_names_the_option_before_evaluating(saved, tmp_path
     monkeypatch.setattr(commands.summon, "evaluate", lambda *a, **k: pytest.fail("evaluated before the check"))
     err = fails(capsys, "eval", saved["ngram"], "--data", "sst2:dev", "--data-dir", str(FIXTURE_DATA), "--out",
                 str(file), "--no-latency")
-    assert err.startswith(f"--out {file}: a file, but the report is a folder") and file.read_text() == "mine"
+    assert err.startswith(f"{file} is a file; the evaluation report is a folder") and "--out" in err
+    assert file.read_text() == "mine"
 
 
 def test_eval_with_out_below_a_file_names_the_file(saved, tmp_path, capsys):
@@ -142,6 +143,35 @@ def test_eval_with_out_below_a_file_names_the_file(saved, tmp_path, capsys):
     err = fails(capsys, "eval", saved["ngram"], "--data", "sst2:dev", "--data-dir", str(FIXTURE_DATA), "--out",
                 str(file / "sub"), "--no-latency")
     assert f"{file} is a file" in err and "--out" in err
+
+
+def test_eval_with_out_a_folder_of_other_files_refuses_before_evaluating(saved, tmp_path, capsys, monkeypatch):
+    folder = tmp_path / "results"
+    folder.mkdir()
+    (folder / "report.json").write_text('{"mine": true}')
+    (folder / "notes.md").write_text("mine")
+    monkeypatch.setattr(commands.summon, "evaluate", lambda *a, **k: pytest.fail("evaluated before the check"))
+    err = fails(capsys, "eval", saved["ngram"], "--data", "sst2:dev", "--data-dir", str(FIXTURE_DATA), "--out",
+                str(folder), "--no-latency")
+    assert f"{folder} already holds" in err and "notes.md" in err and "earlier summon report" in err
+    assert (folder / "report.json").read_text() == '{"mine": true}' and (folder / "notes.md").read_text() == "mine"
+
+
+def test_eval_with_out_inside_the_predictor_refuses(saved, capsys):
+    err = fails(capsys, "eval", saved["ngram"], "--data", "sst2:dev", "--data-dir", str(FIXTURE_DATA), "--out",
+                str(Path(saved["ngram"]) / "report"), "--no-latency")
+    assert "is inside the predictor" in err and not (Path(saved["ngram"]) / "report").exists()
+
+
+def test_eval_replaces_its_own_earlier_report(saved, tmp_path, capsys):
+    folder = tmp_path / "report"
+    data = rows_file(tmp_path / "dev.jsonl", [{"text": f"row {i}", "label": LABELS[i % 2]} for i in range(8)])
+    args = ["eval", saved["ngram"], "--data", data, "--out", str(folder), "--no-latency"]
+    assert main(args) == 0
+    first = json.loads((folder / "report.json").read_text())
+    assert first["format"] == "summon-report"
+    assert main(args) == 0  # a report is regenerated in place
+    assert json.loads((folder / "report.json").read_text())["created"] >= first["created"]
 
 
 def test_predict_with_out_a_folder_names_the_path(saved, tmp_path, capsys):
@@ -181,7 +211,7 @@ def test_deeply_nested_json_in_a_predict_file_names_file_and_line(saved, tmp_pat
 def test_the_facade_refuses_a_report_folder_that_is_a_file_before_evaluating(saved, tmp_path):
     file = tmp_path / "report"
     file.write_text("mine")
-    with pytest.raises(ValueError, match=r"^out .*report: a file, but the report is a folder"):
+    with pytest.raises(ValueError, match=r"report is a file; the evaluation report is a folder, .* Choose another out"):
         summon.evaluate([saved["ngram"]], "sst2:dev", data_dir=FIXTURE_DATA, out=file, latency=False)
     assert file.read_text() == "mine"
 

@@ -254,7 +254,7 @@ def evaluate(predictors: Sequence[Any], data: str | DatasetSpec | TaskData, *, o
     folder of plots per staged predictor) to ``out``."""
     predictors = _paths(predictors, "summon.evaluate(predictors)")
     if out is not None:
-        check_report_folder(out, option="out")
+        check_report_folder(out, option="out", sources=_report_sources(predictors, data))
     if names is not None and len(names) != len(predictors):
         raise ValueError(f"summon.evaluate: {len(names)} names for {len(predictors)} predictors; give one name each")
     entries = []
@@ -276,6 +276,19 @@ def evaluate(predictors: Sequence[Any], data: str | DatasetSpec | TaskData, *, o
         source = data if isinstance(data, str) else getattr(data, "source", None) or str(data)
         write_report(entries, out, title=title or f"summon eval on {source}", reference=entries[0]["name"])
     return entries
+
+
+def _report_sources(predictors: Sequence[Any], data: Any) -> dict[str, str]:
+    """The evaluation's local inputs, which its report folder must stay apart from (a string that is no path, such
+    as ``sst2:dev`` or ``hf:ID``, is not there and is passed over)."""
+    sources = {str(p): f"the predictor {p}" for p in predictors if isinstance(p, str | os.PathLike)}
+    for p in predictors:
+        path = getattr(p, "path", None)
+        if isinstance(path, str | os.PathLike) and not str(path).startswith("hf:"):
+            sources[str(path)] = f"the predictor {path}"
+    if isinstance(data, str | os.PathLike):
+        sources[str(data)] = "the evaluation data"
+    return sources
 
 
 def _name(predictor: Any) -> str:

@@ -27,8 +27,8 @@ from __future__ import annotations
 
 import itertools
 import logging
-from functools import partial
 from collections.abc import Iterable, Iterator, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 

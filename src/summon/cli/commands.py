@@ -98,7 +98,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     """Run ``summon eval``: every predictor on ``--data``, printed, and with ``--out`` a report written there (a
     folder: checked before any model loads); returns 0."""
     if args.out:
-        check_report_folder(args.out, option="--out")
+        check_report_folder(args.out, option="--out", sources={**{p: f"the predictor {p}" for p in args.predictors},
+                                                               args.data: "the evaluation data"})
     entries = summon.evaluate(args.predictors, args.data, out=args.out, knob=knob_from_args(args),
                               latency=not args.no_latency, speedup=args.speedup, data_dir=args.data_dir,
                               limit=args.limit, max_seconds=args.max_seconds, device=args.device, progress=True)

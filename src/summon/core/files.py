@@ -49,7 +49,8 @@ _SHOWN = 4  # entries named when describing what a folder holds
 
 def check_destination(path: str | os.PathLike, *, what: str, option: str = "output folder",
                       sources: Mapping[str | os.PathLike, str] | Iterable[str | os.PathLike] = (),
-                      not_ours: Callable[[Path], list[str]] | None = None) -> Path:
+                      not_ours: Callable[[Path], list[str]] | None = None,
+                      own: str = "its own run's, to resume it") -> Path:
     """``path`` as a Path when a command may write ``what`` there; else a ``ValueError`` saying why and what to do.
 
     The rule: a new or empty folder (or, for ``summon train``, its own earlier run, which it resumes); never a
@@ -62,8 +63,9 @@ def check_destination(path: str | os.PathLike, *, what: str, option: str = "outp
         option: how the user names the destination (``"OUT"``, ``"--out"``, ``"output_dir"``).
         sources: the command's local inputs: paths, or a mapping ``path -> description`` (``"the predictor being
             exported"``); URLs and hub ids are the caller's to leave out.
-        not_ours: for ``summon train``: the entries of an existing folder that are not the command's own earlier
-            output; none means the folder is its own run, which it resumes.
+        not_ours: for ``summon train`` (and ``summon eval``'s report): the entries of an existing folder that are
+            not the command's own earlier output; none means the folder is its own, which it resumes (replaces).
+        own: what the command's own earlier output is, for the message.
 
     Raises:
         ValueError: naming ``path`` (and the input or entry in the way) when the rule refuses it.
@@ -86,7 +88,7 @@ def check_destination(path: str | os.PathLike, *, what: str, option: str = "outp
             raise ValueError(f"{path} cannot be read ({err.strerror}); choose another {option}") from None
         strangers = entries if not_ours is None or not entries else not_ours(path)
         if strangers:
-            allowed = "a new or empty folder" + (" (or its own run's, to resume it)" if not_ours is not None else "")
+            allowed = "a new or empty folder" + (f" (or {own})" if not_ours is not None else "")
             raise ValueError(f"{path} already holds {describe(path, strangers)}; {what} is written only into "
                              f"{allowed}, never over what is there. Choose another {option}, or delete {path} yourself first")
     check_writable(path if path.is_dir() else _existing_parent(path, what, option), what=what, option=option)
@@ -119,25 +121,41 @@ def _existing_parent(path: Path, what: str, option: str) -> Path:
     return Path(path.absolute().anchor)
 
 
-def check_report_folder(out: str | os.PathLike, *, option: str = "out") -> Path:
-    """A report's folder (``summon eval --out``, ``summon.evaluate(out=)``): new, or an existing folder whose
-    report files (``report.json``, ``report.md``, ``report.png``, a plot folder per model) a new report replaces —
-    a report is regenerated, not kept. A file there, or a file above it, is refused before the evaluation runs.
+def check_report_folder(out: str | os.PathLike, *, option: str = "out",
+                        sources: Mapping[str | os.PathLike, str] | Iterable[str | os.PathLike] = ()) -> Path:
+    """A report's folder (``summon eval --out``, ``summon.evaluate(out=)``) by the one rule
+    (:func:`check_destination`): new or empty, or holding an earlier summon report (its ``report.json`` says so,
+    :func:`is_summon_report`), which the new report replaces — a report is regenerated, as ``summon train``
+    resumes its own run. A folder holding anything else, a file, or one of ``sources`` (the predictors and data
+    evaluated) is refused before the evaluation runs.
 
     Raises:
         ValueError: Naming the path and what is in the way.
     """
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"{option} {out}: a file, but the report is a folder (report.json, report.md, report.png); "
-                         "give a folder's path, new or existing")
-    for parent in out.absolute().parents:
-        if parent.exists():
-            if not parent.is_dir():
-                raise ValueError(f"{option} {out}: {parent} is a file, so no report folder can be made below it; "
-                                 "give another path")
-            break
-    return out
+    return check_destination(out, what="the evaluation report", option=option, sources=sources,
+                             not_ours=_not_a_report, own="one holding an earlier summon report, which it replaces")
+
+
+REPORT_FORMAT = "summon-report"  # report.json's "format"
+_REPORT_KEYS = {"title", "created", "machine", "entries"}  # a report.json written before it had a "format"
+_REPORT_MAX_BYTES = 256 * 2**20
+
+
+def is_summon_report(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a ``report.json`` written by summon's evaluation (format ``summon-report``, or an
+    earlier one with its keys)."""
+    path = Path(path)
+    try:
+        if not path.is_file() or path.stat().st_size > _REPORT_MAX_BYTES:
+            return False
+        payload = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError):
+        return False
+    return isinstance(payload, dict) and (payload.get("format") == REPORT_FORMAT or payload.keys() >= _REPORT_KEYS)
+
+
+def _not_a_report(folder: Path) -> list[str]:
+    return [] if is_summon_report(folder / "report.json") else sorted(p.name for p in folder.iterdir())
 
 
 def check_writable(directory: str | os.PathLike, *, what: str, option: str = "folder",

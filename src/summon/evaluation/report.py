@@ -14,6 +14,7 @@ from numbers import Real
 from pathlib import Path
 from typing import Any
 
+from summon.core.files import REPORT_FORMAT
 from summon.measure.cost import machine_info
 
 logger = logging.getLogger(__name__)
@@ -244,6 +245,7 @@ def write_report(
 
     created = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
     payload = {
+        "format": REPORT_FORMAT,  # summon eval --out may replace a folder holding this report, and nothing else
         "title": title,
         "reference": reference,
         "created": created,

@@ -18,13 +18,13 @@ a one-stage predictor's knob is refused by the knob module, and its only stage a
 from __future__ import annotations
 
 import contextlib
-from functools import partial
 import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import numpy as np
