@@ -684,5 +684,5 @@ def test_sigterm_answers_every_request_503_json_and_exits_within_the_drain_windo
     assert proc.returncode == 0, err[-2000:]
     assert "Traceback" not in err and "CancelledError" not in err, err[-2000:]
     print(f"sigterm_exit_seconds={exit_seconds:.2f} drain_seconds={drain}")
-    assert exit_seconds < drain + 3, f"exited {exit_seconds:.1f} s after SIGTERM with a {drain} s drain window"
+    assert exit_seconds < drain + 1.5, f"exited {exit_seconds:.1f} s after SIGTERM with a {drain} s drain window"
     assert "drained and stopped" in err

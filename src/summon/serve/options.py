@@ -45,8 +45,9 @@ class ServeOptions:
         "metavar": "ROWS", "help": "batch sizes the warm-up runs every model at before /ready answers 200 "
         "(default: 1, 8 and the engine's max_batch_rows)"})
     drain_seconds: float = field(default=DRAIN_SECONDS, metadata={
-        "help": "on SIGTERM, how long queued and running work may take to finish; what is left then is answered "
-        "503 (draining, Retry-After) and the process exits"})
+        "help": "on SIGTERM, the process exits within this many seconds: queued and running work may take all "
+        "but the last 0.5 s of it (at most a quarter) to finish; what is left then is answered 503 (draining, "
+        "Retry-After)"})
     read_timeout_s: float = field(default=READ_TIMEOUT_S, metadata={
         "flag": "--read-timeout", "help": "seconds a client may take to send a request's head (else the "
         "connection is closed) and, from then, its whole body (else 408)"})
