@@ -18,7 +18,7 @@ import pytest
 PACKAGE = Path(__file__).resolve().parent.parent / "src" / "summon"
 
 LAYERS = ("core", "data", "measure", "models", "predictors", "losses", "methods", "training", "adaptive",
-          "evaluation", "serve")
+          "evaluation", "search", "serve")
 RANKS = {f"summon.{name}": rank for rank, name in enumerate(LAYERS)}
 RANKS.update({"summon.api": len(LAYERS), "summon.cli": len(LAYERS), "summon": len(LAYERS)})
 

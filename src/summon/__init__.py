@@ -19,7 +19,7 @@ from typing import Any
 
 from summon.core.version import __version__
 
-__all__ = ["__version__", "calibrate", "cascade", "evaluate", "load", "quantize", "recipes", "train"]
+__all__ = ["__version__", "auto", "calibrate", "cascade", "evaluate", "load", "quantize", "recipes", "train"]
 _FACADE = frozenset(__all__) - {"__version__"}
 
 

@@ -37,6 +37,8 @@ from summon.models.hf import HF_PREFIX
 from summon.models.quantize import Quantization
 from summon.predictors.predictor import Predictor
 from summon.predictors.saved import safe_name
+from summon.search.auto import run_auto
+from summon.search.config import AutoConfig
 from summon.training import recipe as _recipe
 from summon.training.loop import train as _train
 
@@ -312,9 +314,21 @@ def train(recipe: str | os.PathLike, *, data_dir: str | None = None, **overrides
     return _train(cfg)
 
 
+def auto(teacher: str | os.PathLike, *, train: str, heldout: str, out: str | os.PathLike = "summon_auto",
+         dry_run: bool = False, **options: Any) -> dict[str, Any]:
+    """From a teacher, a training split and a labelled held-out split to the cheapest predictor that keeps a
+    certified promise, across every method (``summon auto``; :mod:`summon.search.auto`). ``**options`` are the
+    fields of :class:`~summon.search.config.AutoConfig` (``max_drop``, ``budget``, ``guaranteed``, ``delta``,
+    ``time``, ``device``, ``only``, ...; an unknown one is refused with a suggestion). Returns the report's content:
+    ``chosen`` (its ``path`` is the saved predictor) and every candidate's figures; with ``dry_run`` the plan."""
+    chosen = options_for(options, AutoConfig, where="summon.auto")[0]
+    config = AutoConfig(teacher=str(teacher), train=train, heldout=heldout, out=str(out), **chosen)
+    return run_auto(config, dry_run=dry_run)
+
+
 def recipes() -> dict[str, str]:
     """Shipped recipes: name -> what it does."""
     return {name: _recipe.describe(path) for name, path in _recipe.shipped().items()}
 
 
-__all__ = ["Predictor", "calibrate", "cascade", "evaluate", "load", "quantize", "recipes", "train"]
+__all__ = ["Predictor", "auto", "calibrate", "cascade", "evaluate", "load", "quantize", "recipes", "train"]

@@ -27,6 +27,8 @@ from summon.models.quantize import dynamic_linears, quantized_device
 from summon.predictors.huggingface import load_plain
 from summon.predictors.saved import read_json_manifest
 from summon.predictors.st_export import ST_FORMAT, export, export_format
+from summon.search.auto import run_auto
+from summon.search.config import AutoConfig
 from summon.serve.app import FullModel, create_server_app, run_server
 from summon.serve.control import ControlConfig
 from summon.serve.engine import Engine, EngineConfig
@@ -348,6 +350,31 @@ def write_jsonl(rows: Iterable[dict[str, Any]], out: TextIO, flush_every: int = 
 
 def cmd_quickstart(args: argparse.Namespace) -> int:
     run_quickstart(Path(args.out), max_seconds=args.max_seconds)
+    return 0
+
+
+def cmd_auto(args: argparse.Namespace) -> int:
+    """Run ``summon auto``: the plan with ``--dry-run``, else the search; 0 when a predictor was chosen, 1 when no
+    candidate met the target (the report says what each reached)."""
+    config = AutoConfig(teacher=args.teacher, **given(args, AutoConfig))
+    result = run_auto(config, dry_run=args.dry_run, say=lambda line: print(line, file=sys.stderr, flush=True))
+    if args.dry_run:
+        print(f"summon auto --dry-run: {result['train_rows']} training rows, held-out rows "
+              f"{result['heldout_rows']}; the teacher runs {result['teacher_ms_per_example_bs32']:.3f} ms per "
+              f"example at batch 32 here; budget {result['time_budget_minutes']:g} min")
+        for c in result["candidates"]:
+            needs = f" (needs {', '.join(c['needs'])})" if c["needs"] else ""
+            print(f"  {c['name']:<24} {c['method']:<16} ~{c['estimated_minutes']:>7.2f} min  floor cost "
+                  f"{c['floor_cost']:.3f}{needs}")
+        return 0
+    chosen = result["chosen"]
+    report = result["report"]["markdown"]
+    if chosen is None:
+        print(f"summon auto: no candidate met the target ({result['why']}); see {report}")
+        return 1
+    print(f"summon auto: chose {chosen['name']} at {chosen['cost_at_target']:.4f} of the teacher's FLOPs, drop "
+          f"certified <= {chosen['certified_drop_points']:.2f} points (delta {config.delta:g}); saved to "
+          f"{chosen['path']}; report {report}")
     return 0
 
 

@@ -205,6 +205,26 @@ def _parser_calibrate(sub) -> None:
     p.set_defaults(run=(HEAVY, "cmd_calibrate"))
 
 
+def _parser_auto(sub) -> None:
+    p = sub.add_parser("auto", help="from a teacher, data and a target to the cheapest predictor that keeps its "
+                       "promise, across every method", formatter_class=_FORMATTER,
+                       description="Build candidates from every method that fits the teacher's task (early exit on "
+                       "the frozen teacher, the continuing cascade, n-gram and truncated students by KD alone and as "
+                       "cascade first stages, int8 copies, the teacher itself), cheapest to train first, within --time; "
+                       "measure every candidate's accuracy-vs-cost curve on the same selection rows of --heldout; "
+                       "choose the cheapest point at the target and certify its drop from the teacher on "
+                       "certification rows nothing else saw. Writes OUT/predictor (servable as it is) and "
+                       "OUT/report/report.{md,png,json}. Running the same command again continues an interrupted "
+                       "run. Exit code 0 when a predictor was chosen, 1 when none met the target.")
+    p.add_argument("teacher", nargs="?", metavar="TEACHER", help="the teacher: a summon predictor folder, a Hugging "
+                   "Face classifier folder or hf:ID")
+    p.add_argument("--dry-run", action="store_true", help="list the candidates, the plan and each one's estimated "
+                   "time on this machine; train and write nothing")
+    p.options_of(p.add_argument_group("search (the fields of summon.search.config.AutoConfig)"),
+                 "summon.search.config:AutoConfig")
+    p.set_defaults(run=(HEAVY, "cmd_auto"))
+
+
 def _add_calibration_options(p: _SubParser) -> None:
     """The options of ``summon calibrate`` besides the data (``summon quantize`` takes them too): a flag for every
     field of :class:`~summon.adaptive.calibration.CalibrationSpec` (derived from it, so a new field is a new flag),
@@ -372,8 +392,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="store_true", help="print the version and exit")
     parser.add_argument("--debug", action="store_true", help="show the traceback of an error (or SUMMON_DEBUG=1)")
     sub = parser.add_subparsers(dest="command", parser_class=_SubParser)
-    for add in (_parser_train, _parser_eval, _parser_calibrate, _parser_quantize, _parser_predict, _parser_other,
-                add_export_parser):
+    for add in (_parser_train, _parser_eval, _parser_calibrate, _parser_quantize, _parser_predict, _parser_auto,
+                _parser_other, add_export_parser):
         add(sub)
     return parser
 
