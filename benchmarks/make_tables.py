@@ -377,6 +377,58 @@ def refactor_parity(r: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def reliability(r: dict) -> str:
+    cases = r["bad_input_cases"]
+    lines = ["## Reliability: bad input, CI tiers, the server's bounds (`reliability.py`)", "", provenance(r), "",
+             f"Bad-input suite: **{cases['total']} cases** in the default tier ("
+             + ", ".join(f"{k} {v}" for k, v in cases.items() if k != "total") + ").", ""]
+    ci = r.get("ci_tiers") or {}
+    tiers = [(name, t) for name, t in ci.items() if isinstance(t, dict)]
+    if tiers:
+        lines += ["| CI tier (fresh clone, `.ci/run`) | passed | skipped | seconds |", "|---|---:|---:|---:|"]
+        lines += [f"| {name} | {t.get('passed')} | {t.get('skipped', 0)} | {t.get('seconds')} |" for name, t in tiers]
+        lines += ["", f"Whole `.ci/run` with its installs: {ci.get('wall_seconds_with_installs')} s, exit code "
+                  f"{ci.get('exit_code')}.", ""]
+    slow, gone, term, big = (r["slow_clients"], r["work_after_disconnect_seconds"], r["sigterm_exit_seconds"],
+                             r["max_response_bytes"])
+    lines += ["| server bound | configured | measured |", "|---|---|---|",
+              f"| slow clients ({slow['connections']}: half a head / half a body) | read timeout {slow['read_timeout_s']} s "
+              f"| held at most {slow['half_head']['held_seconds_max']} / {slow['half_body']['held_seconds_max']} s; "
+              f"answers {slow['half_head']['answers']} / {slow['half_body']['answers']}; another client meanwhile "
+              f"{slow['other_client_status_meanwhile']} |",
+              f"| work after a disconnect ({gone['rows']} rows, batches of {gone['max_batch_rows']}) | - | "
+              f"{gone['after_disconnect']} s (the whole request: {gone['request_seconds_to_its_end']} s) |",
+              f"| work after the server's own 504 | request timeout {gone['request_timeout_s_for_504']} s | "
+              f"{gone['after_504']} s |",
+              f"| SIGTERM during a {term['rows']}-row request | drain window {term['drain_seconds']} s | exit after "
+              f"{term['exit_seconds']} s (code {term['exit_code']}); the client got {term['answer_status']} "
+              f"{term['answer_reason']} |",
+              f"| answer size, {big['classes']:,}-class model | {big['limit']:,} bytes | largest sent "
+              f"{big['largest_answer_bytes']:,}; over it: {big['refused_status']} |"]
+    return "\n".join(lines) + "\n"
+
+
+def auto(r: dict) -> str:
+    lines = [f"## summon auto: {r['dataset']} (`auto.py`)", "", provenance(r), "",
+             f"- `{r['auto_command']}`", f"- target {r['target']}, delta {r['delta']}; budget "
+             f"{r['time_budget_minutes']:g} min, used {r['minutes_used']:g} min; held-out rows {r['rows']}", ""]
+    lines += ["| candidate | method | train min | cost at target | ms/example bs32 | accuracy | skipped |",
+              "|---|---|---:|---:|---:|---:|---|"]
+    for c in r["candidates"]:
+        lines.append(f"| {c['name']} | {c['method']} | {frac(c['train_minutes'], 2)} | {frac(c['cost_at_target'])} | "
+                     f"{frac(c['ms_per_example_bs32'])} | {frac(c['accuracy'], 4)} | {c['pruned_at'] or ''} |")
+    chosen, hand = r.get("chosen"), r["best_hand_run_cost_at_target"]
+    if chosen:
+        lines += ["", f"Chosen: **{chosen['name']}** at {frac(chosen['cost_at_target'])} of the teacher's FLOPs, "
+                  f"measured speed-up at batch 32 {chosen['speedup_bs32_measured']:.2f}x, certified drop ≤ "
+                  f"{chosen['certified_drop_points']:.2f} points. Best hand-run cost at the target: "
+                  f"{frac(hand['cost'])} ({hand['source']}); chosen minus it: {frac(r.get('chosen_minus_best_hand_run'))}."]
+    lines += ["", f"Guarantee violation rate over {r['resplit_study']['resplits']} re-splits: "
+              f"{r['guarantee_violation_rate']:.2f}; resume after kills gives the same choice: "
+              f"{r.get('resume_same_choice', 'not run')}."]
+    return "\n".join(lines) + "\n"
+
+
 SECTIONS = {"foundation_sst2.json": foundation, "early_exit_sst2.json": early_exit,
             "early_exit_ag_news.json": early_exit, "cascade_sst2.json": cascade, "cascade_ag_news.json": cascade,
             "structured_kd_ner.json": structured_kd, "structured_kd_chunking.json": structured_kd,
@@ -385,7 +437,8 @@ SECTIONS = {"foundation_sst2.json": foundation, "early_exit_sst2.json": early_ex
             "serve_load.json": serve_load, "int8.json": int8, "multi_teacher_sst2.json": multi_teacher,
             "multi_teacher_mrpc.json": multi_teacher, "early_exit_conll2003.json": early_exit_conll,
             "executor_overhead.json": executor_overhead, "core_surface.json": core_surface,
-            "refactor_parity.json": refactor_parity}
+            "refactor_parity.json": refactor_parity, "reliability.json": reliability, "auto_sst2.json": auto,
+            "auto_ag_news.json": auto, "auto_mrpc.json": auto, "auto_imdb.json": auto}
 
 
 def main() -> None:

@@ -40,10 +40,11 @@ from typing import Any
 
 import numpy as np
 
-from summon.adaptive.calibration import CalibrationSpec, DefaultPoint, fit_thresholds
+from summon.adaptive.calibration import CalibrationSpec, DefaultPoint
 from summon.adaptive.cascade import build_cascade
 from summon.adaptive.kinds import load
-from summon.adaptive.thresholds import OperatingPoint
+from summon.adaptive.scoring import score_all
+from summon.adaptive.thresholds import OperatingPoint, exit_stage, sweep
 from summon.core.config import dump_yaml, from_dict, to_dict
 from summon.core.files import check_destination, exclusive, follow_umask
 from summon.data.catalog import CATALOG
@@ -57,7 +58,7 @@ from summon.search.report import write_report
 from summon.training.config import RunConfig
 from summon.training.loop import train
 
-__all__ = ["STATE", "run_auto"]
+__all__ = ["STATE", "answers_at", "calibrated_costs", "curve", "run_auto", "stage_answers", "teacher_facts"]
 
 logger = logging.getLogger(__name__)
 
@@ -235,24 +236,49 @@ def _run_config(candidate: Candidate, folder: Path, config: AutoConfig, files: d
 def _measure(name: str, predictor: Any, calibration_file: str, rows: list[dict[str, Any]], gold: np.ndarray,
              teacher_flops: float, config: AutoConfig) -> list[Point]:
     """The candidate's points on the selection rows; a staged one is calibrated on the calibration rows first."""
-    if predictor.num_stages > 1:
-        data = load_for(predictor, DatasetSpec(path=calibration_file, task=predictor.task, labels=list(predictor.labels)))
-        predictor.calibrate(data, CalibrationSpec(rule="max_drop_gold", value=config.target.get("max_drop", 0.01)),
-                            latency=True)
-        predictor.save_calibration()
-        costs = predictor.calibration.costs
-    else:
-        costs = predictor.measure_costs(rows, latency=True)
-    raws = predictor.stage_logits(rows)
-    fractions = [f / teacher_flops for f in costs.flops]
+    costs = calibrated_costs(predictor, calibration_file, rows, config.target.get("max_drop", 0.01))
+    scores, preds = stage_answers(predictor, rows)
+    return curve(name, scores, preds, gold, [f / teacher_flops for f in costs.flops], costs.ms)
+
+
+def calibrated_costs(predictor: Any, calibration_file: str, rows: list[dict[str, Any]], max_drop: float) -> Any:
+    """Calibrate a staged predictor on the calibration rows (saved into its folder) and return its stage costs; a
+    one-stage one's costs measured on ``rows``. Milliseconds are measured at batch 32 (featurisation included)."""
     if predictor.num_stages == 1:
-        accuracy = float((np.asarray(raws[0])[:, : len(predictor.labels)].argmax(1) == gold).mean())
-        return [Point(name, math.inf, fractions[0], accuracy, None if costs.ms is None else costs.ms[0], (len(gold),))]
-    table = fit_thresholds(raws, gold, predictor.readout(), fractions, "flops")
-    ms = None if costs.ms is None else np.asarray(costs.ms, dtype=float)
+        return predictor.measure_costs(rows, latency=True)
+    data = load_for(predictor, DatasetSpec(path=calibration_file, task=predictor.task, labels=list(predictor.labels)))
+    predictor.calibrate(data, CalibrationSpec(rule="max_drop_gold", value=max_drop), latency=True)
+    predictor.save_calibration()
+    return predictor.calibration.costs
+
+
+def stage_answers(predictor: Any, rows: list[dict[str, Any]]) -> tuple[np.ndarray, np.ndarray]:
+    """Every row's calibrated score and predicted class at every stage, ``[N, S]`` each, from one full pass
+    (a one-stage predictor: scores of zero)."""
+    raws = predictor.stage_logits(rows)
+    if predictor.num_stages == 1:
+        preds = np.asarray(raws[0])[:, : len(predictor.labels)].argmax(1)[:, None]
+        return np.zeros(preds.shape), preds
+    scores, preds, _ = score_all(raws, predictor.readout())
+    return np.asarray(scores, dtype=float), np.asarray(preds)
+
+
+def curve(name: str, scores: np.ndarray, preds: np.ndarray, gold: np.ndarray, fractions: list[float],
+          ms: list[float] | None) -> list[Point]:
+    """The candidate's operating points from its per-row stage answers: cost as a fraction of the teacher's FLOPs,
+    milliseconds per example from the stages' measured ones."""
+    if scores.shape[1] == 1:
+        accuracy = float((preds[:, 0] == gold).mean())
+        return [Point(name, math.inf, fractions[0], accuracy, None if ms is None else ms[0], (len(gold),))]
+    weights = None if ms is None else np.asarray(ms, dtype=float)
     return [Point(name, p.threshold, p.cost, float(p.accuracy),
-                  None if ms is None else float(np.dot(p.exit_counts, ms) / max(1, sum(p.exit_counts))),
-                  tuple(p.exit_counts)) for p in table.points]
+                  None if weights is None else float(np.dot(p.exit_counts, weights) / max(1, sum(p.exit_counts))),
+                  tuple(p.exit_counts)) for p in sweep(scores, preds, np.asarray(fractions), gold)]
+
+
+def answers_at(scores: np.ndarray, preds: np.ndarray, threshold: float) -> np.ndarray:
+    """Each row's answer at ``threshold``: the class of the first stage whose score reaches it (else the last)."""
+    return preds[np.arange(len(preds)), exit_stage(scores, threshold)]
 
 
 def _answers(predictor: Any, rows: list[dict[str, Any]], threshold: float) -> np.ndarray:
