@@ -109,6 +109,17 @@ def test_an_unreachable_target_exits_1_and_says_so(setup, tmp_path, capsys):
     assert (out / "report" / "report.md").is_file()
 
 
+def test_guaranteed_chooses_by_learn_then_test_and_says_when_the_rows_are_too_few(setup, tmp_path, capsys):
+    out = tmp_path / "ltt"
+    assert main(_args(setup, out, "--only", "exits_frozen", "--no-int8", "--guaranteed", "--max-drop", "0.05")) == 0
+    report = json.loads((out / "report" / "report.json").read_text())
+    assert report["protocol"].startswith("guaranteed: the point is chosen by Learn-then-Test")
+    assert report["chosen"]["name"] in ("teacher", "exits_frozen")
+    tight = tmp_path / "tight"  # 1 point at delta 0.1 needs 230 selection rows even for the teacher; there are 72
+    assert main(_args(setup, tight, "--only", "exits_frozen", "--no-int8", "--guaranteed")) == 1
+    assert "needs at least 230 selection rows" in json.loads((tight / "report" / "report.json").read_text())["why"]
+
+
 @pytest.mark.parametrize("drop, message", [
     ("--train", "summon auto needs --train"),
     ("--heldout", "summon auto needs --heldout"),

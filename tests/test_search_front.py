@@ -11,7 +11,7 @@ import pytest
 from summon.adaptive.thresholds import binom_cdf
 from summon.search.candidates import plan_candidates
 from summon.search.config import AutoConfig, parse_duration
-from summon.search.front import Point, at_target, certify, clopper_pearson, front, three_parts
+from summon.search.front import Point, at_target, certify, clopper_pearson, front, guaranteed_choice, three_parts
 
 
 def _p(name, cost, accuracy):
@@ -46,12 +46,11 @@ def test_clopper_pearson_is_the_exact_binomial_bound(k, n):
 def test_the_certificate_covers_the_true_drop_at_least_one_minus_delta_of_the_time():
     rng = np.random.default_rng(0)
     delta, n, misses = 0.1, 200, 0
-    p_teacher, p_flip_down, p_flip_up = 0.9, 0.06, 0.03  # true drop: P(t right, c wrong) - P(t wrong, c right)
-    truth = p_teacher * p_flip_down - (1 - p_teacher) * p_flip_up * 10
+    p_teacher, p_flip_down, p_flip_up = 0.9, 0.06, 0.3  # true drop: P(t right, c wrong) - P(t wrong, c right)
+    truth = p_teacher * p_flip_down - (1 - p_teacher) * p_flip_up
     for _ in range(400):
         teacher = rng.random(n) < p_teacher
-        flip = np.where(teacher, rng.random(n) < p_flip_down, rng.random(n) < p_flip_up * 10)
-        chosen = teacher ^ flip
+        chosen = teacher ^ np.where(teacher, rng.random(n) < p_flip_down, rng.random(n) < p_flip_up)
         misses += certify(teacher, chosen, delta=delta).drop_upper < truth
     assert misses / 400 <= delta
 
@@ -61,10 +60,24 @@ def test_certify_reports_the_observed_drop_and_whether_the_bound_meets_the_targe
     chosen = teacher.copy()
     chosen[:2] = False
     cert = certify(teacher, chosen, delta=0.1, max_drop=0.01)
-    assert cert.drop == pytest.approx(0.02) and cert.drop_upper > cert.drop and cert.holds is False
+    assert cert.drop == pytest.approx(0.02) and cert.drop_upper == pytest.approx(clopper_pearson(2, 100, 0.1))
+    assert cert.holds is False
     assert certify(teacher, teacher, delta=0.1, max_drop=0.05).holds is True
     with pytest.raises(ValueError, match="paired rows"):
         certify(teacher, chosen[:5], delta=0.1)
+
+
+def _h(name, cost, harmful):
+    return Point(name, math.inf, cost, 0.9, harmful=harmful)
+
+
+def test_learn_then_test_stops_at_the_first_point_it_cannot_reject():
+    rows, eps, delta = 400, 0.02, 0.1  # binom_cdf(k, 400, 0.02) <= 0.1 for k <= 3
+    points = [_h("teacher", 1.0, 0), _h("a", 0.8, 1), _h("b", 0.6, 3), _h("c", 0.5, 9), _h("d", 0.2, 0)]
+    assert guaranteed_choice(points, rows, eps, delta).candidate == "b"  # d is cheaper but comes after c's failure
+    assert guaranteed_choice(points[:1], 100, 0.01, 0.1) is None  # 0.99 ** 100 > 0.1: too few rows
+    with pytest.raises(ValueError, match="no harmful count"):
+        guaranteed_choice([Point("x", 1.0, 1.0, 0.9)], rows, eps, delta)
 
 
 def test_the_held_out_cut_is_disjoint_covering_and_seeded():

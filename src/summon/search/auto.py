@@ -44,7 +44,7 @@ from summon.adaptive.calibration import CalibrationSpec, DefaultPoint
 from summon.adaptive.cascade import build_cascade
 from summon.adaptive.kinds import load
 from summon.adaptive.scoring import score_all
-from summon.adaptive.thresholds import OperatingPoint, exit_stage, sweep
+from summon.adaptive.thresholds import OperatingPoint, candidate_thresholds, exit_stage
 from summon.core.config import dump_yaml, from_dict, to_dict
 from summon.core.files import check_destination, exclusive, follow_umask
 from summon.data.catalog import CATALOG
@@ -53,12 +53,12 @@ from summon.evaluation.runner import load_for, spec_for
 from summon.models.quantize import Quantization
 from summon.search.candidates import Candidate, plan_candidates
 from summon.search.config import AutoConfig
-from summon.search.front import Point, at_target, certify, clopper_pearson, front, three_parts
+from summon.search.front import Point, at_target, certify, front, guaranteed_choice, three_parts
 from summon.search.report import write_report
 from summon.training.config import RunConfig
 from summon.training.loop import train
 
-__all__ = ["STATE", "answers_at", "calibrated_costs", "curve", "run_auto", "stage_answers", "teacher_facts"]
+__all__ = ["STATE", "answers_at", "calibrated_costs", "choose", "curve", "run_auto", "stage_answers", "teacher_facts"]
 
 logger = logging.getLogger(__name__)
 
@@ -111,7 +111,7 @@ def _search(config: AutoConfig, out: Path, teacher: Any, heldout: TaskData, part
     started, used_before = time.monotonic(), float(state["seconds_used"])
     files = _write_parts(out, heldout, parts)
     _save_state(out, state, used_before)  # from here on the folder is this run's, to continue
-    teacher_flops = _teacher_flops(teacher, heldout, parts[1])
+    teacher_flops = _teacher_flops(teacher, heldout, parts[0])  # on the rows every candidate's costs come from
     rows = {name: [heldout.examples[i] for i in ids] for name, ids in zip(PARTS, parts, strict=True)}
     gold = {name: np.array([ex["label"] for ex in rows[name]]) for name in PARTS}
     teacher_right = {name: _answers(teacher, rows[name], math.inf) == gold[name] for name in ("selection", "certification")}
@@ -124,7 +124,7 @@ def _search(config: AutoConfig, out: Path, teacher: Any, heldout: TaskData, part
             continue
         left = config.seconds - used_before - (time.monotonic() - started)
         reason = _skip_reason(candidate, state, built, left, _estimate(candidate, pace, n_train, len(heldout.examples)),
-                              config, teacher_accuracy)
+                              config, teacher_accuracy, len(parts[1]))
         if reason:
             state["candidates"][candidate.name] = {"done": True, "pruned_at": reason, "method": candidate.method}
             say(f"summon auto: [{index + 1}/{len(candidates)}] {candidate.name}: skipped ({reason})")
@@ -136,8 +136,8 @@ def _search(config: AutoConfig, out: Path, teacher: Any, heldout: TaskData, part
         path = _build(candidate, out, config, built, files, teacher)
         seconds = time.monotonic() - t0
         predictor = load(path, device=config.device)
-        points = _measure(candidate.name, predictor, files["calibration"], rows["selection"], gold["selection"],
-                          teacher_flops, config)
+        points = _measure(candidate.name, predictor, files["calibration"], rows, gold["selection"], teacher_flops,
+                          config, teacher_right["selection"])
         built[candidate.name] = str(path)
         point = at_target(points, teacher_accuracy=teacher_accuracy, **config.target)
         state["candidates"][candidate.name] = {
@@ -153,21 +153,21 @@ def _finish(config: AutoConfig, out: Path, state: dict[str, Any], plan: list[dic
             teacher: Any, rows: dict[str, list], gold: dict[str, np.ndarray], teacher_right: dict[str, np.ndarray],
             teacher_accuracy: float, minutes: float) -> dict[str, Any]:
     points = [_point(p) for r in state["candidates"].values() for p in r.get("points", [])]
-    eligible = _eligible(points, gold["selection"], teacher_right["selection"], config, state)
-    chosen = at_target(eligible, teacher_accuracy=teacher_accuracy, **config.target)
+    chosen = choose(points, teacher_accuracy, len(gold["selection"]), config)
     result: dict[str, Any] = {"target": config.target, "guaranteed": config.guaranteed, "delta": config.delta,
                               "time_budget_minutes": config.seconds / 60, "minutes_used": round(minutes, 2),
                               "teacher_accuracy_selection": teacher_accuracy, "plan": plan,
                               "rows": {p: len(rows[p]) for p in PARTS},
-                              "protocol": "selection then certification: the point is chosen on the selection rows; "
-                              "its drop is certified once, on certification rows no training, calibration or "
-                              "selection saw (Clopper-Pearson, union bound at delta)",
+                              "protocol": PROTOCOL[config.guaranteed],
                               "candidates": _candidate_rows(state, teacher_accuracy, config),
                               "front": [p.to_dict() for p in front(points)], "not_built": NOT_BUILT}
     if chosen is None:
         result["chosen"] = None
-        result["why"] = ("no candidate point meets the target on the selection rows (the teacher's own point does "
-                         "only when it is among the candidates)")
+        result["why"] = ("no candidate point meets the target on the selection rows" + (
+            f" with the guarantee: even the teacher's own point needs at least "
+            f"{math.ceil(math.log(config.delta) / math.log(1 - config.target['max_drop']))} selection rows at this "
+            f"target and delta (there are {len(gold['selection'])}); give more held-out rows, or drop --guaranteed"
+            if config.guaranteed else ""))
     else:
         predictor = load(built[chosen.candidate], device=config.device)
         right = _answers(predictor, rows["certification"], chosen.threshold) == gold["certification"]
@@ -185,6 +185,16 @@ def _finish(config: AutoConfig, out: Path, state: dict[str, Any], plan: list[dic
     result["report"] = {k: str(v) for k, v in write_report(result, points, out / "report").items()}
     return result
 
+
+PROTOCOL = {
+    False: "selection then certification: the point is chosen on the selection rows (the cheapest within the target "
+           "as measured there); its drop is certified once, on certification rows no training, calibration or "
+           "selection saw (Clopper-Pearson upper bound on the rows the teacher gets right and it wrong, at delta)",
+    True: "guaranteed: the point is chosen by Learn-then-Test on the selection rows (fixed-sequence tests of "
+          "H0: harmful rate > target over every candidate and threshold, dearest first, family-wise error delta), "
+          "then certified once on certification rows no training, calibration or selection saw (Clopper-Pearson "
+          "upper bound on the harmful rate, at delta)",
+}
 
 NOT_BUILT = ["pruning from a partly trained candidate (pruned before training by floor cost or time only)",
              "unlabelled text for distillation", "a latency target (--latency-ms)",
@@ -233,17 +243,19 @@ def _run_config(candidate: Candidate, folder: Path, config: AutoConfig, files: d
     return from_dict(RunConfig, recipe, source=f"summon auto candidate {candidate.name}")
 
 
-def _measure(name: str, predictor: Any, calibration_file: str, rows: list[dict[str, Any]], gold: np.ndarray,
-             teacher_flops: float, config: AutoConfig) -> list[Point]:
-    """The candidate's points on the selection rows; a staged one is calibrated on the calibration rows first."""
-    costs = calibrated_costs(predictor, calibration_file, rows, config.target.get("max_drop", 0.01))
-    scores, preds = stage_answers(predictor, rows)
-    return curve(name, scores, preds, gold, [f / teacher_flops for f in costs.flops], costs.ms)
+def _measure(name: str, predictor: Any, calibration_file: str, rows: dict[str, list[dict[str, Any]]],
+             gold: np.ndarray, teacher_flops: float, config: AutoConfig, teacher_right: np.ndarray) -> list[Point]:
+    """The candidate's points on the selection rows; a staged one is calibrated on the calibration rows first.
+    Stage costs, like the teacher's, are measured on the calibration rows."""
+    costs = calibrated_costs(predictor, calibration_file, rows["calibration"], config.target.get("max_drop", 0.01))
+    scores, preds = stage_answers(predictor, rows["selection"])
+    return curve(name, scores, preds, gold, [f / teacher_flops for f in costs.flops], costs.ms, teacher_right)
 
 
 def calibrated_costs(predictor: Any, calibration_file: str, rows: list[dict[str, Any]], max_drop: float) -> Any:
     """Calibrate a staged predictor on the calibration rows (saved into its folder) and return its stage costs; a
-    one-stage one's costs measured on ``rows``. Milliseconds are measured at batch 32 (featurisation included)."""
+    one-stage one's costs measured on ``rows`` (the calibration rows). Milliseconds are measured at batch 32
+    (featurisation included)."""
     if predictor.num_stages == 1:
         return predictor.measure_costs(rows, latency=True)
     data = load_for(predictor, DatasetSpec(path=calibration_file, task=predictor.task, labels=list(predictor.labels)))
@@ -264,21 +276,27 @@ def stage_answers(predictor: Any, rows: list[dict[str, Any]]) -> tuple[np.ndarra
 
 
 def curve(name: str, scores: np.ndarray, preds: np.ndarray, gold: np.ndarray, fractions: list[float],
-          ms: list[float] | None) -> list[Point]:
+          ms: list[float] | None, teacher_right: np.ndarray | None = None) -> list[Point]:
     """The candidate's operating points from its per-row stage answers: cost as a fraction of the teacher's FLOPs,
-    milliseconds per example from the stages' measured ones."""
-    if scores.shape[1] == 1:
-        accuracy = float((preds[:, 0] == gold).mean())
-        return [Point(name, math.inf, fractions[0], accuracy, None if ms is None else ms[0], (len(gold),))]
+    milliseconds per example from the stages' measured ones, and (given the teacher's per-row correctness) the
+    harmful rows each point has (the teacher right, the point wrong)."""
+    thresholds = [math.inf] if scores.shape[1] == 1 else candidate_thresholds(scores)
     weights = None if ms is None else np.asarray(ms, dtype=float)
-    return [Point(name, p.threshold, p.cost, float(p.accuracy),
-                  None if weights is None else float(np.dot(p.exit_counts, weights) / max(1, sum(p.exit_counts))),
-                  tuple(p.exit_counts)) for p in sweep(scores, preds, np.asarray(fractions), gold)]
+    points = []
+    for threshold in thresholds:
+        stage = exit_stage(scores, threshold) if scores.shape[1] > 1 else np.zeros(len(preds), dtype=int)
+        right = preds[np.arange(len(preds)), stage] == gold
+        counts = np.bincount(stage, minlength=scores.shape[1])
+        points.append(Point(name, float(threshold), float(np.asarray(fractions)[stage].mean()), float(right.mean()),
+                            None if weights is None else float(weights[stage].mean()), tuple(counts.tolist()),
+                            None if teacher_right is None else int((teacher_right & ~right).sum())))
+    return points
 
 
 def answers_at(scores: np.ndarray, preds: np.ndarray, threshold: float) -> np.ndarray:
     """Each row's answer at ``threshold``: the class of the first stage whose score reaches it (else the last)."""
-    return preds[np.arange(len(preds)), exit_stage(scores, threshold)]
+    stage = exit_stage(scores, threshold) if scores.shape[1] > 1 else np.zeros(len(preds), dtype=int)
+    return preds[np.arange(len(preds)), stage]
 
 
 def _answers(predictor: Any, rows: list[dict[str, Any]], threshold: float) -> np.ndarray:
@@ -313,12 +331,12 @@ def _save_chosen(predictor: Any, chosen: Point, target: Path, config: AutoConfig
 
 
 def _skip_reason(candidate: Candidate, state: dict[str, Any], built: dict[str, str], left: float, estimate: float,
-                 config: AutoConfig, teacher_accuracy: float) -> str | None:
+                 config: AutoConfig, teacher_accuracy: float, rows: int) -> str | None:
     if any(need not in built for need in candidate.needs):
         return f"needs {', '.join(n for n in candidate.needs if n not in built)}, which was not built"
     if candidate.method != "teacher" and estimate > left:
         return f"time: estimated {estimate / 60:.1f} min, {max(0.0, left) / 60:.1f} min left"
-    best = _best_cost(state, config, teacher_accuracy)
+    best = _best_cost(state, config, teacher_accuracy, rows)
     if ("max_drop" in config.target and best is not None and candidate.floor_cost >= best - 1e-12
             and candidate.method not in ("teacher", "int8")):  # int8 saves milliseconds, not FLOPs: always measured
         return (f"dominated before training: its cheapest stage costs {candidate.floor_cost:.3f} of the teacher, "
@@ -326,25 +344,19 @@ def _skip_reason(candidate: Candidate, state: dict[str, Any], built: dict[str, s
     return None
 
 
-def _best_cost(state: dict[str, Any], config: AutoConfig, teacher_accuracy: float) -> float | None:
+def _best_cost(state: dict[str, Any], config: AutoConfig, teacher_accuracy: float, rows: int) -> float | None:
+    """The cost of the point the run would choose now (None before any)."""
     points = [_point(p) for r in state["candidates"].values() for p in r.get("points", [])]
-    point = at_target(points, teacher_accuracy=teacher_accuracy, **config.target) if points else None
+    point = choose(points, teacher_accuracy, rows, config) if points else None
     return None if point is None else point.cost
 
 
-def _eligible(points: list[Point], gold: np.ndarray, teacher_right: np.ndarray, config: AutoConfig,
-              state: dict[str, Any]) -> list[Point]:
-    """With ``guaranteed``: only the points whose drop bound on the selection rows meets the target."""
-    if not config.guaranteed:
-        return points
-    n, limit = len(gold), config.target["max_drop"]
-    teacher_acc = float(teacher_right.mean())
-    keep = []
-    for point in points:  # a bound from the accuracy alone (unpaired): conservative, no per-row answers kept
-        lower = clopper_pearson(round(point.accuracy * n), n, config.delta, upper=False)
-        if teacher_acc - lower <= limit + 1e-12:
-            keep.append(point)
-    return keep
+def choose(points: list[Point], teacher_accuracy: float, rows: int, config: AutoConfig) -> Point | None:
+    """The run's choice on the selection rows: with ``guaranteed``, Learn-then-Test over every point
+    (:func:`~summon.search.front.guaranteed_choice`); else the cheapest point at the target as measured."""
+    if config.guaranteed:
+        return guaranteed_choice(points, rows, config.target["max_drop"], config.delta)
+    return at_target(points, teacher_accuracy=teacher_accuracy, **config.target)
 
 
 def _why(chosen: Point, points: list[Point], teacher_accuracy: float, config: AutoConfig) -> str:
@@ -407,7 +419,7 @@ def _command(candidate: Candidate, out: Path, config: AutoConfig, built: dict[st
 def _point(data: dict[str, Any]) -> Point:
     threshold = data["threshold"]
     return Point(data["candidate"], float(threshold), float(data["cost"]), float(data["accuracy"]), data.get("ms"),
-                 tuple(data.get("exit_counts", ())))
+                 tuple(data.get("exit_counts", ())), data.get("harmful"))
 
 
 # --- data, estimates, state ------------------------------------------------------------------------------------
@@ -441,8 +453,8 @@ def _teacher_pace(teacher: Any, heldout: TaskData) -> float:
     return float(costs.ms[-1]) / 1000.0 if costs.ms else 0.01
 
 
-def _teacher_flops(teacher: Any, heldout: TaskData, selection: np.ndarray) -> float:
-    costs = teacher.measure_costs([heldout.examples[i] for i in selection], latency=False)
+def _teacher_flops(teacher: Any, heldout: TaskData, ids: np.ndarray) -> float:
+    costs = teacher.measure_costs([heldout.examples[i] for i in ids], latency=False)
     return float(costs.flops[-1])
 
 

@@ -57,8 +57,8 @@ class AutoConfig:
     budget: float | None = field(default=None, metadata={
         "help": "target: the most accurate predictor costing at most this fraction of the teacher's FLOPs"})
     guaranteed: bool = field(default=False, metadata={
-        "help": "with --max-drop: choose only among points whose drop bound on the selection rows meets the "
-        "target (at --delta), so the certification is likely to hold"})
+        "help": "with --max-drop: choose by Learn-then-Test over every candidate and threshold on the selection "
+        "rows, so the chosen point's drop is within the target with probability at least 1 - delta"})
     delta: float = field(default=0.1, metadata={
         "help": "the certificate holds with probability at least 1 - delta"})
     time: str = field(default="60m", metadata={
