@@ -11,7 +11,15 @@ import pytest
 from summon.adaptive.thresholds import binom_cdf
 from summon.search.candidates import plan_candidates
 from summon.search.config import AutoConfig, parse_duration
-from summon.search.front import Point, at_target, certify, clopper_pearson, front, guaranteed_choice, three_parts
+from summon.search.front import (
+    Point,
+    at_target,
+    certify,
+    clopper_pearson,
+    front,
+    guaranteed_choice,
+    three_parts,
+)
 
 
 def _p(name, cost, accuracy):
