@@ -122,7 +122,7 @@ def resplits(out: Path, teacher: Path, count: int, seed: int) -> dict[str, Any]:
     """Re-cut selection + certification rows ``count`` times; choose (the run's rule, ``summon.search.auto.choose``)
     and certify on each (module docstring)."""
     import summon
-    from summon.search.auto import STATE, answers_at, choose, stage_answers
+    from summon.search.auto import STATE, answers_at, choose, methods_of, stage_answers
     from summon.search.config import AutoConfig
     from summon.search.front import Point, certify
 
@@ -152,7 +152,7 @@ def resplits(out: Path, teacher: Path, count: int, seed: int) -> dict[str, Any]:
         sel, cert = order[: len(rows) // 2], order[len(rows) // 2:]
         points = [Point(p["candidate"], float(p["threshold"]), float(p["cost"]), float(right[sel].mean()),
                         p.get("ms"), (), int((teacher_right[sel] & ~right[sel]).sum())) for p, right in options]
-        chosen = choose(points, float(teacher_right[sel].mean()), len(sel), config)
+        chosen = choose(points, float(teacher_right[sel].mean()), len(sel), config, methods_of(state))
         if chosen is None:
             outcomes.append({"chosen": None})
             continue

@@ -58,7 +58,7 @@ from summon.search.report import write_report
 from summon.training.config import RunConfig
 from summon.training.loop import train
 
-__all__ = ["STATE", "answers_at", "calibrated_costs", "choose", "curve", "run_auto", "stage_answers", "teacher_facts"]
+__all__ = ["STATE", "answers_at", "calibrated_costs", "choose", "curve", "methods_of", "run_auto", "stage_answers", "teacher_facts"]
 
 logger = logging.getLogger(__name__)
 
@@ -153,7 +153,7 @@ def _finish(config: AutoConfig, out: Path, state: dict[str, Any], plan: list[dic
             teacher: Any, rows: dict[str, list], gold: dict[str, np.ndarray], teacher_right: dict[str, np.ndarray],
             teacher_accuracy: float, minutes: float) -> dict[str, Any]:
     points = [_point(p) for r in state["candidates"].values() for p in r.get("points", [])]
-    chosen = choose(points, teacher_accuracy, len(gold["selection"]), config)
+    chosen = choose(points, teacher_accuracy, len(gold["selection"]), config, methods_of(state))
     result: dict[str, Any] = {"target": config.target, "guaranteed": config.guaranteed, "delta": config.delta,
                               "time_budget_minutes": config.seconds / 60, "minutes_used": round(minutes, 2),
                               "teacher_accuracy_selection": teacher_accuracy, "plan": plan,
@@ -347,16 +347,27 @@ def _skip_reason(candidate: Candidate, state: dict[str, Any], built: dict[str, s
 def _best_cost(state: dict[str, Any], config: AutoConfig, teacher_accuracy: float, rows: int) -> float | None:
     """The cost of the point the run would choose now (None before any)."""
     points = [_point(p) for r in state["candidates"].values() for p in r.get("points", [])]
-    point = choose(points, teacher_accuracy, rows, config) if points else None
+    point = choose(points, teacher_accuracy, rows, config, methods_of(state)) if points else None
     return None if point is None else point.cost
 
 
-def choose(points: list[Point], teacher_accuracy: float, rows: int, config: AutoConfig) -> Point | None:
+def choose(points: list[Point], teacher_accuracy: float, rows: int, config: AutoConfig,
+           methods: dict[str, str]) -> Point | None:
     """The run's choice on the selection rows: with ``guaranteed``, Learn-then-Test over every point
-    (:func:`~summon.search.front.guaranteed_choice`); else the cheapest point at the target as measured."""
+    (:func:`~summon.search.front.guaranteed_choice`); else the cheapest point at the target as measured.
+
+    Int8 copies (``methods[name] == "int8"``) are left out of the tested sequence: they cost their source's FLOPs,
+    so they can never be the cheaper choice, and one tested early that fails would end the sequence for every
+    cheaper point. The rule is fixed by the plan, not by the selection rows, so the test stays valid."""
     if config.guaranteed:
-        return guaranteed_choice(points, rows, config.target["max_drop"], config.delta)
+        tested = [p for p in points if methods.get(p.candidate) != "int8"]
+        return guaranteed_choice(tested, rows, config.target["max_drop"], config.delta)
     return at_target(points, teacher_accuracy=teacher_accuracy, **config.target)
+
+
+def methods_of(state: dict[str, Any]) -> dict[str, str]:
+    """Candidate name -> method, from a run's state."""
+    return {name: record.get("method", "") for name, record in state["candidates"].items()}
 
 
 def _why(chosen: Point, points: list[Point], teacher_accuracy: float, config: AutoConfig) -> str:
