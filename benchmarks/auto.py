@@ -122,6 +122,7 @@ def resplits(out: Path, teacher: Path, count: int, seed: int) -> dict[str, Any]:
     """Re-cut selection + certification rows ``count`` times; choose (the run's rule, ``summon.search.auto.choose``)
     and certify on each (module docstring)."""
     import summon
+    from summon.evaluation.protocol import halvings
     from summon.search.auto import STATE, answers_at, choose, methods_of, stage_answers
     from summon.search.config import AutoConfig
     from summon.search.front import Point, certify
@@ -145,11 +146,9 @@ def resplits(out: Path, teacher: Path, count: int, seed: int) -> dict[str, Any]:
         scores, preds = stage_answers(predictor, examples)
         for point in record["points"]:
             options.append((point, answers_at(scores, preds, float(point["threshold"])) == gold))
-    rng = np.random.default_rng(seed)
     outcomes = []
-    for _ in range(count):
-        order = rng.permutation(len(rows))
-        sel, cert = order[: len(rows) // 2], order[len(rows) // 2:]
+    for split in halvings(len(rows), count, seed):  # the one held-out protocol: choose on one half, measure the other
+        sel, cert = split.calibration, split.report
         points = [Point(p["candidate"], float(p["threshold"]), float(p["cost"]), float(right[sel].mean()),
                         p.get("ms"), (), int((teacher_right[sel] & ~right[sel]).sum())) for p, right in options]
         chosen = choose(points, float(teacher_right[sel].mean()), len(sel), config, methods_of(state))
