@@ -212,6 +212,7 @@ def main() -> None:
     parser.add_argument("--kills", type=int, default=3)
     parser.add_argument("--kill-train-limit", type=int, help="training rows for the kill phase (default: all)")
     parser.add_argument("--skip-kills", action="store_true")
+    parser.add_argument("--out", help="result file (default benchmarks/results/auto_<dataset>.json; the plot beside it)")
     args = parser.parse_args()
     work = Path(args.work or REPO / "benchmarks" / "work" / f"auto_{args.dataset}")
     work.mkdir(parents=True, exist_ok=True)
@@ -235,6 +236,11 @@ def main() -> None:
                             for c in report["candidates"]]
     hand = best_hand_run(args.dataset)
     result["best_hand_run_cost_at_target"] = hand
+    measured = [c for c in report["candidates"] if c.get("cost_at_target") is not None]
+    cheapest = min(measured, key=lambda c: c["cost_at_target"]) if measured else None
+    result["chosen_without_guarantee"] = None if cheapest is None else {  # what the selection rows alone pick
+        "name": cheapest["name"], "cost_at_target": cheapest["cost_at_target"],
+        "minus_best_hand_run": None if hand["cost"] is None else cheapest["cost_at_target"] - hand["cost"]}
     if chosen:
         selection = [json.loads(line) for line in (out / "data" / "selection.jsonl").read_text().splitlines()]
         measured = speedup(Path(chosen["path"]), teacher, selection, float(chosen["threshold"]))
@@ -250,10 +256,11 @@ def main() -> None:
     if not args.skip_kills:
         result["resume"] = kills(args, teacher, work, report, ran["seconds"])
         result["resume_same_choice"] = result["resume"]["same_choice"]
-    plot = RESULTS / f"auto_{args.dataset}.png"
+    target = Path(args.out) if args.out else RESULTS / f"auto_{args.dataset}.json"
+    plot = target.with_suffix(".png")
     shutil.copyfile(out / "report" / "report.png", plot)
-    result["plot"] = str(plot.relative_to(REPO))
-    write_result(RESULTS / f"auto_{args.dataset}.json", result)
+    result["plot"] = str(plot.relative_to(REPO)) if plot.resolve().is_relative_to(REPO) else str(plot)
+    write_result(target, result)
 
 
 if __name__ == "__main__":
