@@ -8,6 +8,8 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import logging
+import os
 import sys
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -231,7 +233,8 @@ def cmd_serve_logits(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    """Run ``summon serve``: load every model, serve them with one engine until SIGTERM, drain, return 0."""
+    """Run ``summon serve``: load every model, serve them with one engine until SIGTERM, drain, and end the process
+    with exit code 0 (``os._exit``: within the drain window, see below)."""
     names = [name for name, _ in args.models]
     repeated = sorted({n for n in names if names.count(n) > 1})
     if repeated:
@@ -249,8 +252,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
     print(f"summon: serving {', '.join(names)} on http://{args.host}:{args.port}/ (demo /, docs /docs, metrics "
           "/metrics); Ctrl-C or SIGTERM drains and stops", file=sys.stderr, flush=True)
     run_server(app, host=args.host, port=args.port)
-    print("summon: drained and stopped", file=sys.stderr)
-    return 0
+    print("summon: drained and stopped", file=sys.stderr, flush=True)
+    # Everything is answered and nothing summon writes is pending: end the process now. Python's own finalization
+    # takes about a second with torch loaded (past the drain window), and aborts in torch's C++ runtime when a
+    # batch was still inside the model as the window closed.
+    logging.shutdown()
+    sys.stdout.flush()
+    os._exit(0)
 
 
 RAY_FLAGS = {"--write-config": lambda a: a.write_config is not None, "--replicas": lambda a: a.replicas != 1,

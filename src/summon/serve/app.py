@@ -148,6 +148,8 @@ class ServerState:
         self._lock = threading.Lock()
         self._warmer: threading.Thread | None = None
         self._drainer: threading.Thread | None = None
+        self._drain_started = 0.0
+        self.stopped_cleanly = True  # False: a batch was still in the model when the window closed
 
     def start(self, wait: bool = False) -> None:
         """Start the engine and warm it up (``wait``: until warmed up)."""
@@ -187,6 +189,7 @@ class ServerState:
         with self._lock:
             self.draining = True
             if self._drainer is None:
+                self._drain_started = time.monotonic()
                 self._drainer = threading.Thread(target=self.engine.stop, args=(work_window(self.drain_seconds),),
                                                  name="summon-drain", daemon=True)
                 self._drainer.start()
@@ -194,9 +197,13 @@ class ServerState:
             time.sleep(0.001)
 
     def stop(self) -> None:
-        """Drain (if not begun) and wait until the engine has stopped."""
+        """Drain (if not begun) and wait until the engine has stopped, and then, within what is left of the drain
+        window, for a batch still in the model to reach its next stage batch (its rows are dropped there): a
+        process must not exit while a batcher thread is inside torch (the C++ runtime aborts)."""
         self.begin_drain()
         self._drainer.join()
+        left = self._drain_started + self.drain_seconds - time.monotonic()
+        self.stopped_cleanly = self.engine.join(max(0.1, left))
 
 
 # --- the app ------------------------------------------------------------------------------------------------
@@ -678,10 +685,12 @@ def head_timeout_protocol(seconds: float) -> type:
     return HeadTimeoutH11
 
 
-def run_server(app: Any, *, host: str = "127.0.0.1", port: int = 8080, log_level: str = "info") -> None:
+def run_server(app: Any, *, host: str = "127.0.0.1", port: int = 8080, log_level: str = "info") -> bool:
     """Serve ``app`` (from :func:`create_server_app`) with uvicorn until SIGTERM or SIGINT: then ``/ready``
     answers 503 and the engine refuses new requests at once, the listening socket closes, in-flight requests
-    finish within the drain window, and the function returns (the process exits 0)."""
+    finish within the drain window, and the function returns whether every batcher thread has ended (False: a
+    batch was still in the model when the window closed; a process should then end with ``os._exit``, as
+    ``summon serve`` does, since an interpreter exit while a thread is inside torch aborts)."""
     _require_serve_extra()
     state: ServerState = app.state.summon
     options: ServeOptions = getattr(app.state, "summon_options", None) or ServeOptions()
@@ -699,3 +708,6 @@ def run_server(app: Any, *, host: str = "127.0.0.1", port: int = 8080, log_level
 
     server.handle_exit = handle_exit
     server.run()
+    if not state.stopped_cleanly:
+        logger.warning("a batch was still in the model when the drain window closed; its requests were answered 503")
+    return state.stopped_cleanly

@@ -175,6 +175,13 @@ class Engine:
         for lane in self._lanes.values():
             lane.join(timeout=max(0.1, until - time.monotonic()))  # a batch past the window is not waited for
 
+    def join(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds in all for every batcher thread to end (after :meth:`stop`, a batch still
+        in the model stops at its next stage batch); whether all have."""
+        until = time.monotonic() + max(0.0, timeout)
+        joined = [lane.join(timeout=max(0.0, until - time.monotonic())) for lane in self._lanes.values()]  # every one
+        return all(joined)
+
     def __enter__(self) -> Engine:
         return self.start()
 
