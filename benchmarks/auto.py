@@ -123,9 +123,11 @@ def resplits(out: Path, teacher: Path, count: int, seed: int) -> dict[str, Any]:
     and certify on each (module docstring)."""
     import summon
     from summon.evaluation.protocol import halvings
-    from summon.search.auto import STATE, answers_at, choose, methods_of, stage_answers
+    from summon.search.auto import choose, methods_of
     from summon.search.config import AutoConfig
     from summon.search.front import Point, certify
+    from summon.search.measure import answers_at, stage_answers
+    from summon.search.state import STATE
 
     state = json.loads((out / STATE).read_text())
     config = AutoConfig(**{**state["config"], "only": tuple(state["config"]["only"]) if state["config"].get("only")

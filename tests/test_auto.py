@@ -12,7 +12,7 @@ from toy import run_config, sentiment_files
 
 import summon
 from summon.cli.main import main
-from summon.search.auto import STATE
+from summon.search.state import STATE
 from summon.training.loop import train
 
 QUICK = ["--student-layers", "1", "--ngram-buckets", "4096", "--time", "20m"]

@@ -27,10 +27,8 @@ distillation, a latency target, taggers' token exits and CRF students, progressi
 
 from __future__ import annotations
 
-import json
 import logging
 import math
-import os
 import shutil
 import time
 from collections.abc import Callable
@@ -40,30 +38,30 @@ from typing import Any
 
 import numpy as np
 
-from summon.adaptive.calibration import CalibrationSpec, DefaultPoint
-from summon.adaptive.cascade import build_cascade
+from summon.adaptive.calibration import DefaultPoint
 from summon.adaptive.kinds import load
-from summon.adaptive.scoring import score_all
-from summon.adaptive.thresholds import OperatingPoint, candidate_thresholds, exit_stage
-from summon.core.config import dump_yaml, from_dict, to_dict
+from summon.adaptive.thresholds import OperatingPoint
 from summon.core.files import check_destination, exclusive, follow_umask
-from summon.data.catalog import CATALOG
-from summon.data.spec import DatasetSpec, TaskData
+from summon.data.spec import TaskData
 from summon.evaluation.runner import load_for, spec_for
-from summon.models.quantize import Quantization
+from summon.search.build import build_candidate, reproduce_command, teacher_facts, train_spec
 from summon.search.candidates import Candidate, plan_candidates
 from summon.search.config import AutoConfig
 from summon.search.front import Point, at_target, certify, front, guaranteed_choice, three_parts
+from summon.search.measure import (
+    calibrated_costs,
+    curve,
+    full_flops,
+    predicted,
+    stage_answers,
+    teacher_pace,
+)
 from summon.search.report import write_report
-from summon.training.config import RunConfig
-from summon.training.loop import train
+from summon.search.state import PARTS, load_state, not_an_auto_run, save_state, write_parts
 
-__all__ = ["STATE", "answers_at", "calibrated_costs", "choose", "curve", "methods_of", "run_auto", "stage_answers", "teacher_facts"]
+__all__ = ["NOT_BUILT", "PROTOCOL", "choose", "methods_of", "run_auto"]
 
 logger = logging.getLogger(__name__)
-
-STATE = "auto_state.json"
-PARTS = ("calibration", "selection", "certification")
 
 
 # --- the run ---------------------------------------------------------------------------------------------------
@@ -84,14 +82,14 @@ def run_auto(config: AutoConfig, *, dry_run: bool = False, say: Callable[[str], 
     out = Path(config.out)
     if not dry_run:
         check_destination(out, what="the auto search", option="--out", sources=_sources(config),
-                          not_ours=_not_an_auto_run, own="an earlier run of summon auto, which it continues")
+                          not_ours=not_an_auto_run, own="an earlier run of summon auto, which it continues")
     teacher = load(config.teacher, device=config.device)
     heldout = _heldout(teacher, config)
     candidates = plan_candidates(teacher.task, teacher_facts(teacher), ngram_buckets=config.ngram_buckets,
                                  student_layers=config.student_layers, continue_layer=config.continue_layer,
                                  int8=config.int8, only=config.only)
     parts = three_parts(len(heldout.examples), config.seed)
-    pace = _teacher_pace(teacher, heldout)
+    pace = teacher_pace(teacher, heldout)
     n_train = _train_rows(teacher, config)
     plan = [{"name": c.name, "method": c.method, "needs": list(c.needs), "floor_cost": c.floor_cost,
              "estimated_minutes": round(_estimate(c, pace, n_train, len(heldout.examples)) / 60, 2), "notes": c.notes}
@@ -107,14 +105,14 @@ def run_auto(config: AutoConfig, *, dry_run: bool = False, say: Callable[[str], 
 def _search(config: AutoConfig, out: Path, teacher: Any, heldout: TaskData, parts: tuple[np.ndarray, ...],
             candidates: list[Candidate], plan: list[dict[str, Any]], pace: float, n_train: int,
             say: Callable[[str], None]) -> dict[str, Any]:
-    state = _state(out, config)
+    state = load_state(out, config)
     started, used_before = time.monotonic(), float(state["seconds_used"])
-    files = _write_parts(out, heldout, parts)
-    _save_state(out, state, used_before)  # from here on the folder is this run's, to continue
-    teacher_flops = _teacher_flops(teacher, heldout, parts[0])  # on the rows every candidate's costs come from
+    files = write_parts(out, heldout, parts)
+    save_state(out, state, used_before)  # from here on the folder is this run's, to continue
+    teacher_flops = full_flops(teacher, heldout, parts[0])  # on the rows every candidate's costs come from
     rows = {name: [heldout.examples[i] for i in ids] for name, ids in zip(PARTS, parts, strict=True)}
     gold = {name: np.array([ex["label"] for ex in rows[name]]) for name in PARTS}
-    teacher_right = {name: _answers(teacher, rows[name], math.inf) == gold[name] for name in ("selection", "certification")}
+    teacher_right = {name: predicted(teacher, rows[name], math.inf) == gold[name] for name in ("selection", "certification")}
     teacher_accuracy = float(teacher_right["selection"].mean())
     built: dict[str, str] = {"teacher": str(config.teacher)}
     built.update({n: r["path"] for n, r in state["candidates"].items() if r.get("path")})
@@ -128,12 +126,12 @@ def _search(config: AutoConfig, out: Path, teacher: Any, heldout: TaskData, part
         if reason:
             state["candidates"][candidate.name] = {"done": True, "pruned_at": reason, "method": candidate.method}
             say(f"summon auto: [{index + 1}/{len(candidates)}] {candidate.name}: skipped ({reason})")
-            _save_state(out, state, used_before + time.monotonic() - started)
+            save_state(out, state, used_before + time.monotonic() - started)
             continue
         say(f"summon auto: [{index + 1}/{len(candidates)}] {candidate.name} ({candidate.method}); "
             f"{left / 60:.1f} min left")
         t0 = time.monotonic()
-        path = _build(candidate, out, config, built, files, teacher)
+        path = build_candidate(candidate, out, config, built, files, teacher)
         seconds = time.monotonic() - t0
         predictor = load(path, device=config.device)
         points = _measure(candidate.name, predictor, files["calibration"], rows, gold["selection"], teacher_flops,
@@ -143,8 +141,8 @@ def _search(config: AutoConfig, out: Path, teacher: Any, heldout: TaskData, part
         state["candidates"][candidate.name] = {
             "done": True, "method": candidate.method, "path": str(path), "train_minutes": round(seconds / 60, 3),
             "points": [p.to_dict() for p in points], "at_target": None if point is None else point.to_dict(),
-            "command": _command(candidate, out, config, built)}
-        _save_state(out, state, used_before + time.monotonic() - started)
+            "command": reproduce_command(candidate, out, config, built)}
+        save_state(out, state, used_before + time.monotonic() - started)
     minutes = (used_before + time.monotonic() - started) / 60
     return _finish(config, out, state, plan, built, teacher, rows, gold, teacher_right, teacher_accuracy, minutes)
 
@@ -170,7 +168,7 @@ def _finish(config: AutoConfig, out: Path, state: dict[str, Any], plan: list[dic
             if config.guaranteed else ""))
     else:
         predictor = load(built[chosen.candidate], device=config.device)
-        right = _answers(predictor, rows["certification"], chosen.threshold) == gold["certification"]
+        right = predicted(predictor, rows["certification"], chosen.threshold) == gold["certification"]
         certificate = certify(teacher_right["certification"], right, delta=config.delta,
                               max_drop=config.target.get("max_drop"))
         saved = _save_chosen(predictor, chosen, out / "predictor", config)
@@ -204,45 +202,6 @@ NOT_BUILT = ["pruning from a partly trained candidate (pruned before training by
 # --- what each candidate is ------------------------------------------------------------------------------------
 
 
-def teacher_facts(teacher: Any) -> dict[str, Any]:
-    """What the plan needs from the teacher: its model kind, layers and pooling (from its saved architecture)."""
-    arch = (getattr(teacher, "manifest", None) or {}).get("architecture") or {}
-    config = arch.get("hf_config") or {}
-    layers = config.get("num_hidden_layers") or config.get("n_layers")
-    return {"kind": arch.get("type"), "layers": layers, "pooling": arch.get("pooling")}
-
-
-def _build(candidate: Candidate, out: Path, config: AutoConfig, built: dict[str, str], files: dict[str, str],
-           teacher: Any) -> Path:
-    """Make the candidate's predictor folder (resuming a training run that was cut short)."""
-    folder = out / "candidates" / candidate.name
-    if candidate.method == "teacher":
-        return Path(config.teacher)
-    target = folder / "predictor"
-    if candidate.method in ("int8", "cascade") and not (target / "manifest.json").exists():
-        shutil.rmtree(target, ignore_errors=True)  # a copy cut short is made again
-        if candidate.method == "int8":  # the calibration is not carried over: _measure calibrates the copy
-            load(built[candidate.needs[0]], device="cpu").quantized(Quantization.of("int8")).save(target)
-        else:
-            build_cascade([built[n] for n in candidate.needs], device=config.device).save(target)
-    if candidate.method in ("int8", "cascade"):
-        return target
-    cfg = _run_config(candidate, folder, config, files, teacher)
-    dump_yaml(to_dict(cfg), folder / "recipe.yaml")
-    return train(cfg)
-
-
-def _run_config(candidate: Candidate, folder: Path, config: AutoConfig, files: dict[str, str], teacher: Any) -> RunConfig:
-    recipe = json.loads(json.dumps(candidate.recipe))
-    recipe["train"] = {**recipe.get("train", {}), "seed": config.seed, "progress": False}
-    recipe.update(teacher=str(config.teacher), output_dir=str(folder / "run"), cache_dir=str(Path(config.out) / "cache"),
-                  description=f"summon auto candidate {candidate.name}: {candidate.notes}",
-                  data={"train": _spec_dict(_train_spec(teacher, config), teacher),
-                        "eval": {"path": files["calibration"], "task": teacher.task, "labels": list(teacher.labels)},
-                        **({"data_dir": config.data_dir} if config.data_dir else {})})
-    return from_dict(RunConfig, recipe, source=f"summon auto candidate {candidate.name}")
-
-
 def _measure(name: str, predictor: Any, calibration_file: str, rows: dict[str, list[dict[str, Any]]],
              gold: np.ndarray, teacher_flops: float, config: AutoConfig, teacher_right: np.ndarray) -> list[Point]:
     """The candidate's points on the selection rows; a staged one is calibrated on the calibration rows first.
@@ -250,59 +209,6 @@ def _measure(name: str, predictor: Any, calibration_file: str, rows: dict[str, l
     costs = calibrated_costs(predictor, calibration_file, rows["calibration"], config.target.get("max_drop", 0.01))
     scores, preds = stage_answers(predictor, rows["selection"])
     return curve(name, scores, preds, gold, [f / teacher_flops for f in costs.flops], costs.ms, teacher_right)
-
-
-def calibrated_costs(predictor: Any, calibration_file: str, rows: list[dict[str, Any]], max_drop: float) -> Any:
-    """Calibrate a staged predictor on the calibration rows (saved into its folder) and return its stage costs; a
-    one-stage one's costs measured on ``rows`` (the calibration rows). Milliseconds are measured at batch 32
-    (featurisation included)."""
-    if predictor.num_stages == 1:
-        return predictor.measure_costs(rows, latency=True)
-    data = load_for(predictor, DatasetSpec(path=calibration_file, task=predictor.task, labels=list(predictor.labels)))
-    predictor.calibrate(data, CalibrationSpec(rule="max_drop_gold", value=max_drop), latency=True)
-    predictor.save_calibration()
-    return predictor.calibration.costs
-
-
-def stage_answers(predictor: Any, rows: list[dict[str, Any]]) -> tuple[np.ndarray, np.ndarray]:
-    """Every row's calibrated score and predicted class at every stage, ``[N, S]`` each, from one full pass
-    (a one-stage predictor: scores of zero)."""
-    raws = predictor.stage_logits(rows)
-    if predictor.num_stages == 1:
-        preds = np.asarray(raws[0])[:, : len(predictor.labels)].argmax(1)[:, None]
-        return np.zeros(preds.shape), preds
-    scores, preds, _ = score_all(raws, predictor.readout())
-    return np.asarray(scores, dtype=float), np.asarray(preds)
-
-
-def curve(name: str, scores: np.ndarray, preds: np.ndarray, gold: np.ndarray, fractions: list[float],
-          ms: list[float] | None, teacher_right: np.ndarray | None = None) -> list[Point]:
-    """The candidate's operating points from its per-row stage answers: cost as a fraction of the teacher's FLOPs,
-    milliseconds per example from the stages' measured ones, and (given the teacher's per-row correctness) the
-    harmful rows each point has (the teacher right, the point wrong)."""
-    thresholds = [math.inf] if scores.shape[1] == 1 else candidate_thresholds(scores)
-    weights = None if ms is None else np.asarray(ms, dtype=float)
-    points = []
-    for threshold in thresholds:
-        stage = exit_stage(scores, threshold) if scores.shape[1] > 1 else np.zeros(len(preds), dtype=int)
-        right = preds[np.arange(len(preds)), stage] == gold
-        counts = np.bincount(stage, minlength=scores.shape[1])
-        points.append(Point(name, float(threshold), float(np.asarray(fractions)[stage].mean()), float(right.mean()),
-                            None if weights is None else float(weights[stage].mean()), tuple(counts.tolist()),
-                            None if teacher_right is None else int((teacher_right & ~right).sum())))
-    return points
-
-
-def answers_at(scores: np.ndarray, preds: np.ndarray, threshold: float) -> np.ndarray:
-    """Each row's answer at ``threshold``: the class of the first stage whose score reaches it (else the last)."""
-    stage = exit_stage(scores, threshold) if scores.shape[1] > 1 else np.zeros(len(preds), dtype=int)
-    return preds[np.arange(len(preds)), stage]
-
-
-def _answers(predictor: Any, rows: list[dict[str, Any]], threshold: float) -> np.ndarray:
-    """Predicted class ids of ``predictor`` at ``threshold`` (inf: every row to the last stage)."""
-    result = predictor.run_examples(rows, threshold if predictor.num_stages > 1 else math.inf)
-    return np.array([np.asarray(row)[: len(predictor.labels)].argmax() for row in result.logits])
 
 
 def _save_chosen(predictor: Any, chosen: Point, target: Path, config: AutoConfig) -> Path:
@@ -405,28 +311,6 @@ def _candidate_rows(state: dict[str, Any], teacher_accuracy: float, config: Auto
     return out
 
 
-def _command(candidate: Candidate, out: Path, config: AutoConfig, built: dict[str, str]) -> str:
-    """How to make this candidate alone with the summon CLI (what the search ran)."""
-    folder = out / "candidates" / candidate.name
-    calibrate = f"summon calibrate {{path}} --data {out / 'data' / 'calibration.jsonl'} --max-drop " \
-                f"{config.target.get('max_drop', 0.01)} --against gold"
-    if candidate.method == "teacher":
-        return f"(the teacher: {config.teacher})"
-    if candidate.method == "int8":
-        quantize = f"summon quantize {built[candidate.needs[0]]} {folder / 'predictor'}"
-        if candidate.needs[0] == "teacher":
-            return quantize
-        return quantize + f" --data {out / 'data' / 'calibration.jsonl'} --max-drop " \
-                          f"{config.target.get('max_drop', 0.01)} --against gold"
-    if candidate.method == "cascade":
-        path = folder / "predictor"
-        stages = " ".join(built[n] for n in candidate.needs)
-        return f"summon cascade {stages} --out {path} && " + calibrate.format(path=path)
-    path = folder / "run" / "model"
-    calibrated = candidate.method in ("early_exit", "cascade_continue")
-    return f"summon train {folder / 'recipe.yaml'}" + (" && " + calibrate.format(path=path) if calibrated else "")
-
-
 def _point(data: dict[str, Any]) -> Point:
     threshold = data["threshold"]
     return Point(data["candidate"], float(threshold), float(data["cost"]), float(data["accuracy"]), data.get("ms"),
@@ -434,17 +318,6 @@ def _point(data: dict[str, Any]) -> Point:
 
 
 # --- data, estimates, state ------------------------------------------------------------------------------------
-
-
-def _train_spec(teacher: Any, config: AutoConfig) -> DatasetSpec:
-    return spec_for(teacher, config.train, config.train_limit)
-
-
-def _spec_dict(spec: DatasetSpec, teacher: Any) -> dict[str, Any]:
-    data = {k: v for k, v in to_dict(spec).items() if v not in (None, {}, [])}
-    if spec.name not in CATALOG:
-        data["labels"] = list(teacher.labels)
-    return data
 
 
 def _heldout(teacher: Any, config: AutoConfig) -> TaskData:
@@ -455,66 +328,12 @@ def _heldout(teacher: Any, config: AutoConfig) -> TaskData:
 
 
 def _train_rows(teacher: Any, config: AutoConfig) -> int:
-    return len(load_for(teacher, _train_spec(teacher, config), config.data_dir).examples)
-
-
-def _teacher_pace(teacher: Any, heldout: TaskData) -> float:
-    """Seconds per example of the teacher at batch 32, featurisation included (measured on held-out rows)."""
-    costs = teacher.measure_costs(heldout.examples[:64], latency=True)
-    return float(costs.ms[-1]) / 1000.0 if costs.ms else 0.01
-
-
-def _teacher_flops(teacher: Any, heldout: TaskData, ids: np.ndarray) -> float:
-    costs = teacher.measure_costs([heldout.examples[i] for i in ids], latency=False)
-    return float(costs.flops[-1])
+    return len(load_for(teacher, train_spec(teacher, config), config.data_dir).examples)
 
 
 def _estimate(candidate: Candidate, pace: float, n_train: int, n_heldout: int) -> float:
     """Seconds: training passes over the training split plus one calibration pass over the held-out rows."""
     return pace * (candidate.train_passes * n_train + n_heldout)
-
-
-def _write_parts(out: Path, heldout: TaskData, parts: tuple[np.ndarray, ...]) -> dict[str, str]:
-    folder = out / "data"
-    folder.mkdir(parents=True, exist_ok=True)
-    files = {}
-    for name, ids in zip(PARTS, parts, strict=True):
-        path = folder / f"{name}.jsonl"
-        rows = [{**{k: v for k, v in heldout.examples[i].items() if k != "label"},
-                 "label": heldout.labels[heldout.examples[i]["label"]]} for i in ids]
-        path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
-        files[name] = str(path)
-    return files
-
-
-def _fixed(config: AutoConfig) -> dict[str, Any]:
-    """The settings an earlier run must share to be continued (not the time budget or the device)."""
-    return {k: v for k, v in asdict(config).items() if k not in ("time", "device", "out")}
-
-
-def _state(out: Path, config: AutoConfig) -> dict[str, Any]:
-    path = out / STATE
-    if not path.exists():
-        return {"format": "summon-auto", "config": _fixed(config), "seconds_used": 0.0, "candidates": {}}
-    state = json.loads(path.read_text(encoding="utf-8"))
-    fixed = json.loads(json.dumps(_fixed(config)))
-    if state.get("config") != fixed:
-        changed = sorted(k for k in set(fixed) | set(state.get("config", {}))
-                         if fixed.get(k) != state.get("config", {}).get(k))
-        raise ValueError(f"--out {out} holds a summon auto run with other settings ({', '.join(changed)} differ); "
-                         "run the same command to continue it, or give another --out")
-    return state
-
-
-def _save_state(out: Path, state: dict[str, Any], seconds: float) -> None:
-    state["seconds_used"] = seconds
-    tmp = out / (STATE + ".tmp")
-    tmp.write_text(json.dumps(state, indent=1) + "\n", encoding="utf-8")
-    os.replace(tmp, out / STATE)
-
-
-def _not_an_auto_run(folder: Path) -> list[str]:
-    return [] if (folder / STATE).is_file() or (folder / "candidates").is_dir() else sorted(p.name for p in folder.iterdir())
 
 
 def _sources(config: AutoConfig) -> dict[str, str]:
