@@ -15,7 +15,8 @@ The run (:func:`run_auto`):
    estimated time does not fit what is left is skipped too. Each finished candidate is written to
    ``OUT/auto_state.json`` at once, so a run killed at any point continues where it stopped when the same command
    runs again (a training run resumes from its last checkpoint);
-4. picks the point at the target on the selection rows across every candidate (the front), certifies its drop
+4. picks the point at the target on the selection rows across every candidate (the front; with ``guaranteed``, by
+   Learn-then-Test over every candidate and threshold, :func:`choose`), certifies its drop
    from the teacher on the certification rows (:func:`~summon.search.front.certify`), saves the chosen predictor —
    calibrated, its default the chosen point — to ``OUT/predictor`` (``summon serve OUT/predictor`` serves it as it
    is), and writes ``OUT/report/report.{json,md,png}`` (:mod:`summon.search.report`).
