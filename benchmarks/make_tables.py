@@ -423,6 +423,11 @@ def auto(r: dict) -> str:
                   f"measured speed-up at batch 32 {chosen['speedup_bs32_measured']:.2f}x, certified drop ≤ "
                   f"{chosen['certified_drop_points']:.2f} points. Best hand-run cost at the target: "
                   f"{frac(hand['cost'])} ({hand['source']}); chosen minus it: {frac(r.get('chosen_minus_best_hand_run'))}."]
+    free = r.get("chosen_without_guarantee")
+    if free:
+        lines += ["", f"Without the guarantee (the cheapest point within the target as measured on the selection rows): "
+                  f"**{free['name']}** at {frac(free['cost_at_target'])}; minus the best hand-run cost: "
+                  f"{frac(free['minus_best_hand_run'])}."]
     lines += ["", f"Guarantee violation rate over {r['resplit_study']['resplits']} re-splits: "
               f"{r['guarantee_violation_rate']:.2f}; resume after kills gives the same choice: "
               f"{r.get('resume_same_choice', 'not run')}."]
