@@ -213,6 +213,8 @@ def main() -> None:
     parser.add_argument("--resplits", type=int, default=50)
     parser.add_argument("--kills", type=int, default=3)
     parser.add_argument("--kill-train-limit", type=int, help="training rows for the kill phase (default: all)")
+    parser.add_argument("--train-limit", type=int, help="training rows for the main run and the kill phase alike "
+                        "(a reduced setting: said in the result as train_limit)")
     parser.add_argument("--skip-kills", action="store_true")
     parser.add_argument("--out", help="result file (default benchmarks/results/auto_<dataset>.json; the plot beside it)")
     args = parser.parse_args()
@@ -221,14 +223,17 @@ def main() -> None:
     teacher = teacher_path(args, work)
     out = work / "run"
     timing = work / "run_seconds.json"
+    if args.train_limit:
+        args.kill_train_limit = args.train_limit
     if not (out / "report" / "report.json").exists():
-        code, seconds = run(auto_command(args, teacher, out, None), work / "run.log")
+        code, seconds = run(auto_command(args, teacher, out, args.train_limit), work / "run.log")
         timing.write_text(json.dumps({"exit_code": code, "seconds": seconds}))
     ran = json.loads(timing.read_text())
     report = json.loads((out / "report" / "report.json").read_text())
     chosen = report.get("chosen")
     result: dict[str, Any] = {"benchmark": "auto", "dataset": args.dataset, **provenance(args.seed),
-                              "auto_command": " ".join(auto_command(args, teacher, out, None)),
+                              "auto_command": " ".join(auto_command(args, teacher, out, args.train_limit)),
+                              "train_limit": args.train_limit,
                               "teacher": str(teacher), "target": report["target"], "delta": DELTA,
                               "time_budget_minutes": report["time_budget_minutes"],
                               "minutes_used": report["minutes_used"], "wall_minutes": ran["seconds"] / 60,
