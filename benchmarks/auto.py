@@ -181,9 +181,9 @@ def kills(args: argparse.Namespace, teacher: Path, work: Path, uninterrupted: di
     log = work / "killed.log"
     rng = random.Random(args.seed)
     cmd = auto_command(args, teacher, out, args.kill_train_limit)
-    points = []
-    for _ in range(args.kills):
-        wait = rng.uniform(0.1, 0.8) * full_seconds
+    points, killed = [], 0
+    for _ in range(args.kills):  # each kill a random point into what is left (a restart resumes, so it is shorter)
+        wait = rng.uniform(0.05, 0.3) * full_seconds
         with log.open("a") as handle:
             proc = subprocess.Popen(cmd, stdout=handle, stderr=subprocess.STDOUT)
             try:
@@ -191,13 +191,15 @@ def kills(args: argparse.Namespace, teacher: Path, work: Path, uninterrupted: di
             except subprocess.TimeoutExpired:
                 proc.send_signal(signal.SIGKILL)
                 proc.wait()
+                killed += 1
         points.append(round(wait, 1))
     code, _ = run(cmd, log)
     report = json.loads((out / "report" / "report.json").read_text())
     chosen = report.get("chosen") or {}
     base = uninterrupted.get("chosen") or {}
     same = chosen.get("name") == base.get("name") and chosen.get("threshold") == base.get("threshold")
-    return {"kills": args.kills, "killed_after_seconds": points, "exit_code": code, "chosen": chosen.get("name"),
+    return {"kills": args.kills, "killed": killed, "killed_after_seconds": points, "exit_code": code,
+            "chosen": chosen.get("name"),
             "threshold": chosen.get("threshold"), "same_choice": bool(same), "train_limit": args.kill_train_limit}
 
 
@@ -263,7 +265,7 @@ def main() -> None:
     if not args.skip_kills:
         result["resume"] = kills(args, teacher, work, report, ran["seconds"])
         result["resume_same_choice"] = result["resume"]["same_choice"]
-    target = Path(args.out) if args.out else RESULTS / f"auto_{args.dataset}.json"
+    target = Path(args.out).resolve() if args.out else RESULTS / f"auto_{args.dataset}.json"
     plot = target.with_suffix(".png")
     shutil.copyfile(out / "report" / "report.png", plot)
     result["plot"] = str(plot.relative_to(REPO)) if plot.resolve().is_relative_to(REPO) else str(plot)

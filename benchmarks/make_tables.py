@@ -409,7 +409,8 @@ def reliability(r: dict) -> str:
 
 
 def auto(r: dict) -> str:
-    lines = [f"## summon auto: {r['dataset']} (`auto.py`)", "", provenance(r), "",
+    reduced = f", first {r['train_limit']:,} training rows" if r.get("train_limit") else ""
+    lines = [f"## summon auto: {r['dataset']}{reduced} (`auto.py`)", "", provenance(r), "",
              f"- `{r['auto_command']}`", f"- target {r['target']}, delta {r['delta']}; budget "
              f"{r['time_budget_minutes']:g} min, used {r['minutes_used']:g} min; held-out rows {r['rows']}", ""]
     lines += ["| candidate | method | train min | cost at target | ms/example bs32 | accuracy | skipped |",
@@ -443,7 +444,7 @@ SECTIONS = {"foundation_sst2.json": foundation, "early_exit_sst2.json": early_ex
             "multi_teacher_mrpc.json": multi_teacher, "early_exit_conll2003.json": early_exit_conll,
             "executor_overhead.json": executor_overhead, "core_surface.json": core_surface,
             "refactor_parity.json": refactor_parity, "reliability.json": reliability, "auto_sst2.json": auto,
-            "auto_ag_news.json": auto, "auto_mrpc.json": auto, "auto_imdb.json": auto}
+            "auto_sst2_small.json": auto, "auto_ag_news.json": auto, "auto_mrpc.json": auto, "auto_imdb.json": auto}
 
 
 def main() -> None:
