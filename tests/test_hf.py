@@ -429,6 +429,10 @@ def test_export_command(tmp_path, capsys):
     assert AutoModelForSequenceClassification.from_pretrained(tmp_path / "out").config.id2label[1] == "pos"
     with pytest.raises(SystemExit):
         parser.parse_args(["export", "m", "--format", "onnx", "o"])
+    from summon.cli.export import FORMATS
+    from summon.predictors.st_export import EXPORT_FORMATS
+
+    assert FORMATS == EXPORT_FORMATS  # the light parser's copy of the formats stays the library's
 
 
 # --- HF models through the facade and as a cascade stage ------------------------------------------------------
