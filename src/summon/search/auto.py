@@ -52,10 +52,9 @@ from summon.search.front import Point, at_target, certify, front, guaranteed_cho
 from summon.search.measure import (
     calibrated_costs,
     curve,
-    full_flops,
     predicted,
     stage_answers,
-    teacher_pace,
+    teacher_costs,
 )
 from summon.search.report import write_report
 from summon.search.state import PARTS, load_state, not_an_auto_run, save_state, write_parts
@@ -90,7 +89,7 @@ def run_auto(config: AutoConfig, *, dry_run: bool = False, say: Callable[[str], 
                                  student_layers=config.student_layers, continue_layer=config.continue_layer,
                                  int8=config.int8, only=config.only)
     parts = three_parts(len(heldout.examples), config.seed)
-    pace = teacher_pace(teacher, heldout)
+    teacher_flops, pace = teacher_costs(teacher, [heldout.examples[i] for i in parts[0]])
     n_train = _train_rows(teacher, config)
     plan = [{"name": c.name, "method": c.method, "needs": list(c.needs), "floor_cost": c.floor_cost,
              "estimated_minutes": round(_estimate(c, pace, n_train, len(heldout.examples)) / 60, 2), "notes": c.notes}
@@ -100,17 +99,17 @@ def run_auto(config: AutoConfig, *, dry_run: bool = False, say: Callable[[str], 
                 "train_rows": n_train, "heldout_rows": {p: len(r) for p, r in zip(PARTS, parts, strict=True)},
                 "teacher_ms_per_example_bs32": pace * 1000, "candidates": plan}
     with exclusive(out, option="--out"):
-        return _search(config, out, teacher, heldout, parts, candidates, plan, pace, n_train, say)
+        return _search(config, out, teacher, heldout, parts, candidates, plan, (teacher_flops, pace), n_train, say)
 
 
 def _search(config: AutoConfig, out: Path, teacher: Any, heldout: TaskData, parts: tuple[np.ndarray, ...],
-            candidates: list[Candidate], plan: list[dict[str, Any]], pace: float, n_train: int,
+            candidates: list[Candidate], plan: list[dict[str, Any]], teacher_cost: tuple[float, float], n_train: int,
             say: Callable[[str], None]) -> dict[str, Any]:
+    teacher_flops, pace = teacher_cost  # FLOPs and seconds per example, measured once on the calibration rows
     state = load_state(out, config)
     started, used_before = time.monotonic(), float(state["seconds_used"])
     files = write_parts(out, heldout, parts)
     save_state(out, state, used_before)  # from here on the folder is this run's, to continue
-    teacher_flops = full_flops(teacher, heldout, parts[0])  # on the rows every candidate's costs come from
     rows = {name: [heldout.examples[i] for i in ids] for name, ids in zip(PARTS, parts, strict=True)}
     gold = {name: np.array([ex["label"] for ex in rows[name]]) for name in PARTS}
     teacher_right = {name: predicted(teacher, rows[name], math.inf) == gold[name] for name in ("selection", "certification")}

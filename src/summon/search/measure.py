@@ -12,11 +12,11 @@ import numpy as np
 from summon.adaptive.calibration import CalibrationSpec
 from summon.adaptive.scoring import score_all
 from summon.adaptive.thresholds import candidate_thresholds, exit_stage
-from summon.data.spec import DatasetSpec, TaskData
+from summon.data.spec import DatasetSpec
 from summon.evaluation.runner import load_for
 from summon.search.front import Point
 
-__all__ = ["answers_at", "calibrated_costs", "curve", "full_flops", "predicted", "stage_answers", "teacher_pace"]
+__all__ = ["answers_at", "calibrated_costs", "curve", "predicted", "stage_answers", "teacher_costs"]
 
 
 def calibrated_costs(predictor: Any, calibration_file: str, rows: list[dict[str, Any]], max_drop: float) -> Any:
@@ -51,7 +51,7 @@ def curve(name: str, scores: np.ndarray, preds: np.ndarray, gold: np.ndarray, fr
     weights = None if ms is None else np.asarray(ms, dtype=float)
     points = []
     for threshold in thresholds:
-        stage = exit_stage(scores, threshold) if scores.shape[1] > 1 else np.zeros(len(preds), dtype=int)
+        stage = _stages(scores, threshold)
         right = preds[np.arange(len(preds)), stage] == gold
         counts = np.bincount(stage, minlength=scores.shape[1])
         points.append(Point(name, float(threshold), float(np.asarray(fractions)[stage].mean()), float(right.mean()),
@@ -62,8 +62,12 @@ def curve(name: str, scores: np.ndarray, preds: np.ndarray, gold: np.ndarray, fr
 
 def answers_at(scores: np.ndarray, preds: np.ndarray, threshold: float) -> np.ndarray:
     """Each row's answer at ``threshold``: the class of the first stage whose score reaches it (else the last)."""
-    stage = exit_stage(scores, threshold) if scores.shape[1] > 1 else np.zeros(len(preds), dtype=int)
-    return preds[np.arange(len(preds)), stage]
+    return preds[np.arange(len(preds)), _stages(scores, threshold)]
+
+
+def _stages(scores: np.ndarray, threshold: float) -> np.ndarray:
+    """Each row's answering stage at ``threshold`` (a one-stage predictor's: 0)."""
+    return exit_stage(scores, threshold) if scores.shape[1] > 1 else np.zeros(len(scores), dtype=int)
 
 
 def predicted(predictor: Any, rows: list[dict[str, Any]], threshold: float) -> np.ndarray:
@@ -72,12 +76,8 @@ def predicted(predictor: Any, rows: list[dict[str, Any]], threshold: float) -> n
     return np.array([np.asarray(row)[: len(predictor.labels)].argmax() for row in result.logits])
 
 
-def teacher_pace(teacher: Any, heldout: TaskData) -> float:
-    """Seconds per example of the teacher at batch 32, featurisation included (measured on held-out rows)."""
-    costs = teacher.measure_costs(heldout.examples[:64], latency=True)
-    return float(costs.ms[-1]) / 1000.0 if costs.ms else 0.01
-
-
-def full_flops(teacher: Any, heldout: TaskData, ids: np.ndarray) -> float:
-    costs = teacher.measure_costs([heldout.examples[i] for i in ids], latency=False)
-    return float(costs.flops[-1])
+def teacher_costs(teacher: Any, rows: list[dict[str, Any]]) -> tuple[float, float]:
+    """The teacher's FLOPs per example and seconds per example at batch 32 (featurisation included), in one
+    measurement on ``rows`` (the calibration rows, where every candidate's costs are measured too)."""
+    costs = teacher.measure_costs(rows, latency=True)
+    return float(costs.flops[-1]), float(costs.ms[-1]) / 1000.0 if costs.ms else 0.01
