@@ -262,7 +262,9 @@ def main() -> None:
         result["chosen"] = None
     result["resplit_study"] = resplits(out, teacher, args.resplits, args.seed)
     result["guarantee_violation_rate"] = result["resplit_study"]["guarantee_violation_rate"]
-    if not args.skip_kills:
+    if args.skip_kills:  # the key stays in the result, saying it was not measured
+        result["resume"], result["resume_same_choice"] = {"not_run": "--skip-kills"}, None
+    else:
         result["resume"] = kills(args, teacher, work, report, ran["seconds"])
         result["resume_same_choice"] = result["resume"]["same_choice"]
     target = Path(args.out).resolve() if args.out else RESULTS / f"auto_{args.dataset}.json"
